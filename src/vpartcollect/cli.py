@@ -1,0 +1,129 @@
+"""Command line: parse, call, map failures to one line and an exit status.
+
+Exit status: 0 success, 1 runtime failure, 2 bad configuration or unusable libvirt URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from vpartcollect import config as config_mod
+from vpartcollect.config import Config, ConfigError
+from vpartcollect.planning import PlanRow, plan_rows, render_plan
+from vpartcollect.preflight import PreflightError, check_libvirt
+
+EXIT_CONFIG = 2
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command shares: where the config is and how to reach libvirt."""
+    options = [
+        click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                     help="TOML configuration file."),
+        click.option("--connect", metavar="URI", help="libvirt URI (default qemu:///system)."),
+        click.option("--instances", type=int, help="Number of virt-N partitions (default 1)."),
+        click.option("--include", multiple=True, metavar="REGEX",
+                     help="Only domains whose name matches (repeatable)."),
+        click.option("--exclude", multiple=True, metavar="REGEX",
+                     help="Skip domains whose name matches (repeatable)."),
+        click.option("--log-level", type=click.Choice(config_mod.LOG_LEVELS),
+                     help="Log verbosity on stderr (default info)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load(config_path: str | None, **flags: Any) -> Config:
+    overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    overrides = {k: v for k, v in overrides.items() if v is not None and v != []}
+    cfg = config_mod.load(config_path, overrides)
+    _setup_logging(cfg.log_level)
+    return cfg
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+                        format="vpartcollect[%(process)d]: %(levelname)s: %(message)s",
+                        force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Partitioned libvirt statistics collector (collectd virt compatible)."""
+
+
+@cli.command()
+@_common
+@click.option("--interval", type=float, metavar="SECONDS", help="Sampling interval (default 10).")
+@click.option("--refresh-interval", type=float, metavar="SECONDS",
+              help="How often domain tags are re-read (default 60).")
+@click.option("--timeout", type=float, metavar="SECONDS",
+              help="Deadline of one libvirt call before per-domain slack "
+                   "(default min(5, interval/2)).")
+@click.option("--hostname", help="Host name for the collector's own metrics.")
+@click.option("--graphite", multiple=True, metavar="HOST:PORT",
+              help="Send to this carbon plaintext listener (repeatable).")
+@click.option("--stdout/--no-stdout", default=None,
+              help="Write metrics to stdout (default: when no --graphite).")
+@click.option("--format", "format_", type=click.Choice(config_mod.FORMATS),
+              help="stdout format (default graphite).")
+@click.option("--once", is_flag=True, help="Take one sample, write it, exit.")
+def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) -> int:
+    """Collect statistics until SIGTERM/SIGINT (or once)."""
+    from vpartcollect.supervisor import Supervisor
+
+    cfg = _load(config_path, format=format_, **flags)
+    check_libvirt(cfg.connect)
+    return Supervisor(cfg, once=once).run()
+
+
+@cli.command()
+@_common
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+def plan(config_path: str | None, as_json: bool, **flags: Any) -> int:
+    """Show which instance samples which domain, and why."""
+    cfg = _load(config_path, **flags)
+    rows: list[PlanRow] = plan_rows(cfg)
+    if as_json:
+        click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        click.echo(render_plan(rows), nl=False)
+    return 0
+
+
+@cli.command("check-config")
+@_common
+def check_config(config_path: str | None, **flags: Any) -> int:
+    """Validate the configuration (and that libvirt answers); exit 0 or 2."""
+    cfg = _load(config_path, **flags)
+    check_libvirt(cfg.connect)
+    click.echo(f"configuration OK: {cfg.instances} instance(s), {cfg.connect}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every failure becomes one line on stderr and an exit status."""
+    try:
+        result = cli.main(args=argv, prog_name="vpartcollect", standalone_mode=False)
+    except (ConfigError, PreflightError) as exc:
+        click.echo(f"vpartcollect: error: {exc}", err=True)
+        return EXIT_CONFIG
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"vpartcollect: error: {exc.format_message()}", err=True)
+        return EXIT_CONFIG
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

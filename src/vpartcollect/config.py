@@ -1,0 +1,237 @@
+"""Configuration: a TOML file plus CLI overrides -> one frozen, validated Config.
+
+Every problem is reported as one ConfigError line that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vpartcollect.metrics import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
+
+MAX_INSTANCES = 64
+FORMATS = ("graphite", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator in one line."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A Graphite plaintext destination."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the collector needs, validated."""
+
+    connect: str = "qemu:///system"
+    instances: int = 1
+    interval: float = 10.0
+    refresh_interval: float = 60.0
+    timeout: float | None = None  # None: min(5, interval / 2)
+    chunk_size: int = 32
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hostname: str = field(default_factory=socket.gethostname)
+    graphite: tuple[Endpoint, ...] = ()
+    stdout: bool | None = None  # None: on when no graphite destination is set
+    format: str = "graphite"
+    store_rates: bool = True
+    prefix: str = ""
+    postfix: str = ""
+    escape_character: str = "_"
+    hostname_format: tuple[str, ...] = ("name",)
+    plugin_instance_format: tuple[str, ...] = ()
+    graphite_buffer: int = 100_000
+    graphite_resend_seconds: float = 30.0
+    flush_timeout: float = 5.0
+    log_level: str = "info"
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds a worker may spend in one blocking libvirt call, before per-domain slack."""
+        return self.timeout if self.timeout is not None else min(5.0, self.interval / 2)
+
+    @property
+    def use_stdout(self) -> bool:
+        """Whether metrics go to stdout."""
+        return self.stdout if self.stdout is not None else not self.graphite
+
+    def naming(self) -> Naming:
+        """The path-naming rules of this configuration."""
+        return Naming(self.prefix, self.postfix, self.escape_character, self.hostname,
+                      self.hostname_format, self.plugin_instance_format)
+
+    def wants(self, domain: str) -> bool:
+        """Whether the include/exclude regexes keep a domain name."""
+        if self.include and not any(re.search(p, domain) for p in self.include):
+            return False
+        return not any(re.search(p, domain) for p in self.exclude)
+
+
+_KEYS = {f.name for f in fields(Config)}
+
+
+def _kind(key: str, value: Any, kind: type, label: str) -> Any:
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{key}: must be {label}, got a boolean")
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key}: must be {label}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _positive(key: str, value: Any, *, minimum: float = 0.0, integer: bool = False) -> Any:
+    value = _kind(key, value, int if integer else float, "an integer" if integer else "a number")
+    if not math.isfinite(value) or value <= minimum:
+        raise ConfigError(f"{key}: must be greater than {minimum:g}, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    items = _kind(key, value, list, "a list of strings")
+    return tuple(_kind(f"{key}[{i}]", v, str, "a string") for i, v in enumerate(items))
+
+
+def parse_endpoint(text: str, key: str = "graphite") -> Endpoint:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> Endpoint, or ConfigError."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text.strip())
+    if not m:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port must be 1-65535, got {port}")
+    return Endpoint(host, port)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    value = _kind(key, value, str, "a string")
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _fieldlist(key: str, value: Any, choices: tuple[str, ...],
+               allow_empty: bool) -> tuple[str, ...]:
+    items = _strings(key, value.split() if isinstance(value, str) else value)
+    items = tuple(i for i in items if i != "none")
+    for item in items:
+        if item not in choices:
+            raise ConfigError(f"{key}: unknown field {item!r}; use {', '.join(choices)}")
+    if not items and not allow_empty:
+        raise ConfigError(f"{key}: needs at least one of {', '.join(choices)}")
+    return items
+
+
+def _path_text(key: str, value: Any) -> str:
+    value = _kind(key, value, str, "a string")
+    if re.search(r"[^\x21-\x7e]", value):
+        raise ConfigError(f"{key}: only printable ASCII without spaces is allowed, got {value!r}")
+    return str(value)
+
+
+def _validate_regexes(key: str, patterns: tuple[str, ...]) -> None:
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{key}[{i}]: bad regular expression {pattern!r}: {exc}") from None
+
+
+def _check(key: str, value: Any) -> Any:
+    """Validate one key's value and return it in its Config type."""
+    if key == "connect":
+        uri = _kind(key, value, str, "a string")
+        if not uri.strip():
+            raise ConfigError("connect: must not be empty")
+        return uri
+    if key in ("instances", "chunk_size", "graphite_buffer"):
+        number = _positive(key, value, integer=True)
+        if key == "instances" and number > MAX_INSTANCES:
+            raise ConfigError(f"instances: at most {MAX_INSTANCES}, got {number}")
+        return number
+    if key in ("interval", "refresh_interval", "timeout", "flush_timeout",
+               "graphite_resend_seconds"):
+        minimum = 0.05 if key == "interval" else 0.0
+        number = _positive(key, value, minimum=minimum)
+        return number
+    if key in ("include", "exclude"):
+        patterns = _strings(key, value)
+        _validate_regexes(key, patterns)
+        return patterns
+    if key == "hostname":
+        return _path_text(key, value)
+    if key == "graphite":
+        return tuple(parse_endpoint(t, key) for t in _strings(key, value))
+    if key in ("stdout", "store_rates"):
+        return _kind(key, value, bool, "true or false")
+    if key == "format":
+        return _choice(key, value, FORMATS)
+    if key == "log_level":
+        return _choice(key, str(value).lower() if isinstance(value, str) else value, LOG_LEVELS)
+    if key in ("prefix", "postfix"):
+        return _path_text(key, value)
+    if key == "escape_character":
+        esc = _path_text(key, value)
+        if len(esc) != 1 or esc == ".":
+            raise ConfigError(
+                f"escape_character: must be one character other than '.', got {esc!r}")
+        return esc
+    if key == "hostname_format":
+        return _fieldlist(key, value, HOSTNAME_FIELDS, allow_empty=False)
+    if key == "plugin_instance_format":
+        return _fieldlist(key, value, PLUGIN_INSTANCE_FIELDS, allow_empty=True)
+    raise ConfigError(f"unknown key {key!r}")  # pragma: no cover - guarded by _KEYS
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a dict, or ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+def build(file_values: dict[str, Any] | None = None,
+          overrides: dict[str, Any] | None = None) -> Config:
+    """Merge file values and CLI overrides (None means 'not given') into a Config."""
+    merged: dict[str, Any] = {}
+    for source in (file_values or {}, overrides or {}):
+        for key, value in source.items():
+            if value is None:
+                continue
+            norm = key.replace("-", "_")
+            if norm not in _KEYS:
+                raise ConfigError(f"unknown key {key!r}")
+            merged[norm] = _check(norm, value)
+    cfg = Config(**merged)
+    if cfg.timeout is not None and cfg.timeout > 3600:
+        raise ConfigError(f"timeout: at most 3600 seconds, got {cfg.timeout:g}")
+    return cfg
+
+
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (if any) and apply ``overrides``."""
+    return build(read_file(path) if path else {}, overrides)

@@ -1,0 +1,1 @@
+"""Packaged data: the demo test-driver node file."""

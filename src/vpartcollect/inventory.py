@@ -1,0 +1,135 @@
+"""Which domains run, their tags and devices, and whether their monitor is stuck.
+
+Every call here is answered by libvirtd alone (listAllDomains, metadata,
+XMLDesc, controlInfo): none of them waits for a QEMU monitor, so none blocks on
+a hung VM. Tags are cached and re-read every ``refresh_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+import defusedxml.ElementTree as SafeET
+import libvirt
+from defusedxml import DefusedXmlException
+
+from vpartcollect.partition import TAG_NS, TagError, parse_tag
+
+log = logging.getLogger(__name__)
+
+# controlInfo states: 0 OK, 1 JOB, 2 OCCUPIED, 3 ERROR.
+_CONTROL_OCCUPIED = 2
+_CONTROL_ERROR = 3
+# A monitor call that has held the domain this long is not a passing query.
+STUCK_AFTER_MS = 1000
+
+
+@dataclass
+class Domain:
+    """One running domain as this worker knows it."""
+
+    handle: Any  # libvirt.virDomain
+    uuid: str
+    name: str
+    tag: str | None
+    read_at: float
+    disks: list[tuple[str, str]] = field(default_factory=list)  # (target dev, source)
+    nics: list[str] = field(default_factory=list)  # target devs
+
+
+def read_tag(dom: Any, warned: set[str]) -> str | None:
+    """The domain's partition tag; untagged (None) on any problem, warned once per domain."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, TAG_NS)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            _warn_once(warned, dom.UUIDString(), "%s: cannot read tag metadata (%s); "
+                       "treating it as untagged", dom.name(), exc.get_error_message())
+        return None
+    try:
+        return parse_tag(xml)
+    except TagError as exc:
+        _warn_once(warned, dom.UUIDString(), "%s: %s; treating it as untagged", dom.name(), exc)
+        return None
+
+
+def _warn_once(warned: set[str], key: str, fmt: str, *args: object) -> None:
+    if key not in warned:
+        warned.add(key)
+        log.warning(fmt, *args)
+
+
+def parse_devices(xml: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Disk (target, source) pairs and interface target names from a domain's XML."""
+    try:
+        root = SafeET.fromstring(xml, forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException):
+        return [], []
+    disks = []
+    for disk in root.iterfind("./devices/disk"):
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        source = disk.find("source")
+        src = ""
+        if source is not None:
+            src = next((source.get(a, "") for a in ("file", "dev", "name", "volume")
+                        if source.get(a)), "")
+        disks.append((target.get("dev", ""), src))
+    nics = [t.get("dev", "") for t in root.iterfind("./devices/interface/target")
+            if t.get("dev")]
+    return disks, nics
+
+
+class Inventory:
+    """The running domains of one connection, with cached tags."""
+
+    def __init__(self, conn: Any, refresh_interval: float, want_devices: bool) -> None:
+        self.conn = conn
+        self.refresh_interval = refresh_interval
+        self.want_devices = want_devices
+        self._known: dict[tuple[str, int], Domain] = {}
+        self._warned: set[str] = set()
+
+    def running(self) -> list[Domain]:
+        """The active domains, tags read for new ones and re-read when stale."""
+        now = time.monotonic()
+        current: dict[tuple[str, int], Domain] = {}
+        for handle in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                key = (handle.UUIDString(), handle.ID())
+                dom = self._known.get(key)
+                if dom is None:
+                    dom = self._describe(handle, now)
+                elif now - dom.read_at >= self.refresh_interval:
+                    dom.tag = read_tag(handle, self._warned)
+                    dom.name = handle.name()
+                    dom.read_at = now
+                current[key] = dom
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                # It stopped between the listing and now: not worth a line.
+        self._known = current
+        return sorted(current.values(), key=lambda d: d.name)
+
+    def _describe(self, handle: Any, now: float) -> Domain:
+        dom = Domain(handle, handle.UUIDString(), handle.name(),
+                     read_tag(handle, self._warned), now)
+        if self.want_devices:
+            dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
+        return dom
+
+    @staticmethod
+    def unresponsive(dom: Domain) -> bool:
+        """True when libvirt reports the domain's monitor stuck (controlInfo)."""
+        try:
+            state, _details, state_ms = dom.handle.controlInfo()
+        except libvirt.libvirtError:
+            return False
+        return bool(state == _CONTROL_ERROR or
+                    (state == _CONTROL_OCCUPIED and state_ms >= STUCK_AFTER_MS))

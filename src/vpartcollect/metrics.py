@@ -1,0 +1,270 @@
+"""Raw libvirt statistics -> collectd-compatible Graphite metrics: mapping, naming, rates.
+
+Input is a flat dict keyed like virConnectGetAllDomainStats (``cpu.time``,
+``block.0.rd.bytes``, ``net.1.tx.pkts`` ...). Output paths are what collectd
+5.12's virt plugin writes through write_graphite with default options:
+``<host>.virt.<type>[-<type_instance>][.<ds>]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vpartcollect.wire import Stats, StatValue
+
+PLUGIN = "virt"
+
+# Characters write_graphite escapes inside one field ('.', whitespace, control)
+# and over the whole path (\t " \ : ! , / ( )); we also escape everything that
+# is not printable ASCII so that no name can add a level or a line.
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[.\"\\:!,/()]")
+
+HOSTNAME_FIELDS = ("name", "uuid", "hostname")
+PLUGIN_INSTANCE_FIELDS = ("name", "uuid")
+
+
+def escape_part(text: str, escape: str = "_") -> str:
+    """Make one path component safe: every separator, blank, control or non-ASCII char -> escape."""
+    return _UNSAFE.sub(escape, text)
+
+
+@dataclass(frozen=True)
+class Value:
+    """One collectd data source value of one domain."""
+
+    type: str
+    type_instance: str
+    ds: str | None  # None: single-source type, the path has no ds suffix
+    value: float
+    counter: bool  # DERIVE in collectd's types.db: sent as a rate when store_rates is on
+
+
+# bulk-stats suffix -> (collectd type, ds, counter)
+_BLOCK = {
+    "rd.reqs": ("disk_ops", "read", True),
+    "wr.reqs": ("disk_ops", "write", True),
+    "rd.bytes": ("disk_octets", "read", True),
+    "wr.bytes": ("disk_octets", "write", True),
+    "rd.times": ("disk_time", "read", True),
+    "wr.times": ("disk_time", "write", True),
+    "allocation": ("disk_allocation", None, False),
+    "capacity": ("disk_capacity", None, False),
+    "physical": ("disk_physical", None, False),
+}
+_NET = {
+    "rx.bytes": ("if_octets", "rx"),
+    "tx.bytes": ("if_octets", "tx"),
+    "rx.pkts": ("if_packets", "rx"),
+    "tx.pkts": ("if_packets", "tx"),
+    "rx.errs": ("if_errors", "rx"),
+    "tx.errs": ("if_errors", "tx"),
+    "rx.drop": ("if_dropped", "rx"),
+    "tx.drop": ("if_dropped", "tx"),
+}
+# balloon.<key> (KiB) -> memory-<type_instance> (bytes), as collectd's memory_stats_submit
+_BALLOON = {
+    "current": "actual_balloon",
+    "rss": "rss",
+    "swap_in": "swap_in",
+    "swap_out": "swap_out",
+    "major_fault": "major_fault",
+    "minor_fault": "minor_fault",
+    "unused": "unused",
+    "available": "available",
+    "usable": "usable",
+    "last-update": "last_update",
+    "disk_caches": "disk_caches",
+    "hugetlb_pgalloc": "hugetlb_pgalloc",
+    "hugetlb_pgfail": "hugetlb_pgfail",
+}
+# Counts of pages/faults/timestamps are not KiB.
+_BALLOON_UNSCALED = {"major_fault", "minor_fault", "last-update", "hugetlb_pgalloc",
+                     "hugetlb_pgfail"}
+
+
+def _num(value: StatValue | None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _devices(stats: Stats, group: str) -> Iterator[tuple[str, str]]:
+    """(index prefix, device name) of each ``<group>.N.name`` present."""
+    count = _num(stats.get(f"{group}.count"))
+    if count is None:
+        return
+    for i in range(int(count)):
+        name = stats.get(f"{group}.{i}.name")
+        if isinstance(name, str) and name:
+            yield f"{group}.{i}.", name
+
+
+def collectd_values(stats: Stats) -> list[Value]:
+    """Map one domain's raw stats to collectd's virt values (types.db names and kinds)."""
+    out: list[Value] = []
+
+    def add(typ: str, inst: str, ds: str | None, raw: StatValue | None, counter: bool,
+            scale: float = 1) -> None:
+        value = _num(raw)
+        if value is not None:
+            out.append(Value(typ, inst, ds, value * scale if scale != 1 else value, counter))
+
+    add("virt_cpu_total", "", None, stats.get("cpu.time"), True)
+    if "cpu.user" in stats and "cpu.system" in stats:
+        add("ps_cputime", "", "user", stats["cpu.user"], True)
+        add("ps_cputime", "", "syst", stats["cpu.system"], True)
+    vcpus = _num(stats.get("vcpu.maximum", stats.get("vcpu.current")))
+    for i in range(int(vcpus or 0)):
+        add("virt_vcpu", str(i), None, stats.get(f"vcpu.{i}.time"), True)
+    add("memory", "total", None, stats.get("balloon.current"), False, 1024)
+    for key, inst in _BALLOON.items():
+        scale = 1 if key in _BALLOON_UNSCALED else 1024
+        add("memory", inst, None, stats.get(f"balloon.{key}"), False, scale)
+    for prefix, dev in _devices(stats, "block"):
+        for suffix, (typ, ds, counter) in _BLOCK.items():
+            add(typ, dev, ds, stats.get(prefix + suffix), counter)
+        add("total_requests", f"flush-{dev}", None, stats.get(prefix + "fl.reqs"), True)
+        # collectd labels fl_total_times (ns) as ms but divides by 1000; we send real ms.
+        add("total_time_in_ms", f"flush-{dev}", None, stats.get(prefix + "fl.times"), True,
+            1e-6)
+    for prefix, dev in _devices(stats, "net"):
+        for suffix, (typ, ds) in _NET.items():
+            add(typ, dev, ds, stats.get(prefix + suffix), True)
+    add("domain_state", "", "state", stats.get("state.state"), False)
+    add("domain_state", "", "reason", stats.get("state.reason"), False)
+    return out
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How paths are built; defaults are collectd's virt + write_graphite defaults."""
+
+    prefix: str = ""
+    postfix: str = ""
+    escape: str = "_"
+    hostname: str = "localhost"
+    hostname_format: tuple[str, ...] = ("name",)
+    plugin_instance_format: tuple[str, ...] = ()
+
+    def _fields(self, fields: tuple[str, ...], name: str, uuid: str) -> str:
+        parts = {"name": name, "uuid": uuid, "hostname": self.hostname}
+        # collectd joins several fields with ':', which write_graphite then escapes.
+        return ":".join(parts[f] for f in fields)
+
+    def domain_prefix(self, name: str, uuid: str) -> str:
+        """``<prefix><host><postfix>.virt[-<plugin_instance>].`` for one domain."""
+        host = escape_part(self._fields(self.hostname_format, name, uuid), self.escape)
+        plugin = PLUGIN
+        if self.plugin_instance_format:
+            inst = self._fields(self.plugin_instance_format, name, uuid)
+            plugin = f"{PLUGIN}-{escape_part(inst, self.escape)}"
+        return f"{self.prefix}{host}{self.postfix}.{plugin}."
+
+    def value_suffix(self, value: Value) -> str:
+        """``<type>[-<type_instance>][.<ds>]`` with the instance escaped."""
+        name = value.type
+        if value.type_instance:
+            name = f"{name}-{escape_part(value.type_instance, self.escape)}"
+        return f"{name}.{value.ds}" if value.ds else name
+
+    def self_path(self, instance: int | None, metric: str) -> str:
+        """Path of one of the collector's own metrics (per instance, or global)."""
+        host = escape_part(self.hostname, self.escape)
+        plugin = "vpartcollect" if instance is None else f"vpartcollect-virt-{instance}"
+        return f"{self.prefix}{host}{self.postfix}.{plugin}.{metric}"
+
+
+def format_number(value: float) -> str:
+    """Graphite value text: integers exactly, floats to 15 significant digits."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 2**53):
+        return str(int(value))
+    return format(value, ".15g")
+
+
+def format_line(path: str, value: float, ts: float) -> str:
+    """One plaintext-protocol line."""
+    stamp = str(int(ts)) if float(ts).is_integer() else f"{ts:.3f}"
+    return f"{path} {format_number(value)} {stamp}\n"
+
+
+class RateTracker:
+    """Counter -> per-second rate from two samples' own timestamps (collectd's StoreRates).
+
+    A first sample, a repeated or older timestamp, or a counter that went
+    backwards (reboot, re-plugged device) yields None, never a spike.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[object, tuple[float, float]] = {}
+
+    def rate(self, key: object, ts: float, value: float) -> float | None:
+        """Record ``value`` at ``ts`` for ``key``; return the rate since the previous one."""
+        prev = self._last.get(key)
+        if prev is not None and ts <= prev[0]:
+            return None
+        self._last[key] = (ts, value)
+        if prev is None or value < prev[1]:
+            return None
+        return (value - prev[1]) / (ts - prev[0])
+
+    def forget_older_than(self, ts: float) -> int:
+        """Drop state last updated before ``ts`` (domains that went away); return how many."""
+        stale = [k for k, (t, _) in self._last.items() if t < ts]
+        for key in stale:
+            del self._last[key]
+        return len(stale)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One output point with the identity a JSON consumer wants."""
+
+    path: str
+    value: float
+    ts: float
+    domain: str | None = None
+    uuid: str | None = None
+    tag: str | None = None
+    instance: int | None = None
+
+
+class MetricBuilder:
+    """Turns domain samples into metrics; owns the rate state, so it outlives workers."""
+
+    def __init__(self, naming: Naming, store_rates: bool = True) -> None:
+        self.naming = naming
+        self.store_rates = store_rates
+        self.rates = RateTracker()
+
+    def domain_metrics(self, instance: int, ts: float, sampled: float, uuid: str, name: str,
+                       tag: str | None, unresponsive: bool, stats: Stats,
+                       ncpus: int) -> list[Metric]:
+        """All metrics of one domain sample stamped ``ts``, taken at ``sampled``.
+
+        Rates divide by the time between the samples as taken, so a sample
+        collected late (after a watchdog respawn) cannot fake a spike.
+        """
+        head = self.naming.domain_prefix(name, uuid)
+        out: list[Metric] = []
+
+        def emit(suffix: str, value: float) -> None:
+            if math.isfinite(value):
+                out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))
+
+        for val in collectd_values(stats):
+            suffix = self.naming.value_suffix(val)
+            if val.type == "virt_cpu_total":
+                util = self.rates.rate((uuid, "cpu_util"), sampled, val.value)
+                if util is not None and ncpus > 0:
+                    emit("percent-virt_cpu_total", util * 100 / (ncpus * 1e9))
+            if val.counter and self.store_rates:
+                rate = self.rates.rate((uuid, suffix), sampled, val.value)
+                if rate is not None:
+                    emit(suffix, rate)
+            else:
+                emit(suffix, val.value)
+        emit("unresponsive", 1 if unresponsive else 0)
+        return out

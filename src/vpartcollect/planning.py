@@ -1,0 +1,68 @@
+"""``vpartcollect plan``: who samples what, as the seed's tables show it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import libvirt
+
+from vpartcollect.config import Config
+from vpartcollect.inventory import Inventory
+from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
+from vpartcollect.partition import assign
+from vpartcollect.preflight import PreflightError
+
+REASON_EXCLUDED = "excluded by include/exclude"
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One domain's line of the plan."""
+
+    domain: str
+    uuid: str
+    tag: str | None
+    instance: int | None
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON object of ``plan --json``."""
+        return asdict(self)
+
+
+def rows_for(domains: list[tuple[str, str, str | None]], cfg: Config) -> list[PlanRow]:
+    """Plan rows for (name, uuid, tag) triples: pure, so the rule is tested without libvirt."""
+    rows = []
+    for name, uuid, tag in domains:
+        if not cfg.wants(name):
+            rows.append(PlanRow(name, uuid, tag, None, REASON_EXCLUDED))
+            continue
+        owner = assign(tag, cfg.instances)
+        rows.append(PlanRow(name, uuid, tag, owner.instance, owner.reason))
+    return rows
+
+
+def plan_rows(cfg: Config) -> list[PlanRow]:
+    """Connect read-only and plan every running domain."""
+    quiet_libvirt()
+    try:
+        conn = open_readonly(cfg.connect)
+        try:
+            running = Inventory(conn, cfg.refresh_interval, want_devices=False).running()
+        finally:
+            conn.close()
+    except libvirt.libvirtError as exc:
+        raise PreflightError(f"cannot read domains from {cfg.connect}: "
+                             f"{' '.join(str(exc.get_error_message() or exc).split())}") from None
+    return rows_for([(d.name, d.uuid, d.tag) for d in running], cfg)
+
+
+def render_plan(rows: list[PlanRow]) -> str:
+    """A fixed-width table: domain, tag, instance, reason."""
+    table = [("DOMAIN", "TAG", "INSTANCE", "REASON")]
+    table += [(r.domain, r.tag or "-", "-" if r.instance is None else str(r.instance), r.reason)
+              for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    return "".join(
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}\n"
+        for row in table)

@@ -1,0 +1,211 @@
+"""Graphite plaintext over TCP that never blocks the supervisor and loses nothing it can keep.
+
+Lines wait in a bounded queue and leave through a non-blocking socket driven
+by the supervisor's selector. A carbon that is down, slow, or never reads only
+fills the queue; when it is full the oldest lines are dropped and counted.
+Plaintext has no acknowledgements, so the lines sent in the last
+``resend_seconds`` before a connection died are sent again after reconnecting:
+carbon keeps one value per path and timestamp, so a repeat is harmless.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from vpartcollect.config import Endpoint
+from vpartcollect.metrics import Metric, format_line
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+_WRITE_BATCH = 64 * 1024
+
+
+class GraphiteSink:
+    """One destination, with its own queue and connection."""
+
+    def __init__(self, endpoint: Endpoint, max_lines: int = 100_000,
+                 resend_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
+        self.max_lines = max_lines
+        self.resend_seconds = resend_seconds
+        self.clock = clock
+        self.queue: deque[bytes] = deque()
+        self.inflight: deque[bytes] = deque()  # lines in ``out``, not yet fully written
+        self.out = b""
+        self.recent: deque[tuple[float, bytes]] = deque()  # sent lines kept for a resend
+        self.sock: socket.socket | None = None
+        self.connecting = False
+        self.next_attempt = 0.0
+        self.backoff = BACKOFF_MIN
+        self.dropped = 0
+        self._episode_dropped = 0
+        self._down_logged = False
+
+    def __str__(self) -> str:
+        return f"graphite {self.endpoint}"
+
+    # -- what the supervisor sees ----------------------------------------
+    @property
+    def buffered(self) -> int:
+        """Lines not yet handed to the kernel."""
+        return len(self.queue) + len(self.inflight)
+
+    def write(self, metrics: Sequence[Metric]) -> None:
+        """Queue lines; drop (and count) the oldest when over the bound."""
+        self.queue.extend(format_line(m.path, m.value, m.ts).encode() for m in metrics)
+        excess = len(self.queue) - self.max_lines
+        if excess > 0:
+            for _ in range(excess):
+                self.queue.popleft()
+            self.dropped += excess
+            if not self._episode_dropped:
+                log.warning("%s: buffer full (%d lines): dropping the oldest", self,
+                            self.max_lines)
+            self._episode_dropped += excess
+
+    def interest(self) -> tuple[socket.socket, int] | None:
+        """The socket and events to wait for, or None while disconnected."""
+        if self.sock is None:
+            return None
+        if self.connecting:
+            return self.sock, selectors.EVENT_WRITE
+        events = selectors.EVENT_READ
+        if self.out or self.queue:
+            events |= selectors.EVENT_WRITE
+        return self.sock, events
+
+    def next_wakeup(self) -> float | None:
+        """Monotonic time of the next reconnect attempt, if one is due."""
+        return self.next_attempt if self.sock is None else None
+
+    def poll(self) -> None:
+        """Start a connection attempt when disconnected and the backoff has passed."""
+        if self.sock is None and self.clock() >= self.next_attempt:
+            self._connect()
+
+    def on_ready(self, mask: int) -> None:
+        """Handle readiness of our socket: finish connecting, notice a close, send."""
+        if self.sock is None:
+            return
+        if self.connecting:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._fail(OSError(err, errno.errorcode.get(err, "connect failed")))
+                return
+            self._connected()
+        if mask & selectors.EVENT_READ and not self._drain_input():
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._send()
+
+    def close(self) -> None:
+        """Drop the connection (what is queued stays queued)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- internals -------------------------------------------------------
+    def _connect(self) -> None:
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM)[0]
+            self.sock = socket.socket(family, kind, proto)
+            self.sock.setblocking(False)
+            self.connecting = True
+            self.sock.connect_ex(addr)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _connected(self) -> None:
+        self.connecting = False
+        self.backoff = BACKOFF_MIN
+        if self._down_logged:
+            log.warning("%s: connected again", self)
+            self._down_logged = False
+        # Whatever the dead connection swallowed may be gone: send it again, oldest first.
+        horizon = self.clock() - self.resend_seconds
+        again = [line for at, line in self.recent if at >= horizon]
+        self.recent.clear()
+        self.queue.extendleft(reversed(again))
+        excess = len(self.queue) - self.max_lines
+        if excess > 0:  # never let a resend push out unsent lines beyond the bound
+            for _ in range(excess):
+                self.queue.popleft()
+
+    def _drain_input(self) -> bool:
+        assert self.sock is not None
+        try:
+            if self.sock.recv(4096):
+                return True  # carbon says nothing; ignore whatever it sent
+            self._fail(ConnectionResetError("closed by peer"))
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            self._fail(exc)
+        return False
+
+    def _send(self) -> None:
+        assert self.sock is not None
+        now = self.clock()
+        while True:
+            if not self.out:
+                if not self.queue:
+                    break
+                size = 0
+                while self.queue and size < _WRITE_BATCH:
+                    line = self.queue.popleft()
+                    self.inflight.append(line)
+                    size += len(line)
+                self.out = b"".join(self.inflight)
+            try:
+                sent = self.sock.send(self.out)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self.out = self.out[sent:]
+            self._retire(len(self.out), now)
+            if self.out:
+                break
+        if self._episode_dropped and not self.queue:
+            log.warning("%s: buffer drained; %d lines were dropped", self,
+                        self._episode_dropped)
+            self._episode_dropped = 0
+        horizon = now - self.resend_seconds
+        while self.recent and self.recent[0][0] < horizon:
+            self.recent.popleft()
+
+    def _retire(self, unsent: int, now: float) -> None:
+        """Move lines fully written to the kernel from inflight to the resend window."""
+        pending = sum(len(line) for line in self.inflight)
+        while self.inflight and pending - len(self.inflight[0]) >= unsent:
+            line = self.inflight.popleft()
+            pending -= len(line)
+            if self.resend_seconds > 0:
+                self.recent.append((now, line))
+        while len(self.recent) > self.max_lines:
+            self.recent.popleft()
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._down_logged:
+            log.warning("%s: %s; buffering and reconnecting with backoff", self,
+                        exc.strerror or exc)
+            self._down_logged = True
+        self.close()
+        self.connecting = False
+        # Lines cut off mid-write go back first, whole; carbon drops the torn line.
+        self.queue.extendleft(reversed(self.inflight))
+        self.inflight.clear()
+        self.out = b""
+        self.next_attempt = self.clock() + self.backoff
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)

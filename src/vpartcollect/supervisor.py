@@ -1,0 +1,482 @@
+"""The parent: forks one worker per instance, feeds them ticks, enforces deadlines, emits.
+
+Shaped like gunicorn's arbiter: one single-threaded loop whose every pass
+waits (selectors), reads frames, reaps, murders overdue workers, spawns the
+missing ones and hands out ticks. The parent never holds a libvirt connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import selectors
+import signal
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpartcollect import wire
+from vpartcollect.config import Config
+from vpartcollect.metrics import Metric, MetricBuilder
+from vpartcollect.partition import instance_name
+from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
+from vpartcollect.watchdog import backlog_limit, call_deadline, respawn_delay
+from vpartcollect.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+ONCE_GAP = 1.0  # seconds between the two samples --once needs for rates
+ONCE_LIMIT = 120.0  # --once gives up after this long
+STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
+
+
+@dataclass
+class Slot:
+    """Everything the supervisor knows about one instance and its current worker."""
+
+    index: int
+    pid: int = 0
+    ctl: int = -1
+    out: int = -1
+    decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
+    ready: bool = False
+    ncpus: int = 0
+    busy: str | None = None
+    busy_uuids: list[str] = field(default_factory=list)
+    deadline: float | None = None
+    current: wire.Tick | None = None
+    delivered: set[str] = field(default_factory=set)
+    unresponsive: int = 0
+    pending: deque[wire.Tick] = field(default_factory=deque)
+    killed: bool = False
+    failures: int = 0
+    spawn_at: float = 0.0
+    spawned: int = 0
+    kills: int = 0
+    missed_ticks: int = 0
+    names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return instance_name(self.index)
+
+
+class Supervisor:
+    """Runs the collector until stopped (or, with ``once``, for one sample)."""
+
+    def __init__(self, cfg: Config, once: bool = False) -> None:
+        self.cfg = cfg
+        self.once = once
+        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates)
+        self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
+        self.graphite = [GraphiteSink(ep, cfg.graphite_buffer, cfg.graphite_resend_seconds)
+                         for ep in cfg.graphite]
+        self.slots = [Slot(i) for i in range(cfg.instances)]
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self.exit_code = 0
+        self.backlog = backlog_limit(cfg.interval, cfg.call_timeout, cfg.chunk_size)
+        self.silent: set[float] = set()  # ticks sampled only to prime rates (--once)
+        self.once_ticks: deque[float] = deque()
+        self.next_tick = 0.0
+        self._signals: list[int] = []
+        self._sink_reg: dict[int, tuple[Any, int] | None] = {}
+        self._wake_r = self._wake_w = -1
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or one sample with ``once``); return the exit code."""
+        self._install_signals()
+        self._plan_ticks()
+        started = time.monotonic()
+        try:
+            while not self.stopping:
+                self.spawn_missing()
+                self.schedule_ticks()
+                self.wait(self._timeout())
+                self.handle_signals()
+                self.reap()
+                self.murder_overdue()
+                self.poll_sinks()
+                if self.once and self._once_finished():
+                    break
+                if self.once and time.monotonic() - started > ONCE_LIMIT:
+                    log.error("--once: no complete sample within %.0f s; giving up", ONCE_LIMIT)
+                    self.exit_code = 1
+                    break
+        except StdoutClosed:
+            self.exit_code = 0
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def _timeout(self) -> float:
+        now_m = time.monotonic()
+        waits = [self.next_tick - time.time()] if self.next_tick else []
+        waits += [s.deadline - now_m for s in self.slots if s.deadline is not None]
+        waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
+        waits += [w - now_m for g in self.graphite if (w := g.next_wakeup()) is not None]
+        return max(0.0, min(waits, default=1.0))
+
+    def wait(self, timeout: float) -> None:
+        """Block until a pipe, socket or signal is ready (or ``timeout``), and serve it."""
+        self._register_sinks()
+        for key, mask in self.selector.select(timeout):
+            kind, obj = key.data
+            if kind == "worker":
+                self.read_worker(obj)
+            elif kind == "graphite":
+                obj.on_ready(mask)
+            else:
+                self._drain_wakeup()
+
+    # -- ticks --------------------------------------------------------------
+    def _plan_ticks(self) -> None:
+        now = time.time()
+        if self.once:
+            first = float(math.floor(now))
+            if self.cfg.store_rates:
+                self.silent.add(first)
+                self.once_ticks.extend([first, first + ONCE_GAP])
+            else:
+                self.once_ticks.append(first)
+            self.next_tick = self.once_ticks[0]
+        else:
+            interval = self.cfg.interval
+            self.next_tick = math.ceil(now / interval) * interval
+
+    def schedule_ticks(self) -> None:
+        """Queue the due tick for every instance and hand it to idle workers."""
+        now = time.time()
+        if self.next_tick and now >= self.next_tick:
+            ts = self.next_tick
+            if self.once:
+                self.once_ticks.popleft()
+                self.next_tick = self.once_ticks[0] if self.once_ticks else 0.0
+            else:
+                interval = self.cfg.interval
+                # After a suspend or a stall of the parent itself, skip to the present.
+                self.next_tick = max(ts + interval, math.floor(now / interval) * interval)
+                self.next_tick = round(self.next_tick, 6) or interval
+                self.emit(self._global_metrics(ts))
+            for slot in self.slots:
+                slot.pending.append(wire.Tick(ts))
+                while len(slot.pending) > self.backlog:
+                    dropped = slot.pending.popleft()
+                    slot.missed_ticks += 1
+                    log.warning("%s: worker %s behind; tick %s skipped", slot.name,
+                                "not running" if not slot.pid else "still busy", dropped.ts)
+        for slot in self.slots:
+            self.feed(slot)
+
+    def feed(self, slot: Slot) -> None:
+        """Send the next waiting tick to a ready, idle worker."""
+        if not (slot.ready and slot.current is None and slot.pending):
+            return
+        tick = slot.pending.popleft()
+        slot.current, slot.delivered, slot.unresponsive = tick, set(tick.skip), 0
+        try:
+            os.write(slot.ctl, wire.encode(tick))
+        except OSError:
+            pass  # it died; reap() puts the tick back
+
+    def _once_finished(self) -> bool:
+        return not self.once_ticks and all(
+            s.current is None and not s.pending for s in self.slots)
+
+    # -- workers ------------------------------------------------------------
+    def spawn_missing(self) -> None:
+        """Fork a worker for every instance that has none and whose backoff has passed."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.pid and now >= slot.spawn_at and not self.stopping:
+                self.spawn(slot)
+
+    def spawn(self, slot: Slot) -> None:
+        """Fork one worker with a control pipe (to it) and a result pipe (from it)."""
+        ctl_r, ctl_w = os.pipe()
+        out_r, out_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # child
+            _keep_only_fds({ctl_r, out_w})
+            worker_main(slot.index, self.cfg, ctl_r, out_w, parent)
+        os.close(ctl_r)
+        os.close(out_w)
+        os.set_blocking(out_r, False)
+        slot.pid, slot.ctl, slot.out = pid, ctl_w, out_r
+        slot.decoder = wire.FrameDecoder()
+        slot.ready, slot.killed, slot.busy, slot.deadline = False, False, None, None
+        if slot.spawned:
+            log.info("%s: worker respawned as pid %d", slot.name, pid)
+        slot.spawned += 1
+        self.selector.register(out_r, selectors.EVENT_READ, ("worker", slot))
+
+    def read_worker(self, slot: Slot) -> None:
+        """Read what a worker sent; kill it if the bytes are not valid frames."""
+        try:
+            data = os.read(slot.out, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_pipes(slot)  # it exited; reap() does the rest
+            return
+        try:
+            messages = slot.decoder.feed(data)
+        except wire.WireError as exc:
+            log.error("%s: worker pid %d sent a bad frame (%s); killing it", slot.name,
+                      slot.pid, exc)
+            self._kill(slot, hung=False)
+            return
+        for msg in messages:
+            self.handle(slot, msg)
+
+    def handle(self, slot: Slot, msg: wire.Message) -> None:
+        """Act on one message from a worker."""
+        slot.busy, slot.deadline = None, None
+        if isinstance(msg, wire.Busy):
+            slot.busy, slot.busy_uuids = msg.what, msg.uuids
+            slot.deadline = time.monotonic() + call_deadline(self.cfg.call_timeout,
+                                                             len(msg.uuids))
+        elif isinstance(msg, wire.Hello):
+            slot.ready, slot.ncpus = True, msg.ncpus
+            log.debug("%s: pid %d ready on %s (bulk: %s; per-domain: %s)", slot.name,
+                      msg.pid, msg.driver, ",".join(msg.bulk_groups) or "-",
+                      ",".join(msg.fallback_groups) or "-")
+            self.feed(slot)
+        elif isinstance(msg, wire.Results):
+            self._results(slot, msg)
+        elif isinstance(msg, wire.Done):
+            self._done(slot, msg)
+
+    def _results(self, slot: Slot, msg: wire.Results) -> None:
+        silent = msg.tick in self.silent
+        out: list[Metric] = []
+        for d in msg.domains:
+            slot.names[d.uuid] = d.name
+            slot.delivered.add(d.uuid)
+            slot.unresponsive += d.unresponsive
+            out += self.builder.domain_metrics(slot.index, msg.tick, msg.sampled, d.uuid,
+                                               d.name, d.tag, d.unresponsive, d.stats,
+                                               slot.ncpus)
+        if not silent:
+            self.emit(out)
+
+    def _done(self, slot: Slot, msg: wire.Done) -> None:
+        if slot.current is None or msg.tick != slot.current.ts:
+            return
+        slot.current, slot.failures = None, 0
+        if msg.tick not in self.silent:
+            self.emit(self._instance_metrics(slot, msg))
+        self.feed(slot)
+
+    def reap(self) -> None:
+        """Collect exited workers; requeue the tick each was in; schedule its respawn."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is not None:
+                self._exited(slot, status)
+
+    def _exited(self, slot: Slot, status: int) -> None:
+        self._drain(slot)
+        self._close_pipes(slot)
+        if slot.ctl >= 0:
+            os.close(slot.ctl)
+        slot.pid, slot.ctl, slot.ready, slot.deadline = 0, -1, False, None
+        if slot.current is not None:
+            # Sample what it did not deliver; NOWAIT makes the hung domain answer at once.
+            slot.pending.appendleft(wire.Tick(slot.current.ts, sorted(slot.delivered)))
+            slot.current = None
+        if self.stopping:
+            return
+        if slot.killed:
+            slot.spawn_at = 0.0
+            return
+        slot.failures += 1
+        delay = respawn_delay(slot.failures)
+        slot.spawn_at = time.monotonic() + delay
+        if slot.failures == 1 or delay != respawn_delay(slot.failures - 1):
+            log.warning("%s: worker exited (%s); restarting in %.1f s", slot.name,
+                        _describe_status(status), delay)
+
+    def murder_overdue(self) -> None:
+        """SIGKILL every worker stuck in a call past its deadline."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid and slot.deadline is not None and now > slot.deadline:
+                names = [slot.names.get(u, u) for u in slot.busy_uuids]
+                log.warning("%s: %s%s passed its deadline; killing worker pid %d", slot.name,
+                            slot.busy, f" of {', '.join(names)}" if names else "", slot.pid)
+                slot.kills += 1
+                self._kill(slot, hung=True)
+
+    def _kill(self, slot: Slot, hung: bool) -> None:
+        # Only a hang earns an immediate respawn; a misbehaving worker gets backoff.
+        slot.killed, slot.deadline = hung, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.pid, signal.SIGKILL)
+
+    def _drain(self, slot: Slot) -> None:
+        """Read every frame a dead worker left in its pipe."""
+        while slot.out >= 0:
+            before = slot.out
+            self.read_worker(slot)
+            if slot.out == before and not _readable(slot.out):
+                break
+
+    def _close_pipes(self, slot: Slot) -> None:
+        if slot.out >= 0:
+            self.selector.unregister(slot.out)
+            os.close(slot.out)
+            slot.out = -1
+
+    # -- metrics out ------------------------------------------------------
+    def emit(self, metrics: Sequence[Metric]) -> None:
+        """Hand a batch to every output."""
+        if not metrics:
+            return
+        for sink in self.graphite:
+            sink.write(metrics)
+        if self.stdout is not None:
+            self.stdout.write(metrics)
+
+    def _instance_metrics(self, slot: Slot, msg: wire.Done) -> list[Metric]:
+        naming = self.builder.naming
+        values = {"cycle_seconds": round(msg.seconds, 6), "domains": msg.domains,
+                  "watchdog_kills": slot.kills, "respawns": max(0, slot.spawned - 1),
+                  "unresponsive_domains": slot.unresponsive, "missed_ticks": slot.missed_ticks}
+        return [Metric(naming.self_path(slot.index, k), v, msg.tick, instance=slot.index)
+                for k, v in values.items()]
+
+    def _global_metrics(self, ts: float) -> list[Metric]:
+        if not self.graphite:
+            return []
+        naming = self.builder.naming
+        return [Metric(naming.self_path(None, "graphite_dropped"),
+                       sum(g.dropped for g in self.graphite), ts),
+                Metric(naming.self_path(None, "graphite_buffered"),
+                       sum(g.buffered for g in self.graphite), ts)]
+
+    def _register_sinks(self) -> None:
+        for sink in self.graphite:
+            sink.poll()
+            want = sink.interest()
+            had = self._sink_reg.get(id(sink))
+            if had is not None and (want is None or had[0] is not want[0]):
+                self.selector.unregister(had[0])
+                had = None
+            if want is not None:
+                if had is None:
+                    self.selector.register(want[0], want[1], ("graphite", sink))
+                elif had[1] != want[1]:
+                    self.selector.modify(want[0], want[1], ("graphite", sink))
+            self._sink_reg[id(sink)] = want
+
+    def poll_sinks(self) -> None:
+        """Let disconnected Graphite destinations start their next attempt."""
+        for sink in self.graphite:
+            sink.poll()
+
+    # -- signals and stopping ---------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wakeup", None))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def handle_signals(self) -> None:
+        """Act on signals noted by the handler (outside the handler, in the loop)."""
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("%s: stopping", signal.Signals(sig).name)
+                self.stopping = True
+            elif sig == signal.SIGHUP:
+                log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+
+    def shutdown(self) -> None:
+        """Stop workers, keep what they already sent, flush outputs for a bounded time."""
+        self.stopping = True
+        for slot in self.slots:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        limit = time.monotonic() + STOP_GRACE
+        while any(s.pid for s in self.slots) and time.monotonic() < limit:
+            try:
+                self.wait(0.05)
+            except StdoutClosed:
+                self.stdout = None
+            self.reap()
+        for slot in self.slots:
+            if slot.pid:
+                os.kill(slot.pid, signal.SIGKILL)
+                os.waitpid(slot.pid, 0)
+                self._exited(slot, 0)
+        self._flush_graphite()
+        for sink in self.graphite:
+            sink.close()
+        signal.set_wakeup_fd(-1)
+
+    def _flush_graphite(self) -> None:
+        limit = time.monotonic() + self.cfg.flush_timeout
+        while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
+            self.wait(min(0.1, max(0.0, limit - time.monotonic())))
+            self.poll_sinks()
+        for sink in self.graphite:
+            if sink.buffered:
+                log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
+
+
+def _keep_only_fds(keep: set[int]) -> None:
+    """In a fresh child: close every inherited descriptor but stdio and ``keep``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    # Workers never write metrics: stdout belongs to the parent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def _readable(fd: int) -> bool:
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(0))
+    finally:
+        sel.close()
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"

@@ -1,0 +1,206 @@
+"""Messages between the supervisor and its workers: kinds, msgpack encoding, bounded decoding.
+
+Every frame is one msgpack array ``[kind, field, ...]``. Anything that does not
+decode to a known kind with fields of the right types raises WireError; the
+supervisor answers that by killing the worker that sent it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+# A frame larger than this is a broken or hostile worker, not a big partition:
+# a 64-domain chunk of full QEMU stats packs to well under 1 MiB.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+StatValue = int | float | str
+Stats = dict[str, StatValue]
+
+
+class WireError(ValueError):
+    """Bytes on a pipe that are not a valid message."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A worker connected to libvirt and is ready for ticks."""
+
+    instance: int
+    pid: int
+    ncpus: int
+    driver: str
+    bulk_groups: list[str]
+    fallback_groups: list[str]
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The worker starts a libvirt call that may block: ``what`` over ``uuids``."""
+
+    what: str
+    uuids: list[str]
+
+
+@dataclass(frozen=True)
+class Idle:
+    """The worker left a blocking call without a result (e.g. connect failed)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class DomainSample:
+    """One domain's raw statistics for one tick, keyed like virConnectGetAllDomainStats."""
+
+    uuid: str
+    name: str
+    tag: str | None
+    unresponsive: bool
+    stats: Stats
+
+
+@dataclass(frozen=True)
+class Results:
+    """Samples of one chunk of domains for the tick stamped ``tick``, taken at ``sampled``."""
+
+    tick: float
+    sampled: float  # wall-clock time of the call: rates use it, late replays stay honest
+    domains: list[DomainSample]
+
+
+@dataclass(frozen=True)
+class Done:
+    """The worker finished the tick stamped ``tick``."""
+
+    tick: float
+    seconds: float
+    domains: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Supervisor to worker: sample your partition for timestamp ``ts``, minus ``skip``."""
+
+    ts: float
+    skip: list[str] = field(default_factory=list)
+
+
+Message = Hello | Busy | Idle | Results | Done | Tick
+
+
+def encode(msg: Message) -> bytes:
+    """Pack one message into a frame."""
+    if isinstance(msg, Hello):
+        body: list[Any] = [
+            "hello", msg.instance, msg.pid, msg.ncpus, msg.driver,
+            msg.bulk_groups, msg.fallback_groups,
+        ]
+    elif isinstance(msg, Busy):
+        body = ["busy", msg.what, msg.uuids]
+    elif isinstance(msg, Idle):
+        body = ["idle", msg.why]
+    elif isinstance(msg, Results):
+        body = [
+            "results", msg.tick, msg.sampled,
+            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats] for d in msg.domains],
+        ]
+    elif isinstance(msg, Done):
+        body = ["done", msg.tick, msg.seconds, msg.domains]
+    else:
+        body = ["tick", msg.ts, msg.skip]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def _need(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int subclass; a bool where a number belongs is still a broken frame.
+    if isinstance(value, bool) and kind is not bool:
+        raise WireError(f"{what}: expected {kind}, got bool")
+    if not isinstance(value, kind):
+        raise WireError(f"{what}: expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: object, what: str) -> list[str]:
+    items = _need(value, list, what)
+    return [_need(item, str, what) for item in items]
+
+
+def _number(value: object, what: str) -> float:
+    return float(_need(value, (int, float), what))
+
+
+def _stats(value: object) -> Stats:
+    raw = _need(value, dict, "stats")
+    out: Stats = {}
+    for key, val in raw.items():
+        out[_need(key, str, "stats key")] = _need(val, (int, float, str), f"stats[{key}]")
+    return out
+
+
+def _sample(value: object) -> DomainSample:
+    row = _need(value, list, "domain")
+    if len(row) != 5:
+        raise WireError("domain: expected 5 fields")
+    tag = None if row[2] is None else _need(row[2], str, "tag")
+    return DomainSample(
+        _need(row[0], str, "uuid"), _need(row[1], str, "name"), tag,
+        _need(row[3], bool, "unresponsive"), _stats(row[4]),
+    )
+
+
+_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 4, "tick": 3}
+
+
+def decode(obj: object) -> Message:
+    """Turn one unpacked frame into a message, or raise WireError."""
+    frame = _need(obj, list, "frame")
+    if not frame or not isinstance(frame[0], str) or frame[0] not in _ARITY:
+        raise WireError(f"unknown message kind {frame[0]!r}" if frame else "empty frame")
+    kind = frame[0]
+    if len(frame) != _ARITY[kind]:
+        raise WireError(f"{kind}: expected {_ARITY[kind] - 1} fields, got {len(frame) - 1}")
+    if kind == "hello":
+        return Hello(
+            _need(frame[1], int, "instance"), _need(frame[2], int, "pid"),
+            _need(frame[3], int, "ncpus"), _need(frame[4], str, "driver"),
+            _strings(frame[5], "bulk_groups"), _strings(frame[6], "fallback_groups"),
+        )
+    if kind == "busy":
+        return Busy(_need(frame[1], str, "what"), _strings(frame[2], "uuids"))
+    if kind == "idle":
+        return Idle(_need(frame[1], str, "why"))
+    if kind == "results":
+        rows = _need(frame[3], list, "domains")
+        return Results(_number(frame[1], "tick"), _number(frame[2], "sampled"),
+                       [_sample(row) for row in rows])
+    if kind == "done":
+        return Done(
+            _number(frame[1], "tick"), _number(frame[2], "seconds"),
+            _need(frame[3], int, "domains"),
+        )
+    return Tick(_number(frame[1], "ts"), _strings(frame[2], "skip"))
+
+
+class FrameDecoder:
+    """Streaming decoder for one pipe, with a bounded buffer."""
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self._unpacker = msgpack.Unpacker(
+            raw=False, use_list=True, strict_map_key=True, max_buffer_size=max_frame
+        )
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add bytes read from the pipe; return the complete messages they finish."""
+        try:
+            self._unpacker.feed(data)
+            return [decode(obj) for obj in self._unpacker]
+        except WireError:
+            raise
+        except msgpack.BufferFull:
+            raise WireError("frame larger than the buffer limit") from None
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise WireError(f"undecodable bytes: {exc}") from None

@@ -1,0 +1,63 @@
+"""Shared helpers: run the real CLI as a subprocess, find leftover processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO_NODE = Path(__file__).parent.parent / "src" / "vpartcollect" / "data" / "demo-node.xml"
+DEMO_URI = f"test://{DEMO_NODE.resolve()}"
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``vpartcollect ARGS`` to completion."""
+    return subprocess.run([sys.executable, "-m", "vpartcollect", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def cli_popen(*args: str) -> subprocess.Popen[str]:
+    """Start ``vpartcollect ARGS`` in its own session (so leftovers can be found)."""
+    return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids still alive in session ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def parse_lines(text: str) -> list[tuple[str, float, float]]:
+    """Graphite plaintext lines -> (path, value, timestamp); asserts the format."""
+    out = []
+    for line in text.splitlines():
+        path, value, ts = line.split(" ")
+        out.append((path, float(value), float(ts)))
+    return out
+
+
+def no_traceback(stderr: str) -> None:
+    """Fail if a Python traceback reached the operator."""
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture
+def demo_uri() -> str:
+    return DEMO_URI
+
+

@@ -1,0 +1,164 @@
+"""The real CLI against libvirt's test driver: plan, run --once, run until SIGTERM, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import cli, cli_popen, no_traceback, parse_lines, session_members
+from nodes import domain_xml, tagged_node, write_node
+from test_partition import SEED_EXAMPLES
+
+DOMAINS = [f"domain-{c}" for c in "ABCDEFGHIJ"]
+
+
+@pytest.mark.parametrize("example", sorted(SEED_EXAMPLES))
+def test_plan_json_reproduces_the_seed_tables(tmp_path: Path, example: str) -> None:
+    instances, rows = SEED_EXAMPLES[example]
+    uri = tagged_node(tmp_path / "node.xml", [row[1] for row in rows])
+    res = cli("plan", "--connect", uri, "--instances", str(instances), "--json")
+    assert res.returncode == 0, res.stderr
+    got = [(r["domain"], r["tag"], r["instance"], r["reason"]) for r in json.loads(res.stdout)]
+    assert got == [tuple(row) for row in rows]
+    assert all(set(r) == {"domain", "uuid", "tag", "instance", "reason"}
+               for r in json.loads(res.stdout))
+
+
+def test_plan_table(demo_uri: str) -> None:
+    res = cli("plan", "--connect", demo_uri, "--instances", "3")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["DOMAIN", "TAG", "INSTANCE", "REASON"]
+    assert lines[4].split() == ["domain-D", "virt-3", "0", "adopted", "by", "instance", "#0"]
+    assert lines[2].split() == ["domain-B", "virt-1", "1", "tag", "match"]
+
+
+def test_run_once_demo_writes_every_kind_of_metric(demo_uri: str) -> None:
+    res = cli("run", "--connect", demo_uri, "--instances", "3", "--once")
+    assert res.returncode == 0, res.stderr
+    no_traceback(res.stderr)
+    lines = parse_lines(res.stdout)
+    stamps = {ts for _, _, ts in lines}
+    assert len(stamps) == 1, "every instance stamps the same timestamp"
+    per_domain: dict[str, set[str]] = defaultdict(set)
+    for path, _, _ in lines:
+        host, plugin, rest = path.split(".", 2)
+        if plugin == "virt":
+            per_domain[host].add(rest)
+    assert sorted(per_domain) == DOMAINS
+    for name, paths in per_domain.items():
+        nic = f"demo{name[-1].lower()}0"
+        for want in ("virt_cpu_total", "percent-virt_cpu_total", "virt_vcpu-0",
+                     "memory-total", "memory-actual_balloon", "disk_octets-vda.read",
+                     "disk_ops-vda.write", f"if_octets-{nic}.rx", f"if_packets-{nic}.tx",
+                     "domain_state.state", "unresponsive"):
+            assert want in paths, (name, want)
+    values = {p: v for p, v, _ in lines}
+    assert values["domain-A.virt.virt_cpu_total"] > 0  # a rate, from two real samples
+    assert values["domain-A.virt.memory-total"] == 512 * 1024 * 1024
+    own = [p for p in values if ".vpartcollect-virt-0." in p]
+    assert {p.rsplit(".", 1)[1] for p in own} >= {"cycle_seconds", "domains", "watchdog_kills",
+                                                  "respawns", "unresponsive_domains"}
+    assert values[next(p for p in own if p.endswith(".domains"))] == 6  # A D E F I J
+
+
+def test_run_once_json_format(demo_uri: str) -> None:
+    res = cli("run", "--connect", demo_uri, "--instances", "2", "--once", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(line) for line in res.stdout.splitlines()]
+    cpu = next(o for o in objs if o["path"] == "domain-B.virt.virt_cpu_total")
+    assert cpu["domain"] == "domain-B" and cpu["tag"] == "virt-1" and cpu["instance"] == 1
+    assert set(cpu) == {"path", "value", "timestamp", "domain", "uuid", "tag", "instance"}
+
+
+def test_include_exclude(demo_uri: str) -> None:
+    res = cli("run", "--connect", demo_uri, "--once", "--include", "domain-[A-C]",
+              "--exclude", "B$")
+    assert res.returncode == 0, res.stderr
+    hosts = {p.split(".")[0] for p, _, _ in parse_lines(res.stdout) if ".virt." in p}
+    assert hosts == {"domain-A", "domain-C"}
+
+
+def test_hostile_names_and_metadata(tmp_path: Path) -> None:
+    uri = write_node(tmp_path / "n.xml", [
+        domain_xml("evil name.with dots", 1, "virt-1"),
+        domain_xml("tagged-twice", 2, metadata='<x:tag xmlns:x="urn:x">virt-1</x:tag>'),
+    ])
+    res = cli("run", "--connect", uri, "--instances", "2", "--once")
+    assert res.returncode == 0, res.stderr
+    lines = parse_lines(res.stdout)
+    assert any(p.startswith("evil_name_with_dots.virt.virt_cpu_total") for p, _, _ in lines)
+    plan = json.loads(cli("plan", "--connect", uri, "--instances", "2", "--json").stdout)
+    assert [(r["tag"], r["instance"]) for r in plan] == [("virt-1", 1), (None, 0)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--instances", "0"], "instances: must be greater than 0"),
+    (["--instances", "x"], "'x' is not a valid integer"),
+    (["--include", "("], "include[0]: bad regular expression"),
+    (["--graphite", "nohost"], "graphite: expected HOST:PORT"),
+    (["--connect", "test:///nonexistent/node.xml"], "cannot connect to libvirt at test:///"),
+    (["--connect", "bogus+scheme:///x"], "cannot connect to libvirt at bogus+scheme"),
+    (["--bogus"], "--bogus"),
+    (["-c", "/nonexistent.toml"], "config file /nonexistent.toml: No such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(demo_uri: str, args: list[str], message: str) -> None:
+    full = ["--connect", demo_uri, *args] if "--connect" not in args else args
+    res = cli("run", "--once", *full)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_config_file_unknown_key(tmp_path: Path, demo_uri: str) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'connect = "{demo_uri}"\ninstancs = 3\n')
+    res = cli("check-config", "-c", str(conf))
+    assert res.returncode == 2 and "unknown key 'instancs'" in res.stderr
+    conf.write_text(f'connect = "{demo_uri}"\ninstances = 3\n')
+    res = cli("check-config", "-c", str(conf))
+    assert res.returncode == 0 and "3 instance(s)" in res.stdout
+
+
+def test_run_until_sigterm_aligned_cycles_and_no_leftovers(demo_uri: str) -> None:
+    proc = cli_popen("run", "--connect", demo_uri, "--instances", "3", "--interval", "1")
+    time.sleep(3.6)
+    assert len(session_members(proc.pid)) == 4  # parent + one worker per instance
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    no_traceback(err)
+    assert session_members(proc.pid) == []
+    lines = parse_lines(out)
+    stamps = sorted({ts for _, _, ts in lines})
+    assert len(stamps) >= 2 and all(ts == int(ts) for ts in stamps)
+    last_full = stamps[-2]
+    cpu_hosts = {p.split(".")[0] for p, _, ts in lines
+                 if ts == last_full and p.endswith(".virt.virt_cpu_total")}
+    assert cpu_hosts == set(DOMAINS)
+
+
+def test_sigint_stops_cleanly(demo_uri: str) -> None:
+    proc = cli_popen("run", "--connect", demo_uri, "--interval", "1")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    no_traceback(err)
+    assert session_members(proc.pid) == []
+
+
+def test_closed_stdout_ends_quietly(demo_uri: str) -> None:
+    proc = cli_popen("run", "--connect", demo_uri, "--interval", "0.5")
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    proc.wait(timeout=20)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, err
+    no_traceback(err)
+    assert session_members(proc.pid) == []

@@ -1,0 +1,67 @@
+"""Configuration: defaults, overrides, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vpartcollect.config import ConfigError, Endpoint, build, load, parse_endpoint
+
+
+def test_defaults_are_collectd_like() -> None:
+    cfg = build()
+    assert (cfg.connect, cfg.instances, cfg.interval) == ("qemu:///system", 1, 10.0)
+    assert cfg.use_stdout and cfg.store_rates and cfg.hostname_format == ("name",)
+    assert cfg.call_timeout == 5.0
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('connect = "test:///default"\ninstances = 4\ninterval = 2\n'
+                    'graphite = ["127.0.0.1:2003", "[::1]:2004"]\ninclude = ["^prod-"]\n')
+    cfg = load(path, {"instances": 2, "interval": None})
+    assert cfg.instances == 2 and cfg.interval == 2.0 and cfg.call_timeout == 1.0
+    assert cfg.graphite == (Endpoint("127.0.0.1", 2003), Endpoint("::1", 2004))
+    assert not cfg.use_stdout
+    assert cfg.wants("prod-db") and not cfg.wants("test-db")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"instance": 2}, "unknown key 'instance'"),
+    ({"instances": "4"}, "instances: must be an integer, got str '4'"),
+    ({"instances": 0}, "instances: must be greater than 0"),
+    ({"instances": 65}, "instances: at most 64"),
+    ({"instances": True}, "instances: must be an integer, got a boolean"),
+    ({"interval": -1}, "interval: must be greater than 0.05"),
+    ({"interval": float("nan")}, "interval: must be greater than"),
+    ({"include": ["("]}, "include[0]: bad regular expression '('"),
+    ({"exclude": "[z-a]"}, "exclude[0]: bad regular expression"),
+    ({"graphite": ["carbon"]}, "graphite: expected HOST:PORT, got 'carbon'"),
+    ({"graphite": ["carbon:99999"]}, "graphite: port must be 1-65535"),
+    ({"format": "xml"}, "format: must be one of graphite, json"),
+    ({"hostname": "my host"}, "hostname: only printable ASCII"),
+    ({"hostname_format": "name ip"}, "hostname_format: unknown field 'ip'"),
+    ({"escape_character": "."}, "escape_character: must be one character"),
+    ({"stdout": "yes"}, "stdout: must be true or false"),
+    ({"connect": ""}, "connect: must not be empty"),
+])
+def test_errors_name_the_key(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build(values)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("instances = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+
+
+def test_endpoint_parsing() -> None:
+    assert parse_endpoint("carbon.example:2003") == Endpoint("carbon.example", 2003)
+    assert str(parse_endpoint("[::1]:2003")) == "[::1]:2003"

@@ -1,0 +1,139 @@
+"""Mapping, naming, escaping and rates: what lands in Graphite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vpartcollect.metrics import (
+    MetricBuilder,
+    Naming,
+    RateTracker,
+    collectd_values,
+    escape_part,
+    format_line,
+    format_number,
+)
+from vpartcollect.wire import Stats
+
+REFERENCE = Path(__file__).parent / "data" / "collectd-virt-paths.txt"
+
+
+def qemu_stats(k: int = 0) -> Stats:
+    """Bulk stats shaped like libvirt 9 returns them for a 1-vCPU QEMU domain lab-7."""
+    return {
+        "state.state": 1, "state.reason": 1,
+        "cpu.time": 10**9 * (5 + k), "cpu.user": 10**8 * (3 + k), "cpu.system": 10**8 * (1 + k),
+        "balloon.current": 65536, "balloon.maximum": 65536, "balloon.rss": 40000 + k,
+        "vcpu.current": 1, "vcpu.maximum": 1, "vcpu.0.state": 1, "vcpu.0.time": 10**9 * (4 + k),
+        "vcpu.0.wait": 0, "net.count": 1, "net.0.name": "lt7",
+        "net.0.rx.bytes": 1000 + 100 * k, "net.0.rx.pkts": 10 + k, "net.0.rx.errs": 0,
+        "net.0.rx.drop": 0, "net.0.tx.bytes": 2000 + 10 * k, "net.0.tx.pkts": 20 + k,
+        "net.0.tx.errs": 0, "net.0.tx.drop": 0, "block.count": 1, "block.0.name": "vda",
+        "block.0.path": "/var/lib/lab/lab-7.qcow2", "block.0.rd.reqs": 100 + k,
+        "block.0.rd.bytes": 4096 * (100 + k), "block.0.rd.times": 10**6 * (1 + k),
+        "block.0.wr.reqs": 5 + k, "block.0.wr.bytes": 4096 * (5 + k),
+        "block.0.wr.times": 10**6 * (2 + k), "block.0.fl.reqs": 3 + k,
+        "block.0.fl.times": 10**6 * (3 + k), "block.0.allocation": 200704,
+        "block.0.capacity": 67108864, "block.0.physical": 200704,
+    }
+
+
+def two_samples(builder: MetricBuilder, name: str = "lab-7") -> dict[str, float]:
+    builder.domain_metrics(0, 100.0, 100.0, "uuid-7", name, None, False, qemu_stats(0), 2)
+    got = builder.domain_metrics(0, 110.0, 110.0, "uuid-7", name, None, False, qemu_stats(10), 2)
+    return {m.path: m.value for m in got}
+
+
+def test_paths_match_what_collectd_wrote_for_a_real_domain() -> None:
+    reference = set(REFERENCE.read_text().split())
+    ours = set(two_samples(MetricBuilder(Naming())))
+    # vcpu pinning (cpu_affinity-*) is not in libvirt's bulk stats; we do not send it.
+    expected = {p for p in reference if ".cpu_affinity-" not in p}
+    assert expected <= ours, sorted(expected - ours)
+    extras = ours - reference
+    assert extras == {"lab-7.virt.virt_vcpu-0", "lab-7.virt.unresponsive"}
+
+
+def test_counters_become_rates_from_sample_times() -> None:
+    values = two_samples(MetricBuilder(Naming()))
+    assert values["lab-7.virt.virt_cpu_total"] == pytest.approx(1e9)  # 10 s of cpu in 10 s
+    assert values["lab-7.virt.percent-virt_cpu_total"] == pytest.approx(50.0)  # of 2 host cpus
+    assert values["lab-7.virt.if_octets-lt7.rx"] == pytest.approx(100.0)
+    assert values["lab-7.virt.disk_ops-vda.write"] == pytest.approx(1.0)
+    assert values["lab-7.virt.total_time_in_ms-flush-vda"] == pytest.approx(1.0)  # 10 ms / 10 s
+    assert values["lab-7.virt.memory-actual_balloon"] == 65536 * 1024  # KiB -> bytes
+    assert values["lab-7.virt.memory-total"] == 65536 * 1024
+    assert values["lab-7.virt.disk_capacity-vda"] == 67108864
+    assert values["lab-7.virt.domain_state.state"] == 1
+
+
+def test_first_sample_sends_no_counter_and_no_nan() -> None:
+    got = MetricBuilder(Naming()).domain_metrics(0, 100.0, 100.0, "u", "lab-7", None, False,
+                                                 qemu_stats(), 2)
+    paths = {m.path for m in got}
+    assert "lab-7.virt.memory-rss" in paths
+    assert "lab-7.virt.virt_cpu_total" not in paths
+    assert all(m.value == m.value for m in got)
+
+
+def test_raw_counters_when_rates_are_off() -> None:
+    values = two_samples(MetricBuilder(Naming(), store_rates=False))
+    assert values["lab-7.virt.if_octets-lt7.rx"] == 2000
+
+
+def test_rate_tracker_never_spikes() -> None:
+    r = RateTracker()
+    assert r.rate("k", 10.0, 100) is None  # first
+    assert r.rate("k", 20.0, 200) == 10.0
+    assert r.rate("k", 20.0, 300) is None  # same timestamp (replayed tick)
+    assert r.rate("k", 15.0, 300) is None  # older
+    assert r.rate("k", 30.0, 50) is None  # counter reset: VM rebooted
+    assert r.rate("k", 40.0, 150) == 10.0  # and the next one is a normal rate again
+    assert r.forget_older_than(35.0) == 0
+    assert r.forget_older_than(45.0) == 1
+
+
+@pytest.mark.parametrize(("name", "escaped"), [
+    ("lab-7", "lab-7"),
+    ("web.example.com", "web_example_com"),
+    ("a b\tc", "a_b_c"),
+    ("evil\nfake.path 1 1", "evil_fake_path_1_1"),
+    ("x\r\x00y", "x__y"),
+    ('q"u\\o:t!e,s/(p)', "q_u_o_t_e_s__p_"),
+    ("caf\u00e9-\u2603", "caf_-_"),
+])
+def test_escape_part(name: str, escaped: str) -> None:
+    assert escape_part(name) == escaped
+
+
+def test_hostile_domain_name_cannot_add_a_line_or_a_level() -> None:
+    values = two_samples(MetricBuilder(Naming()), name="x 1 2\nforged.path 666 1")
+    for path in values:
+        line = format_line(path, 1.0, 100.0)
+        assert line.count("\n") == 1 and len(line.split()) == 3
+        assert path.split(".")[0] == "x_1_2_forged_path_666_1"
+
+
+def test_naming_options() -> None:
+    naming = Naming(prefix="collectd.", postfix=".kvm", escape="-", hostname="hv.01",
+                    hostname_format=("hostname", "name"), plugin_instance_format=("uuid",))
+    assert naming.domain_prefix("vm.1", "u-1") == "collectd.hv-01-vm-1.kvm.virt-u-1."
+    assert naming.self_path(3, "domains") == "collectd.hv-01.kvm.vpartcollect-virt-3.domains"
+
+
+def test_collectd_values_ignore_missing_and_non_numeric() -> None:
+    vals = collectd_values({"cpu.time": "oops", "block.count": 1, "block.0.name": "vda"})
+    assert vals == []
+
+
+@pytest.mark.parametrize(("value", "text"), [(5, "5"), (5.0, "5"), (0.1, "0.1"),
+                                             (1e20, "1e+20"), (2.5e-7, "2.5e-07")])
+def test_format_number(value: float, text: str) -> None:
+    assert format_number(value) == text
+
+
+def test_format_line_timestamps() -> None:
+    assert format_line("a.b", 1, 1700000000.0) == "a.b 1 1700000000\n"
+    assert format_line("a.b", 1, 1700000000.5) == "a.b 1 1700000000.500\n"

@@ -1,0 +1,113 @@
+"""The partition rule, row by row against the seed's four example tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpartcollect.partition import (
+    REASON_ADOPTED,
+    REASON_MATCH,
+    TAG_NS,
+    TagError,
+    assign,
+    is_valid_tag,
+    parse_tag,
+    tag_element,
+)
+
+M, A = REASON_MATCH, REASON_ADOPTED
+
+# (instances, [(domain, tag, instance, reason)]) exactly as docs/README.virt.md prints them
+# (its example two says "rag match" for domain-F: a typo for "tag match").
+Row = tuple[str, str | None, int, str]
+SEED_EXAMPLES: dict[str, tuple[int, list[Row]]] = {
+    "one": (5, [("domain-A", "virt-0", 0, M), ("domain-B", "virt-1", 1, M),
+                ("domain-C", "virt-2", 2, M), ("domain-D", "virt-3", 3, M),
+                ("domain-E", "virt-4", 4, M), ("domain-F", "virt-0", 0, M),
+                ("domain-G", "virt-1", 1, M), ("domain-H", "virt-2", 2, M),
+                ("domain-I", "virt-3", 3, M), ("domain-J", "virt-4", 4, M)]),
+    "two": (3, [("domain-A", "virt-0", 0, M), ("domain-B", "virt-1", 1, M),
+                ("domain-C", "virt-2", 2, M), ("domain-D", "virt-3", 0, A),
+                ("domain-E", "virt-4", 0, A), ("domain-F", "virt-0", 0, M),
+                ("domain-G", "virt-1", 1, M), ("domain-H", "virt-2", 2, M),
+                ("domain-I", "virt-3", 0, A), ("domain-J", "virt-4", 0, A)]),
+    "three": (5, [("domain-A", "virt-0", 0, M), ("domain-B", "virt-1", 1, M),
+                  ("domain-C", "virt-2", 2, M), ("domain-D", "virt-0", 0, M),
+                  ("domain-E", "virt-1", 1, M), ("domain-F", "virt-2", 2, M),
+                  ("domain-G", "virt-0", 0, M), ("domain-H", "virt-1", 1, M),
+                  ("domain-I", "virt-2", 2, M), ("domain-J", "virt-0", 0, M)]),
+    "four": (5, [("domain-A", "virt-0", 0, M), ("domain-B", "virt-1", 1, M),
+                 ("domain-C", "virt-2", 2, M), ("domain-D", "virt-0", 0, M),
+                 ("domain-E", None, 0, A), ("domain-F", None, 0, A),
+                 ("domain-G", None, 0, A), ("domain-H", None, 0, A),
+                 ("domain-I", None, 0, A), ("domain-J", None, 0, A)]),
+}
+
+ROWS = [(name, instances, *row) for name, (instances, rows) in SEED_EXAMPLES.items()
+        for row in rows]
+
+
+@pytest.mark.parametrize(("example", "instances", "domain", "tag", "instance", "reason"), ROWS)
+def test_seed_tables(example: str, instances: int, domain: str, tag: str | None,
+                     instance: int, reason: str) -> None:
+    got = assign(tag, instances)
+    assert (got.instance, got.reason) == (instance, reason)
+
+
+@pytest.mark.parametrize("tag", ["virt-01", "virt-+1", "virt-", "virt-1 ", "VIRT-1", "virt-1x",
+                                 "storage-a", ""])
+def test_foreign_spellings_are_adopted(tag: str) -> None:
+    assert assign(tag, 5) == assign(None, 5)
+    assert assign(tag, 5).reason == REASON_ADOPTED
+
+
+def test_one_instance_takes_everything() -> None:
+    assert {assign(t, 1).instance for t in ("virt-0", "virt-1", None, "x")} == {0}
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        assign("virt-0", 0)
+
+
+def test_tag_from_metadata_element_as_libvirt_returns_it() -> None:
+    # virDomainGetMetadata(ELEMENT, ns) hands back the element without its namespace.
+    assert parse_tag("<tag>virt-3</tag>") == "virt-3"
+
+
+def test_tag_from_domain_xml_with_surrounding_whitespace() -> None:
+    xml = (f'<domain><metadata>\n  <ovirtmap:tag xmlns:ovirtmap="{TAG_NS}">\n'
+           "     virt-2\n  </ovirtmap:tag>\n</metadata></domain>")
+    assert parse_tag(xml) == "virt-2"
+
+
+def test_other_namespaces_are_not_tags() -> None:
+    assert parse_tag('<domain><metadata><x:tag xmlns:x="urn:other">virt-1</x:tag>'
+                     "</metadata></domain>") is None
+
+
+@pytest.mark.parametrize("xml", [None, "", "   ", "<tag></tag>", "<tag>  </tag>"])
+def test_absent_or_empty_tag_is_untagged(xml: str | None) -> None:
+    assert parse_tag(xml) is None
+
+
+@pytest.mark.parametrize("xml", [
+    "<tag>virt-1",  # malformed
+    '<!DOCTYPE t [<!ENTITY x "virt-1">]><tag>&x;</tag>',  # entity
+    '<!DOCTYPE t [<!ENTITY x SYSTEM "file:///etc/passwd">]><tag>&x;</tag>',  # external
+    "<!DOCTYPE tag><tag>virt-1</tag>",  # any DTD at all
+])
+def test_hostile_or_broken_xml_raises_tag_error(xml: str) -> None:
+    with pytest.raises(TagError):
+        parse_tag(xml)
+
+
+def test_tag_element_round_trips_and_escapes() -> None:
+    assert parse_tag(tag_element("virt-4")) == "virt-4"
+    assert parse_tag(tag_element("a<b&c")) == "a<b&c"
+
+
+@pytest.mark.parametrize(("tag", "ok"), [("virt-0", True), ("virt-12", True), ("virt-01", False),
+                                         ("virt-", False), ("foo", False)])
+def test_valid_tags(tag: str, ok: bool) -> None:
+    assert is_valid_tag(tag) is ok

@@ -1,0 +1,69 @@
+"""Framing: every message kind round-trips; broken or hostile bytes are WireError, not a crash."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from vpartcollect import wire
+
+MESSAGES: list[wire.Message] = [
+    wire.Hello(2, 1234, 16, "QEMU", ["state", "block"], []),
+    wire.Busy("stats", ["u1", "u2"]),
+    wire.Idle("connect failed"),
+    wire.Results(1700000000.0, 1700000000.25, [
+        wire.DomainSample("u1", "vm-1", "virt-2", False,
+                          {"cpu.time": 2**63 + 5, "block.0.name": "vda", "x": 0.5}),
+        wire.DomainSample("u2", "vm 2", None, True, {}),
+    ]),
+    wire.Done(1700000000.0, 0.125, 2),
+    wire.Tick(1700000010.0, ["u1"]),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg: wire.Message) -> None:
+    assert wire.FrameDecoder().feed(wire.encode(msg)) == [msg]
+
+
+def test_stream_split_at_every_byte() -> None:
+    data = b"".join(wire.encode(m) for m in MESSAGES)
+    decoder = wire.FrameDecoder()
+    got: list[wire.Message] = []
+    for i in range(len(data)):
+        got += decoder.feed(data[i : i + 1])
+    assert got == MESSAGES
+
+
+@pytest.mark.parametrize("obj", [
+    {"k": "hello"},  # not an array
+    [],
+    ["nope", 1],
+    ["busy", "stats"],  # wrong arity
+    ["busy", "stats", [1, 2]],  # uuids not strings
+    ["done", "t", 1.0, 3],  # tick not a number
+    ["done", 1.0, 1.0, True],  # bool where an int belongs
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"k": [1]}]]],  # stat value a list
+    ["results", 1.0, 1.0, [["u", "n", None, "no", {}]]],  # flag not a bool
+    ["hello", 0, 1, 2, "QEMU", ["state"], "block"],
+])
+def test_wrong_shapes_are_rejected(obj: object) -> None:
+    with pytest.raises(wire.WireError):
+        wire.FrameDecoder().feed(msgpack.packb(obj))
+
+
+def test_garbage_bytes_are_rejected() -> None:
+    with pytest.raises(wire.WireError):
+        wire.FrameDecoder().feed(b"\xc1" * 8)  # 0xc1 is never valid msgpack
+
+
+def test_invalid_utf8_is_rejected() -> None:
+    with pytest.raises(wire.WireError):
+        wire.FrameDecoder().feed(b"\x92\xa4busy\xa2\xff\xfe")
+
+
+def test_oversized_frame_is_rejected_without_buffering_it_all() -> None:
+    decoder = wire.FrameDecoder(max_frame=1024)
+    big = wire.encode(wire.Busy("stats", ["u" * 100] * 50))
+    with pytest.raises(wire.WireError):
+        decoder.feed(big)
