@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import PrivateLibvirtd
 
 DEMO_NODE = Path(__file__).parent.parent / "src" / "vpartcollect" / "data" / "demo-node.xml"
 DEMO_URI = f"test://{DEMO_NODE.resolve()}"
@@ -61,3 +63,16 @@ def demo_uri() -> str:
     return DEMO_URI
 
 
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd with six tiny QEMU domains: lab-0..5 tagged virt-0,1,2,0,1,2."""
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"))
+    try:
+        daemon.start()
+        for i in range(6):
+            daemon.create(f"lab-{i}", f"virt-{i % 3}", nic=f"lt{i}")
+        yield daemon
+    finally:
+        daemon.stop()

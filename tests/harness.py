@@ -1,0 +1,188 @@
+"""A private, real libvirtd with tiny QEMU domains, for tests and benchmarks (as root).
+
+libvirtd runs in its own mount namespace with /etc/libvirt, /run/libvirt,
+/var/lib/libvirt and /var/log/libvirt bound to a scratch directory, and its own
+socket, so it never touches a libvirtd already on the machine. Domains have no
+OS: QEMU idles in firmware and answers its monitor. ``freeze`` is SIGSTOP of the
+QEMU process, exactly what a storage stall does to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from vpartcollect.partition import TAG_NS
+
+QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+
+
+class HarnessError(RuntimeError):
+    """The private libvirtd could not be set up."""
+
+
+def _run(*cmd: str, timeout: float = 60) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if res.returncode != 0:
+        raise HarnessError(f"{' '.join(cmd)}: {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
+
+
+class PrivateLibvirtd:
+    """One libvirtd of our own under ``base``; ``uri`` reaches it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base.resolve()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.domains: list[str] = []
+        self.frozen: set[str] = set()
+        self.kind = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu:///system?socket={self.base}/sock/libvirt-sock"
+
+    @property
+    def admin_uri(self) -> str:
+        return f"libvirtd:///system?socket={self.base}/sock/libvirt-admin-sock"
+
+    # -- daemon -------------------------------------------------------------
+    def start(self) -> PrivateLibvirtd:
+        """Write the configuration and start libvirtd; wait until it answers."""
+        if os.geteuid() != 0:
+            raise HarnessError("the real-libvirtd tests need root (run bin/test as root)")
+        for user_or_group in (["getent", "passwd", "libvirt-qemu"],
+                              ["getent", "group", "libvirt-qemu"]):
+            if subprocess.run(user_or_group, capture_output=True, check=False).returncode:
+                raise HarnessError("user/group libvirt-qemu missing: run bin/setup-host --test")
+        b = self.base
+        for sub in ("etc", "run", "lib", "log", "sock", "images", "cache"):
+            (b / sub).mkdir(parents=True, exist_ok=True)
+        (b / "etc" / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{b}/sock"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+            f'log_outputs = "3:file:{b}/log/libvirtd.log"\nmax_workers = 20\n')
+        (b / "etc" / "qemu.conf").write_text(
+            'user = "root"\ngroup = "root"\nsecurity_driver = "none"\nstdio_handler = "file"\n'
+            'dynamic_ownership = 0\nremember_owner = 0\n')
+        binds = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
+                 "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
+        script = "set -e; " + "; ".join(
+            f"mkdir -p {target}; mount --bind {b}/{src} {target}" for src, target in binds.items())
+        script += f"; exec libvirtd -f /etc/libvirt/libvirtd.conf -p {b}/libvirtd.pid"
+        log = open(b / "log" / "stderr.log", "ab")  # noqa: SIM115 - lives as long as libvirtd
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                                      "sh", "-c", script], stdout=log, stderr=log,
+                                     start_new_session=True)
+        limit = time.monotonic() + 30
+        while time.monotonic() < limit:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"libvirtd exited: {(b / 'log' / 'stderr.log').read_text()}")
+            if subprocess.run(["virsh", "-c", self.uri, "version"], capture_output=True,
+                              check=False).returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise HarnessError("libvirtd did not answer within 30 s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill_daemon(self) -> None:
+        """SIGKILL libvirtd (QEMUs keep running, as with a real crash)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """Thaw and destroy every domain, stop libvirtd, leave no QEMU behind."""
+        for name in list(self.frozen):
+            self.thaw(name)
+        if self.proc is not None:
+            for name in self.domains:
+                subprocess.run(["virsh", "-c", self.uri, "destroy", name], capture_output=True,
+                               timeout=30, check=False)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        for pid in self._qemu_pids():
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _qemu_pids(self) -> list[int]:
+        res = subprocess.run(["pgrep", "-f", f"{self.base}/images/"], capture_output=True,
+                             text=True, check=False)
+        return [int(p) for p in res.stdout.split()]
+
+    # -- domains ------------------------------------------------------------
+    def domain_xml(self, name: str, tag: str | None, nic: str) -> str:
+        image = self.base / "images" / f"{name}.qcow2"
+        meta = (f'<metadata><ovirtmap:tag xmlns:ovirtmap="{TAG_NS}">{tag}</ovirtmap:tag>'
+                "</metadata>" if tag else "")
+        return f"""<domain type='{self.kind}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  {meta}
+  <devices>
+    <emulator>{QEMU}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{image}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='ethernet'>
+      <target dev='{nic}' managed='yes'/>
+      <model type='virtio'/>
+    </interface>
+    <memballoon model='virtio'/>
+  </devices>
+</domain>"""
+
+    def create(self, name: str, tag: str | None = None, nic: str | None = None) -> None:
+        """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC."""
+        image = self.base / "images" / f"{name}.qcow2"
+        if not image.exists():
+            _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
+        xml_path = self.base / "images" / f"{name}.xml"
+        xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}"))
+        _run("virsh", "-c", self.uri, "define", str(xml_path))
+        _run("virsh", "-c", self.uri, "start", name)
+        self.domains.append(name)
+
+    def qemu_pid(self, name: str) -> int:
+        """The QEMU process of a running domain."""
+        return int((self.base / "run" / "qemu" / f"{name}.pid").read_text().strip())
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the domain's QEMU: its monitor stops answering, as in a storage stall."""
+        os.kill(self.qemu_pid(name), signal.SIGSTOP)
+        self.frozen.add(name)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT the domain's QEMU."""
+        try:
+            os.kill(self.qemu_pid(name), signal.SIGCONT)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+        self.frozen.discard(name)
+
+    def busy_workers(self) -> int:
+        """libvirtd worker threads busy now (nWorkers - freeWorkers)."""
+        out = _run("virt-admin", "-c", self.admin_uri, "srv-threadpool-info", "libvirtd")
+        values = dict(re.findall(r"(\w+)\s*:\s*(\d+)", out))
+        return int(values["nWorkers"]) - int(values["freeWorkers"])

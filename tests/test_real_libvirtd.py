@@ -1,0 +1,44 @@
+"""The collector against a real libvirtd with real QEMU domains: paths and values."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import cli, no_traceback, parse_lines
+from harness import PrivateLibvirtd
+
+pytestmark = pytest.mark.libvirtd
+
+REFERENCE = Path(__file__).parent / "data" / "collectd-virt-paths.txt"
+
+
+def test_qemu_domains_get_collectd_paths(libvirtd: PrivateLibvirtd) -> None:
+    res = cli("run", "--connect", libvirtd.uri, "--instances", "3", "--once")
+    assert res.returncode == 0, res.stderr
+    no_traceback(res.stderr)
+    paths: dict[str, set[str]] = defaultdict(set)
+    values = {}
+    for path, value, _ in parse_lines(res.stdout):
+        host, rest = path.split(".", 1)
+        paths[host].add(rest)
+        values[path] = value
+    reference = {p.split(".", 1)[1] for p in REFERENCE.read_text().split()
+                 if ".cpu_affinity-" not in p}  # pinning: not in bulk stats
+    for i in range(6):
+        ours = paths[f"lab-{i}"]
+        expected = {p.replace("-lt7", f"-lt{i}") for p in reference}
+        assert expected <= ours, (i, sorted(expected - ours))
+        assert values[f"lab-{i}.virt.memory-actual_balloon"] == 64 * 1024 * 1024
+        assert values[f"lab-{i}.virt.disk_capacity-vda"] == 64 * 1024 * 1024
+        assert values[f"lab-{i}.virt.unresponsive"] == 0
+    domains = {p: v for p, v in values.items() if p.endswith(".domains")}
+    assert sorted(domains.values()) == [2, 2, 2]
+
+
+def test_plan_on_real_metadata(libvirtd: PrivateLibvirtd) -> None:
+    res = cli("plan", "--connect", libvirtd.uri, "--instances", "2")
+    rows = [line.split()[:3] for line in res.stdout.splitlines()[1:]]
+    assert rows == [[f"lab-{i}", f"virt-{i % 3}", str(i % 3 if i % 3 < 2 else 0)]
+                    for i in range(6)]
