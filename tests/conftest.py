@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import IO
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,14 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout, check=False)
 
 
-def cli_popen(*args: str) -> subprocess.Popen[str]:
-    """Start ``vpartcollect ARGS`` in its own session (so leftovers can be found)."""
+def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
+              stderr: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Start ``vpartcollect ARGS`` in its own session (so leftovers can be found).
+
+    A long run must get files for stdout/stderr: nobody reads a pipe until the end.
+    """
     return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            stdout=stdout, stderr=stderr, start_new_session=True)
 
 
 def session_members(sid: int) -> list[int]:

@@ -88,6 +88,7 @@ def test_rate_tracker_never_spikes() -> None:
     assert r.rate("k", 10.0, 100) is None  # first
     assert r.rate("k", 20.0, 200) == 10.0
     assert r.rate("k", 20.0, 300) is None  # same timestamp (replayed tick)
+    assert r.rate("k", 20.01, 300) is None  # a burst, too close to be a rate
     assert r.rate("k", 15.0, 300) is None  # older
     assert r.rate("k", 30.0, 50) is None  # counter reset: VM rebooted
     assert r.rate("k", 40.0, 150) == 10.0  # and the next one is a normal rate again

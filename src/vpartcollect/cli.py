@@ -67,6 +67,8 @@ def cli() -> None:
 @click.option("--timeout", type=float, metavar="SECONDS",
               help="Deadline of one libvirt call before per-domain slack "
                    "(default min(5, interval/2)).")
+@click.option("--chunk-size", type=int, metavar="N",
+              help="Domains per bulk stats call, each with its own deadline (default 32).")
 @click.option("--hostname", help="Host name for the collector's own metrics.")
 @click.option("--graphite", multiple=True, metavar="HOST:PORT",
               help="Send to this carbon plaintext listener (repeatable).")

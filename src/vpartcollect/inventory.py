@@ -125,11 +125,16 @@ class Inventory:
         return dom
 
     @staticmethod
-    def unresponsive(dom: Domain) -> bool:
-        """True when libvirt reports the domain's monitor stuck (controlInfo)."""
+    def unresponsive(dom: Domain, suspect: bool = False) -> bool:
+        """True when libvirt reports the domain's monitor stuck (controlInfo).
+
+        A monitor is briefly occupied by every normal query, so only one busy for
+        STUCK_AFTER_MS counts, unless we already saw a call on it hang (``suspect``).
+        """
         try:
             state, _details, state_ms = dom.handle.controlInfo()
         except libvirt.libvirtError:
             return False
-        return bool(state == _CONTROL_ERROR or
-                    (state == _CONTROL_OCCUPIED and state_ms >= STUCK_AFTER_MS))
+        if state == _CONTROL_ERROR:
+            return True
+        return bool(state == _CONTROL_OCCUPIED and (suspect or state_ms >= STUCK_AFTER_MS))

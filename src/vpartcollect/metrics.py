@@ -197,13 +197,16 @@ class RateTracker:
     backwards (reboot, re-plugged device) yields None, never a spike.
     """
 
+    # Samples closer than this (a backlog collected in one burst) give noise, not a rate.
+    MIN_GAP = 0.05
+
     def __init__(self) -> None:
         self._last: dict[object, tuple[float, float]] = {}
 
     def rate(self, key: object, ts: float, value: float) -> float | None:
         """Record ``value`` at ``ts`` for ``key``; return the rate since the previous one."""
         prev = self._last.get(key)
-        if prev is not None and ts <= prev[0]:
+        if prev is not None and ts < prev[0] + self.MIN_GAP:
             return None
         self._last[key] = (ts, value)
         if prev is None or value < prev[1]:

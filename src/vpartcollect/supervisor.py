@@ -54,11 +54,13 @@ class Slot:
     unresponsive: int = 0
     pending: deque[wire.Tick] = field(default_factory=deque)
     killed: bool = False
+    suspects: set[str] = field(default_factory=set)  # hung a call; not seen healthy since
     failures: int = 0
     spawn_at: float = 0.0
     spawned: int = 0
     kills: int = 0
     missed_ticks: int = 0
+    missing: int = 0  # ticks skipped in the current episode (logged once)
     names: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -167,10 +169,12 @@ class Supervisor:
             for slot in self.slots:
                 slot.pending.append(wire.Tick(ts))
                 while len(slot.pending) > self.backlog:
-                    dropped = slot.pending.popleft()
+                    slot.pending.popleft()
                     slot.missed_ticks += 1
-                    log.warning("%s: worker %s behind; tick %s skipped", slot.name,
-                                "not running" if not slot.pid else "still busy", dropped.ts)
+                    if not slot.missing:
+                        log.warning("%s: worker %s; skipping ticks until it catches up",
+                                    slot.name, "not ready" if not slot.ready else "behind")
+                    slot.missing += 1
         for slot in self.slots:
             self.feed(slot)
 
@@ -178,7 +182,8 @@ class Supervisor:
         """Send the next waiting tick to a ready, idle worker."""
         if not (slot.ready and slot.current is None and slot.pending):
             return
-        tick = slot.pending.popleft()
+        queued = slot.pending.popleft()
+        tick = wire.Tick(queued.ts, queued.skip, sorted(slot.suspects))
         slot.current, slot.delivered, slot.unresponsive = tick, set(tick.skip), 0
         try:
             os.write(slot.ctl, wire.encode(tick))
@@ -244,7 +249,7 @@ class Supervisor:
         if isinstance(msg, wire.Busy):
             slot.busy, slot.busy_uuids = msg.what, msg.uuids
             slot.deadline = time.monotonic() + call_deadline(self.cfg.call_timeout,
-                                                             len(msg.uuids))
+                                                             len(msg.uuids), msg.what)
         elif isinstance(msg, wire.Hello):
             slot.ready, slot.ncpus = True, msg.ncpus
             log.debug("%s: pid %d ready on %s (bulk: %s; per-domain: %s)", slot.name,
@@ -263,6 +268,8 @@ class Supervisor:
             slot.names[d.uuid] = d.name
             slot.delivered.add(d.uuid)
             slot.unresponsive += d.unresponsive
+            if not d.unresponsive:
+                slot.suspects.discard(d.uuid)
             out += self.builder.domain_metrics(slot.index, msg.tick, msg.sampled, d.uuid,
                                                d.name, d.tag, d.unresponsive, d.stats,
                                                slot.ncpus)
@@ -273,6 +280,9 @@ class Supervisor:
         if slot.current is None or msg.tick != slot.current.ts:
             return
         slot.current, slot.failures = None, 0
+        if slot.missing:
+            log.warning("%s: caught up; %d tick(s) were skipped", slot.name, slot.missing)
+            slot.missing = 0
         if msg.tick not in self.silent:
             self.emit(self._instance_metrics(slot, msg))
         self.feed(slot)
@@ -314,13 +324,18 @@ class Supervisor:
 
     def murder_overdue(self) -> None:
         """SIGKILL every worker stuck in a call past its deadline."""
-        now = time.monotonic()
         for slot in self.slots:
-            if slot.pid and slot.deadline is not None and now > slot.deadline:
+            if slot.pid and slot.deadline is not None and time.monotonic() > slot.deadline:
+                # The answer may already sit in the pipe (the loop was slow): read it first.
+                if slot.out >= 0 and _readable(slot.out):
+                    self.read_worker(slot)
+                    if slot.deadline is None or time.monotonic() <= slot.deadline:
+                        continue
                 names = [slot.names.get(u, u) for u in slot.busy_uuids]
                 log.warning("%s: %s%s passed its deadline; killing worker pid %d", slot.name,
                             slot.busy, f" of {', '.join(names)}" if names else "", slot.pid)
                 slot.kills += 1
+                slot.suspects.update(slot.busy_uuids)
                 self._kill(slot, hung=True)
 
     def _kill(self, slot: Slot, hung: bool) -> None:

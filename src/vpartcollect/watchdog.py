@@ -7,12 +7,17 @@ import math
 # Measured: bulk NOWAIT stats cost 6-7 ms per QEMU domain here; allow ~8x that so a
 # large healthy chunk on a loaded host is never mistaken for a hung one.
 PER_DOMAIN_SECONDS = 0.05
+# Opening a connection (and probing the driver) is slower than a stats call, and a
+# libvirtd that is starting up may take seconds to answer: never kill for that alone.
+CONNECT_SECONDS = 15.0
 RESPAWN_MIN = 0.5
 RESPAWN_MAX = 30.0
 
 
-def call_deadline(timeout: float, domains: int) -> float:
-    """Seconds a worker may spend in one announced call over ``domains`` domains."""
+def call_deadline(timeout: float, domains: int, what: str = "stats") -> float:
+    """Seconds a worker may spend in one announced call (``what``) over ``domains`` domains."""
+    if what == "connect":
+        return max(timeout, CONNECT_SECONDS)
     return timeout + PER_DOMAIN_SECONDS * domains
 
 

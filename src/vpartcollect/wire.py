@@ -82,10 +82,15 @@ class Done:
 
 @dataclass(frozen=True)
 class Tick:
-    """Supervisor to worker: sample your partition for timestamp ``ts``, minus ``skip``."""
+    """Supervisor to worker: sample your partition for timestamp ``ts``, minus ``skip``.
+
+    ``suspects`` are domains whose call hung the previous worker: each is reported
+    unresponsive while libvirt still shows its monitor busy.
+    """
 
     ts: float
     skip: list[str] = field(default_factory=list)
+    suspects: list[str] = field(default_factory=list)
 
 
 Message = Hello | Busy | Idle | Results | Done | Tick
@@ -110,7 +115,7 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Done):
         body = ["done", msg.tick, msg.seconds, msg.domains]
     else:
-        body = ["tick", msg.ts, msg.skip]
+        body = ["tick", msg.ts, msg.skip, msg.suspects]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -152,7 +157,7 @@ def _sample(value: object) -> DomainSample:
     )
 
 
-_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 4, "tick": 3}
+_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 4, "tick": 4}
 
 
 def decode(obj: object) -> Message:
@@ -182,7 +187,8 @@ def decode(obj: object) -> Message:
             _number(frame[1], "tick"), _number(frame[2], "seconds"),
             _need(frame[3], int, "domains"),
         )
-    return Tick(_number(frame[1], "ts"), _strings(frame[2], "skip"))
+    return Tick(_number(frame[1], "ts"), _strings(frame[2], "skip"),
+                _strings(frame[3], "suspects"))
 
 
 class FrameDecoder:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 RECONNECT_MIN = 0.5
-RECONNECT_MAX = 30.0
+RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
 
 
 def chunks(items: Sequence[Domain], size: int) -> Iterator[Sequence[Domain]]:
@@ -133,9 +133,11 @@ class Worker:
         assert self.reader is not None
         started = time.monotonic()
         domains = self.mine(set(tick.skip))
+        suspects = set(tick.suspects)
         for chunk in chunks(domains, self.cfg.chunk_size):
             self.send(wire.Busy("stats", [d.uuid for d in chunk]))
-            stuck = {d.uuid for d in chunk if Inventory.unresponsive(d)}
+            stuck = {d.uuid for d in chunk
+                     if Inventory.unresponsive(d, suspect=d.uuid in suspects)}
             sampled = time.time()
             raw = self.reader.collect(chunk)
             samples = [wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck,

@@ -1,0 +1,252 @@
+"""Hung VMs cost the others nothing: real libvirtd, real QEMU frozen with SIGSTOP.
+
+Every scenario runs the real CLI for SOAK seconds (default 60) at a 1 s interval
+against the session's private libvirtd (lab-0..5 tagged virt-0,1,2,0,1,2) and
+checks what an operator would see in Graphite: every healthy domain has a
+sample for every interval, the frozen one keeps its cpu and says unresponsive,
+libvirtd never has more worker threads busy on our account than VMs frozen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from conftest import cli_popen, no_traceback, parse_lines
+from harness import PrivateLibvirtd
+
+pytestmark = pytest.mark.libvirtd
+
+SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "60"))
+FREEZE_AT = 12.0
+FREEZE_FOR = min(30.0, SOAK - FREEZE_AT - 12)
+ALL = [f"lab-{i}" for i in range(6)]
+
+Action = tuple[float, Callable[[], None]]
+
+
+@dataclass
+class Outcome:
+    """What one run wrote, and how busy libvirtd was meanwhile."""
+
+    lines: list[tuple[str, float, float]]
+    stderr: str
+    busy: list[tuple[float, int]]  # (seconds since start, busy libvirtd workers above baseline)
+    started: float
+    events: dict[str, float] = field(default_factory=dict)  # name -> wall time
+
+    def stamps(self, domain: str, metric: str) -> set[int]:
+        """Timestamps at which ``<domain>.virt.<metric>`` was written."""
+        path = f"{domain}.virt.{metric}"
+        return {int(ts) for p, _, ts in self.lines if p == path}
+
+    def values(self, domain: str, metric: str) -> dict[int, float]:
+        path = f"{domain}.virt.{metric}"
+        return {int(ts): v for p, v, ts in self.lines if p == path}
+
+    def window(self) -> range:
+        """Every tick from the second to the last-but-one (the first and last may be cut)."""
+        stamps = sorted({int(ts) for _, _, ts in self.lines})
+        return range(stamps[1], stamps[-1])
+
+    def held_threads(self, start: float, end: float) -> int:
+        """Most libvirtd workers held throughout any 2 s between start and end.
+
+        A single reading also counts requests that happen to be in flight; a thread
+        held by a hung call stays busy across the whole window.
+        """
+        worst = 0
+        t = start
+        while t + 2 <= end:
+            inside = [b for at, b in self.busy if t <= at < t + 2]
+            if inside:
+                worst = max(worst, min(inside))
+            t += 0.5
+        return worst
+
+
+def soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action],
+         seconds: float = SOAK) -> Outcome:
+    """Run the collector for ``seconds``, doing ``actions`` at their offsets."""
+    baseline = libvirtd.busy_workers()
+    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = cli_popen("run", "--connect", libvirtd.uri, "--interval", "1", *args,
+                     stdout=out_file, stderr=err_file)
+    started = time.monotonic()
+    busy: list[tuple[float, int]] = []
+    todo = sorted(actions, key=lambda a: a[0])
+    try:
+        while (now := time.monotonic() - started) < seconds:
+            while todo and todo[0][0] <= now:
+                todo.pop(0)[1]()
+            try:
+                busy.append((now, libvirtd.busy_workers() - baseline))
+            except Exception:
+                pass  # libvirtd down in the restart scenario
+            time.sleep(0.2)
+        for _, action in todo:
+            action()
+        assert proc.poll() is None, "the collector exited on its own"
+    finally:
+        for name in list(libvirtd.frozen):
+            libvirtd.thaw(name)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    assert proc.returncode == 0, err
+    no_traceback(err)
+    return Outcome(parse_lines(out), err, busy, started)
+
+
+def freeze(libvirtd: PrivateLibvirtd, name: str, events: dict[str, float]) -> Callable[[], None]:
+    def act() -> None:
+        events[f"freeze {name}"] = time.time()
+        libvirtd.freeze(name)
+    return act
+
+
+def thaw(libvirtd: PrivateLibvirtd, name: str, events: dict[str, float]) -> Callable[[], None]:
+    def act() -> None:
+        events[f"thaw {name}"] = time.time()
+        libvirtd.thaw(name)
+    return act
+
+
+def assert_complete(out: Outcome, domains: list[str], metric: str) -> None:
+    for name in domains:
+        missing = [t for t in out.window() if t not in out.stamps(name, metric)]
+        assert not missing, f"{name} has no {metric} at {missing}"
+
+
+def assert_frozen_vm_reported(out: Outcome, name: str, events: dict[str, float]) -> None:
+    frozen_from, thawed = int(events[f"freeze {name}"]) + 2, int(events[f"thaw {name}"])
+    during = [t for t in out.window() if frozen_from < t < thawed - 1]
+    unresponsive = out.values(name, "unresponsive")
+    assert during and all(unresponsive.get(t) == 1 for t in during), unresponsive
+    # QEMU-free stats keep coming: state and cpu (a rate, so it needs every sample).
+    cpu = out.stamps(name, "virt_cpu_total")
+    assert all(t in cpu for t in during), sorted(set(during) - cpu)
+    # The monitor-side ones cannot, and come back within two intervals of the thaw.
+    disk = out.stamps(name, "disk_capacity-vda")
+    assert not any(t in disk for t in during)
+    back = [t for t in out.window() if t > thawed + 2]
+    assert back and all(t in disk and unresponsive.get(t) == 0 for t in back)
+
+
+def test_one_frozen_vm(libvirtd: PrivateLibvirtd) -> None:
+    ev: dict[str, float] = {}
+    out = soak(libvirtd, ["--instances", "3"], [
+        (FREEZE_AT, freeze(libvirtd, "lab-1", ev)),
+        (FREEZE_AT + FREEZE_FOR, thaw(libvirtd, "lab-1", ev))])
+    healthy = [d for d in ALL if d != "lab-1"]
+    assert_complete(out, healthy, "memory-total")
+    assert_complete(out, healthy, "disk_capacity-vda")  # monitor-side: really healthy
+    assert_complete(out, healthy, "virt_cpu_total")
+    assert_frozen_vm_reported(out, "lab-1", ev)
+    assert out.held_threads(FREEZE_AT, FREEZE_AT + FREEZE_FOR) == 1
+    assert out.held_threads(FREEZE_AT + FREEZE_FOR + 3, SOAK) == 0
+    kills = {p: v for p, v, _ in out.lines if p.endswith("vpartcollect-virt-1.watchdog_kills")}
+    assert max(kills.values()) == 1  # one kill for the whole freeze, not one per interval
+
+
+def test_two_frozen_vms_in_two_partitions(libvirtd: PrivateLibvirtd) -> None:
+    ev: dict[str, float] = {}
+    out = soak(libvirtd, ["--instances", "3"], [
+        (FREEZE_AT, freeze(libvirtd, "lab-1", ev)),
+        (FREEZE_AT + 3, freeze(libvirtd, "lab-5", ev)),
+        (FREEZE_AT + FREEZE_FOR, thaw(libvirtd, "lab-1", ev)),
+        (FREEZE_AT + FREEZE_FOR, thaw(libvirtd, "lab-5", ev))])
+    healthy = ["lab-0", "lab-2", "lab-3", "lab-4"]
+    assert_complete(out, healthy, "disk_capacity-vda")
+    assert_complete(out, healthy, "virt_cpu_total")
+    for name in ("lab-1", "lab-5"):
+        assert_frozen_vm_reported(out, name, ev)
+    assert out.held_threads(FREEZE_AT + 4, FREEZE_AT + FREEZE_FOR) == 2
+
+
+def test_one_instance_loses_no_sample_of_its_healthy_domains(libvirtd: PrivateLibvirtd) -> None:
+    ev: dict[str, float] = {}
+    out = soak(libvirtd, ["--instances", "1"], [
+        (FREEZE_AT, freeze(libvirtd, "lab-3", ev)),
+        (FREEZE_AT + FREEZE_FOR, thaw(libvirtd, "lab-3", ev))])
+    healthy = [d for d in ALL if d != "lab-3"]
+    assert_complete(out, healthy, "disk_capacity-vda")
+    assert_complete(out, healthy, "virt_cpu_total")
+    assert_frozen_vm_reported(out, "lab-3", ev)
+    assert out.held_threads(FREEZE_AT, FREEZE_AT + FREEZE_FOR) == 1
+
+
+def test_vm_freezing_mid_cycle_again_and_again(libvirtd: PrivateLibvirtd) -> None:
+    """lab-0 freezes at a different phase of the cycle each time, between chunks of one."""
+    ev: dict[str, float] = {}
+    actions: list[Action] = []
+    t = 8.0
+    while t + 4 < SOAK - 8:
+        actions += [(t, freeze(libvirtd, "lab-0", ev)), (t + 2.5, thaw(libvirtd, "lab-0", ev))]
+        t += 4.37  # drifts through every phase of the 1 s cycle
+    out = soak(libvirtd, ["--instances", "1", "--chunk-size", "1"], actions)
+    healthy = [d for d in ALL if d != "lab-0"]
+    assert_complete(out, healthy, "disk_capacity-vda")
+    assert_complete(out, healthy, "memory-total")
+    assert_complete(out, ["lab-0"], "memory-total")  # QEMU-free part of the flapping VM too
+    assert out.held_threads(0, SOAK) <= 1
+
+
+def test_libvirtd_killed_and_restarted(libvirtd: PrivateLibvirtd) -> None:
+    restarted: dict[str, float] = {}
+
+    def kill() -> None:
+        restarted["killed"] = time.time()
+        libvirtd.kill_daemon()
+
+    def start() -> None:
+        libvirtd.start()
+        restarted["up"] = time.time()
+
+    out = soak(libvirtd, ["--instances", "3"], [(15.0, kill), (22.0, start)])
+    killed, up = int(restarted["killed"]), int(restarted["up"])
+    for name in ALL:
+        before = [t for t in out.stamps(name, "memory-total") if t < killed]
+        after = [t for t in out.stamps(name, "memory-total") if t > up]
+        assert len(before) >= 10, name
+        # Back within a few intervals of libvirtd answering again, and steady from then on.
+        assert after and min(after) <= up + 12, (name, up, sorted(after)[:3])
+        assert set(range(min(after), max(after) + 1)) <= set(after)
+    assert "lost the connection" in out.stderr or "cannot connect" in out.stderr
+
+
+def test_no_process_survives_sigkill_of_the_parent(libvirtd: PrivateLibvirtd) -> None:
+    proc = cli_popen("run", "--connect", libvirtd.uri, "--instances", "3", "--interval", "1")
+    time.sleep(3)
+    proc.kill()
+    proc.wait()
+    limit = time.monotonic() + 5
+    while time.monotonic() < limit:
+        res = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, check=False)
+        if res.returncode:
+            break
+        time.sleep(0.1)
+    assert res.returncode, f"workers left behind: {res.stdout!r}"
+
+
+def test_per_instance_self_metrics(libvirtd: PrivateLibvirtd) -> None:
+    """The collector's own metrics count what the watchdog did."""
+    ev: dict[str, float] = {}
+    out = soak(libvirtd, ["--instances", "3"], [(6.0, freeze(libvirtd, "lab-2", ev)),
+                                                (14.0, thaw(libvirtd, "lab-2", ev))], seconds=20)
+    mine: dict[str, list[float]] = defaultdict(list)
+    for path, value, _ in out.lines:
+        if ".vpartcollect-virt-2." in path:
+            mine[path.rsplit(".", 1)[1]].append(value)
+    assert max(mine["watchdog_kills"]) == 1 and max(mine["respawns"]) == 1
+    assert max(mine["unresponsive_domains"]) == 1 and mine["unresponsive_domains"][-1] == 0
+    assert set(mine["domains"]) == {2}
