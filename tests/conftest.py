@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 import pytest
 from harness import PrivateLibvirtd

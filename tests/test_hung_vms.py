@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 import pytest
 from conftest import cli_popen, no_traceback, parse_lines
@@ -75,8 +76,13 @@ class Outcome:
 def soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action],
          seconds: float = SOAK) -> Outcome:
     """Run the collector for ``seconds``, doing ``actions`` at their offsets."""
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        return _soak(libvirtd, args, actions, seconds, out_file, err_file)
+
+
+def _soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action], seconds: float,
+          out_file: IO[str], err_file: IO[str]) -> Outcome:
     baseline = libvirtd.busy_workers()
-    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = cli_popen("run", "--connect", libvirtd.uri, "--interval", "1", *args,
                      stdout=out_file, stderr=err_file)
     started = time.monotonic()
