@@ -24,7 +24,7 @@ from vpartcollect.metrics import Metric, format_line
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 10.0  # carbon back from a restart is found within seconds
 _WRITE_BATCH = 64 * 1024
 
 
@@ -49,6 +49,7 @@ class GraphiteSink:
         self.dropped = 0
         self._episode_dropped = 0
         self._down_logged = False
+        self._lost_at: float | None = None  # when the last good connection died
 
     def __str__(self) -> str:
         return f"graphite {self.endpoint}"
@@ -131,8 +132,10 @@ class GraphiteSink:
         if self._down_logged:
             log.warning("%s: connected again", self)
             self._down_logged = False
-        # Whatever the dead connection swallowed may be gone: send it again, oldest first.
-        horizon = self.clock() - self.resend_seconds
+        # Whatever the dead connection swallowed may be gone: send what went out in the
+        # last resend_seconds before it died again, oldest first.
+        horizon = (self._lost_at or self.clock()) - self.resend_seconds
+        self._lost_at = None
         again = [line for at, line in self.recent if at >= horizon]
         self.recent.clear()
         self.queue.extendleft(reversed(again))
@@ -197,6 +200,8 @@ class GraphiteSink:
             self.recent.popleft()
 
     def _fail(self, exc: OSError) -> None:
+        if self._lost_at is None and not self.connecting:
+            self._lost_at = self.clock()
         if not self._down_logged:
             log.warning("%s: %s; buffering and reconnecting with backoff", self,
                         exc.strerror or exc)
