@@ -36,7 +36,10 @@ def write_node(path: Path, domains: list[str]) -> str:
 
 
 def tagged_node(path: Path, tags: list[str | None], prefix: str = "domain-") -> str:
-    """Domains named prefix + A, B, ... with the given tags."""
-    names = [prefix + chr(ord("A") + i) for i in range(len(tags))]
+    """Domains named prefix + A, B, ... (prefix + 0000, 0001, ... past 26) with the given tags."""
+    if len(tags) <= 26:
+        names = [prefix + chr(ord("A") + i) for i in range(len(tags))]
+    else:
+        names = [f"{prefix}{i:04d}" for i in range(len(tags))]
     return write_node(path, [domain_xml(n, i, t) for i, (n, t) in enumerate(zip(names, tags,
                                                                                  strict=True))])

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vpartcollect.wire import Stats, StatValue
 
@@ -32,14 +33,26 @@ def escape_part(text: str, escape: str = "_") -> str:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where one collectd data source comes from in the raw stats."""
+
+    key: str  # raw stats key, e.g. "block.0.rd.bytes"
+    type: str
+    type_instance: str
+    ds: str | None  # None: single-source type, the path has no ds suffix
+    counter: bool  # DERIVE in collectd's types.db: sent as a rate when store_rates is on
+    scale: float = 1
+
+
+@dataclass(frozen=True)
 class Value:
     """One collectd data source value of one domain."""
 
     type: str
     type_instance: str
-    ds: str | None  # None: single-source type, the path has no ds suffix
+    ds: str | None
     value: float
-    counter: bool  # DERIVE in collectd's types.db: sent as a rate when store_rates is on
+    counter: bool
 
 
 # bulk-stats suffix -> (collectd type, ds, counter)
@@ -102,40 +115,44 @@ def _devices(stats: Stats, group: str) -> Iterator[tuple[str, str]]:
             yield f"{group}.{i}.", name
 
 
-def collectd_values(stats: Stats) -> list[Value]:
-    """Map one domain's raw stats to collectd's virt values (types.db names and kinds)."""
-    out: list[Value] = []
+def collectd_sources(stats: Stats) -> list[Source]:
+    """Which collectd values a domain's raw stats hold (types.db names and kinds)."""
+    out: list[Source] = []
 
-    def add(typ: str, inst: str, ds: str | None, raw: StatValue | None, counter: bool,
+    def add(key: str, typ: str, inst: str, ds: str | None, counter: bool,
             scale: float = 1) -> None:
-        value = _num(raw)
-        if value is not None:
-            out.append(Value(typ, inst, ds, value * scale if scale != 1 else value, counter))
+        if _num(stats.get(key)) is not None:
+            out.append(Source(key, typ, inst, ds, counter, scale))
 
-    add("virt_cpu_total", "", None, stats.get("cpu.time"), True)
+    add("cpu.time", "virt_cpu_total", "", None, True)
     if "cpu.user" in stats and "cpu.system" in stats:
-        add("ps_cputime", "", "user", stats["cpu.user"], True)
-        add("ps_cputime", "", "syst", stats["cpu.system"], True)
+        add("cpu.user", "ps_cputime", "", "user", True)
+        add("cpu.system", "ps_cputime", "", "syst", True)
     vcpus = _num(stats.get("vcpu.maximum", stats.get("vcpu.current")))
     for i in range(int(vcpus or 0)):
-        add("virt_vcpu", str(i), None, stats.get(f"vcpu.{i}.time"), True)
-    add("memory", "total", None, stats.get("balloon.current"), False, 1024)
+        add(f"vcpu.{i}.time", "virt_vcpu", str(i), None, True)
+    add("balloon.current", "memory", "total", None, False, 1024)
     for key, inst in _BALLOON.items():
-        scale = 1 if key in _BALLOON_UNSCALED else 1024
-        add("memory", inst, None, stats.get(f"balloon.{key}"), False, scale)
+        add(f"balloon.{key}", "memory", inst, None, False,
+            1 if key in _BALLOON_UNSCALED else 1024)
     for prefix, dev in _devices(stats, "block"):
         for suffix, (typ, ds, counter) in _BLOCK.items():
-            add(typ, dev, ds, stats.get(prefix + suffix), counter)
-        add("total_requests", f"flush-{dev}", None, stats.get(prefix + "fl.reqs"), True)
+            add(prefix + suffix, typ, dev, ds, counter)
+        add(prefix + "fl.reqs", "total_requests", f"flush-{dev}", None, True)
         # collectd labels fl_total_times (ns) as ms but divides by 1000; we send real ms.
-        add("total_time_in_ms", f"flush-{dev}", None, stats.get(prefix + "fl.times"), True,
-            1e-6)
+        add(prefix + "fl.times", "total_time_in_ms", f"flush-{dev}", None, True, 1e-6)
     for prefix, dev in _devices(stats, "net"):
         for suffix, (typ, ds) in _NET.items():
-            add(typ, dev, ds, stats.get(prefix + suffix), True)
-    add("domain_state", "", "state", stats.get("state.state"), False)
-    add("domain_state", "", "reason", stats.get("state.reason"), False)
+            add(prefix + suffix, typ, dev, ds, True)
+    add("state.state", "domain_state", "", "state", False)
+    add("state.reason", "domain_state", "", "reason", False)
     return out
+
+
+def collectd_values(stats: Stats) -> list[Value]:
+    """Map one domain's raw stats to collectd's virt values."""
+    return [Value(s.type, s.type_instance, s.ds, float(stats[s.key]) * s.scale, s.counter)
+            for s in collectd_sources(stats)]
 
 
 @dataclass(frozen=True)
@@ -163,7 +180,7 @@ class Naming:
             plugin = f"{PLUGIN}-{escape_part(inst, self.escape)}"
         return f"{self.prefix}{host}{self.postfix}.{plugin}."
 
-    def value_suffix(self, value: Value) -> str:
+    def value_suffix(self, value: Value | Source) -> str:
         """``<type>[-<type_instance>][.<ds>]`` with the instance escaped."""
         name = value.type
         if value.type_instance:
@@ -221,8 +238,7 @@ class RateTracker:
         return len(stale)
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(NamedTuple):
     """One output point with the identity a JSON consumer wants."""
 
     path: str
@@ -234,13 +250,33 @@ class Metric:
     instance: int | None = None
 
 
+# (raw key, path suffix, counter, scale, is cpu.time)
+_Plan = list[tuple[str, str, bool, float, bool]]
+
+
 class MetricBuilder:
-    """Turns domain samples into metrics; owns the rate state, so it outlives workers."""
+    """Turns domain samples into metrics; owns the rate state, so it outlives workers.
+
+    What a domain's stats map to is worked out once per (domain, name, set of
+    keys) and reused every cycle: the per-value work is a lookup and a rate.
+    """
 
     def __init__(self, naming: Naming, store_rates: bool = True) -> None:
         self.naming = naming
         self.store_rates = store_rates
         self.rates = RateTracker()
+        self._plans: dict[tuple[str, str, tuple[str, ...]], tuple[str, _Plan]] = {}
+
+    def _plan(self, uuid: str, name: str, stats: Stats) -> tuple[str, _Plan]:
+        key = (uuid, name, tuple(stats))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 100_000:  # domains come and go; never grow without bound
+                self._plans.clear()
+            steps = [(src.key, self.naming.value_suffix(src), src.counter, src.scale,
+                      src.key == "cpu.time") for src in collectd_sources(stats)]
+            plan = self._plans[key] = (self.naming.domain_prefix(name, uuid), steps)
+        return plan
 
     def domain_metrics(self, instance: int, ts: float, sampled: float, uuid: str, name: str,
                        tag: str | None, unresponsive: bool, stats: Stats,
@@ -250,24 +286,32 @@ class MetricBuilder:
         Rates divide by the time between the samples as taken, so a sample
         collected late (after a watchdog respawn) cannot fake a spike.
         """
-        head = self.naming.domain_prefix(name, uuid)
+        head, steps = self._plan(uuid, name, stats)
         out: list[Metric] = []
-
-        def emit(suffix: str, value: float) -> None:
-            if math.isfinite(value):
-                out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))
-
-        for val in collectd_values(stats):
-            suffix = self.naming.value_suffix(val)
-            if val.type == "virt_cpu_total":
-                util = self.rates.rate((uuid, "cpu_util"), sampled, val.value)
+        rate = self.rates.rate
+        for key, suffix, counter, scale, is_cpu in steps:
+            value = stats[key]
+            if type(value) is float and not math.isfinite(value):
+                continue  # carbon cannot store nan/inf; collectd's nan is dropped there anyway
+            if not isinstance(value, int | float):
+                continue
+            if scale != 1:
+                value = value * scale
+            if is_cpu:
+                util = rate((uuid, "cpu_util"), sampled, value)
                 if util is not None and ncpus > 0:
-                    emit("percent-virt_cpu_total", util * 100 / (ncpus * 1e9))
-            if val.counter and self.store_rates:
-                rate = self.rates.rate((uuid, suffix), sampled, val.value)
-                if rate is not None:
-                    emit(suffix, rate)
-            else:
-                emit(suffix, val.value)
-        emit("unresponsive", 1 if unresponsive else 0)
+                    out.append(Metric(head + "percent-virt_cpu_total",
+                                      util * 100 / (ncpus * 1e9), ts, name, uuid, tag, instance))
+            if counter and self.store_rates:
+                per_second = rate((uuid, suffix), sampled, value)
+                if per_second is not None:
+                    out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
+                continue
+            out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))
+        out.append(Metric(head + "unresponsive", 1 if unresponsive else 0, ts, name, uuid, tag,
+                          instance))
         return out
+
+    def forget_older_than(self, ts: float) -> None:
+        """Drop rate state of domains not sampled since ``ts``."""
+        self.rates.forget_older_than(ts)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ONCE_GAP = 1.0  # seconds between the two samples --once needs for rates
 ONCE_LIMIT = 120.0  # --once gives up after this long
 STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
+PRUNE_EVERY = 600.0  # seconds of rate state kept for domains that stopped reporting
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Supervisor:
         self.once_ticks: deque[float] = deque()
         self.next_tick = 0.0
         self._signals: list[int] = []
+        self._pruned = time.time()
         self._sink_reg: dict[int, tuple[Any, int] | None] = {}
         self._wake_r = self._wake_w = -1
 
@@ -166,6 +168,9 @@ class Supervisor:
                 self.next_tick = max(ts + interval, math.floor(now / interval) * interval)
                 self.next_tick = round(self.next_tick, 6) or interval
                 self.emit(self._global_metrics(ts))
+                if ts - self._pruned > PRUNE_EVERY:  # rate state of domains gone for good
+                    self.builder.forget_older_than(ts - PRUNE_EVERY)
+                    self._pruned = ts
             for slot in self.slots:
                 slot.pending.append(wire.Tick(ts))
                 while len(slot.pending) > self.backlog:

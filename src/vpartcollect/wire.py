@@ -138,12 +138,15 @@ def _number(value: object, what: str) -> float:
     return float(_need(value, (int, float), what))
 
 
+_STAT_TYPES = frozenset((int, float, str))  # exact types: a bool is not a statistic
+
+
 def _stats(value: object) -> Stats:
-    raw = _need(value, dict, "stats")
-    out: Stats = {}
-    for key, val in raw.items():
-        out[_need(key, str, "stats key")] = _need(val, (int, float, str), f"stats[{key}]")
-    return out
+    raw: dict[Any, Any] = _need(value, dict, "stats")
+    for key, val in raw.items():  # the hot path of decoding: exact type checks only
+        if type(key) is not str or type(val) not in _STAT_TYPES:
+            raise WireError(f"stats[{key!r}]: expected a number or string")
+    return raw
 
 
 def _sample(value: object) -> DomainSample:

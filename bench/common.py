@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmarks: process CPU and memory from /proc, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+TICKS = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the collector and its workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process in KiB, from smaps_rollup."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        values[key] = int(value.split()[0])
+    return values["Rss"], values["Pss"]
+
+
+def start_collector(*args: str, stdout: IO[bytes] | int = subprocess.DEVNULL
+                    ) -> subprocess.Popen[bytes]:
+    """``vpartcollect run ARGS`` in its own session."""
+    return subprocess.Popen([sys.executable, "-m", "vpartcollect", "run", *args],
+                            stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds of every live process of a session."""
+    total = 0.0
+    for pid in session_pids(sid):
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def wait_for_aligned_start(interval: float) -> None:
+    """Sleep to just after the next multiple of ``interval`` (cycles start there)."""
+    now = time.time()
+    time.sleep((interval - now % interval) + 0.05)
