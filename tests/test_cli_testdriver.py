@@ -162,3 +162,15 @@ def test_closed_stdout_ends_quietly(demo_uri: str) -> None:
     assert proc.returncode == 0, err
     no_traceback(err)
     assert session_members(proc.pid) == []
+
+
+def test_sigterm_stops_even_when_nobody_reads_stdout(demo_uri: str) -> None:
+    proc = cli_popen("run", "--connect", demo_uri, "--interval", "0.5")
+    time.sleep(4)  # the pipe (64 KiB) is full after a few cycles: the collector is stuck
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert session_members(proc.pid) == []

@@ -40,6 +40,19 @@ _NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 _MEMSTAT_KEYS = {"actual": "current", "last_update": "last-update"}
 
 
+def monitor_answered(stats: Stats) -> bool:
+    """True when the stats carry values only QEMU's monitor gives (so it answered).
+
+    NOWAIT stats of a domain whose monitor is held lack block I/O counters and
+    balloon.rss; a domain with neither disk nor balloon proves nothing either way.
+    """
+    if "block.0.name" in stats:
+        return "block.0.rd.reqs" in stats
+    if "balloon.current" in stats:
+        return "balloon.rss" in stats
+    return False
+
+
 def probe_bulk_groups(conn: Any) -> tuple[list[str], list[str]]:
     """Split GROUPS into (answered in bulk, needing per-domain fallback) for this connection."""
     bulk, fallback = [], []

@@ -8,6 +8,7 @@ missing ones and hands out ticks. The parent never holds a libvirt connection.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -115,6 +116,7 @@ class Supervisor:
                     break
         except StdoutClosed:
             self.exit_code = 0
+            self.stdout = None
         finally:
             self.shutdown()
         return self.exit_code
@@ -212,6 +214,9 @@ class Supervisor:
         ctl_r, ctl_w = os.pipe()
         out_r, out_w = os.pipe()
         parent = os.getpid()
+        # Objects the child inherits stay shared: the child's GC must not touch (and so
+        # copy) every page of them.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # child
             _keep_only_fds({ctl_r, out_w})
@@ -422,6 +427,10 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
+        if (signum in (signal.SIGTERM, signal.SIGINT) and self.stdout is not None
+                and self.stdout.writing):
+            # Blocked on a stdout nobody reads: a stop must not wait for that reader.
+            raise StdoutClosed()
 
     def _drain_wakeup(self) -> None:
         try:

@@ -21,7 +21,13 @@ import libvirt
 from vpartcollect import wire
 from vpartcollect.config import Config
 from vpartcollect.inventory import Domain, Inventory
-from vpartcollect.libvirt_stats import StatsReader, open_readonly, probe_bulk_groups, quiet_libvirt
+from vpartcollect.libvirt_stats import (
+    StatsReader,
+    monitor_answered,
+    open_readonly,
+    probe_bulk_groups,
+    quiet_libvirt,
+)
 from vpartcollect.partition import assign, instance_name
 
 log = logging.getLogger(__name__)
@@ -136,10 +142,13 @@ class Worker:
         suspects = set(tick.suspects)
         for chunk in chunks(domains, self.cfg.chunk_size):
             self.send(wire.Busy("stats", [d.uuid for d in chunk]))
-            stuck = {d.uuid for d in chunk
-                     if Inventory.unresponsive(d, suspect=d.uuid in suspects)}
             sampled = time.time()
             raw = self.reader.collect(chunk)
+            # Ask libvirt about the monitor only where the answer looks partial: one
+            # RPC per hung domain instead of one per domain per cycle.
+            stuck = {d.uuid for d in chunk
+                     if (d.uuid in suspects or not monitor_answered(raw.get(d.uuid, {})))
+                     and Inventory.unresponsive(d, suspect=d.uuid in suspects)}
             samples = [wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck,
                                          clean_stats(raw[d.uuid]))
                        for d in chunk if d.uuid in raw]

@@ -28,6 +28,7 @@ class StdoutSink:
     def __init__(self, fmt: str = "graphite", stream: BinaryIO | None = None) -> None:
         self.fmt = fmt
         self.stream = stream or sys.stdout.buffer
+        self.writing = False  # a stop signal during a stuck write must not wait for it
 
     def write(self, metrics: Sequence[Metric]) -> None:
         """Write and flush a batch; raise StdoutClosed when nobody reads any more."""
@@ -35,11 +36,15 @@ class StdoutSink:
             return
         render = json_line if self.fmt == "json" else (
             lambda m: format_line(m.path, m.value, m.ts))
+        data = "".join(render(m) for m in metrics).encode()
+        self.writing = True
         try:
-            self.stream.write("".join(render(m) for m in metrics).encode())
+            self.stream.write(data)
             self.stream.flush()
         except BrokenPipeError:
             # Point stdout at /dev/null so the interpreter's final flush cannot fail too.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             raise StdoutClosed() from None
+        finally:
+            self.writing = False

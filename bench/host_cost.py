@@ -1,0 +1,87 @@
+"""Host CPU per cycle, collector + libvirtd, against the raw libvirt floor (real QEMU, root).
+
+    .venv/bin/python bench/host_cost.py [--domains 20] [--seconds 30]
+
+Starts the test suite's private libvirtd with tiny QEMU domains, then measures,
+each for the same time at a 1 s interval: the floor (one process doing
+listAllDomains, metadata and one bulk NOWAIT stats call per cycle and nothing
+else) and vpartcollect with 1 and 4 instances. CPU counts the client processes
+and libvirtd, not QEMU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import cpu_seconds, session_cpu, start_collector, wait_for_aligned_start
+from harness import PrivateLibvirtd
+
+FLOOR = """
+import sys, time, libvirt
+from vpartcollect.libvirt_stats import GROUPS
+conn = libvirt.openReadOnly(sys.argv[1])
+bits = 0
+for bit in GROUPS.values():
+    bits |= bit
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    for d in doms:
+        d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "http://ovirt.org/ovirtmap/tag/1.0")
+    conn.domainListGetStats(doms, bits, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+    time.sleep(1 - time.time() % 1)
+"""
+
+
+WARMUP = 5.0  # start-up (imports, connecting) is not what a cycle costs
+
+
+def measure(daemon: PrivateLibvirtd, seconds: float, instances: int | None) -> float:
+    """Client + libvirtd CPU seconds per 1 s cycle, in the steady state."""
+    if instances is None:
+        proc = subprocess.Popen([sys.executable, "-c", FLOOR, daemon.uri,
+                                 str(seconds + WARMUP + 5)], start_new_session=True)
+    else:
+        proc = start_collector("--connect", daemon.uri, "--interval", "1",
+                               "--instances", str(instances))
+    time.sleep(WARMUP)
+    wait_for_aligned_start(1.0)
+    before = session_cpu(proc.pid) + cpu_seconds(daemon.pid)
+    time.sleep(seconds)
+    after = session_cpu(proc.pid) + cpu_seconds(daemon.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    return (after - before) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--domains", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = PrivateLibvirtd(Path(tmp)).start()
+        try:
+            for i in range(args.domains):
+                daemon.create(f"bench-{i}", f"virt-{i % 4}", nic=f"lb{i}")
+            time.sleep(3)
+            floor = measure(daemon, args.seconds, None)
+            ours = {n: measure(daemon, args.seconds, n) for n in (1, 4)}
+        finally:
+            daemon.stop()
+    print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s each")
+    print(f"floor (list + metadata + one bulk NOWAIT call): {floor * 1000:.1f} ms CPU per cycle")
+    for n, cost in ours.items():
+        print(f"vpartcollect, {n} instance(s): {cost * 1000:.1f} ms CPU per cycle")
+    print("ratio to floor: " + ", ".join(f"{n} instance(s) {cost / floor:.2f}x"
+                                         for n, cost in ours.items()) + " (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
