@@ -105,6 +105,8 @@ def test_hostile_or_broken_xml_raises_tag_error(xml: str) -> None:
 def test_tag_element_round_trips_and_escapes() -> None:
     assert parse_tag(tag_element("virt-4")) == "virt-4"
     assert parse_tag(tag_element("a<b&c")) == "a<b&c"
+    assert parse_tag(f"<domain><metadata>{tag_element('virt-4', namespaced=True)}"
+                     "</metadata></domain>") == "virt-4"
 
 
 @pytest.mark.parametrize(("tag", "ok"), [("virt-0", True), ("virt-12", True), ("virt-01", False),

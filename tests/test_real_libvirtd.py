@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,3 +44,25 @@ def test_plan_on_real_metadata(libvirtd: PrivateLibvirtd) -> None:
     rows = [line.split()[:3] for line in res.stdout.splitlines()[1:]]
     assert rows == [[f"lab-{i}", f"virt-{i % 3}", str(i % 3 if i % 3 < 2 else 0)]
                     for i in range(6)]
+
+
+def test_tag_live_and_persistent(libvirtd: PrivateLibvirtd) -> None:
+    try:
+        res = cli("tag", "--connect", libvirtd.uri, "lab-5", "virt-0")
+        assert res.returncode == 0, res.stderr
+        for flag in ([], ["--inactive"]):
+            xml = subprocess.run(["virsh", "-c", libvirtd.uri, "dumpxml", *flag, "lab-5"],
+                                 capture_output=True, text=True, check=True).stdout
+            assert ">virt-0</ovirtmap:tag>" in xml, flag
+        plan = json.loads(cli("plan", "--connect", libvirtd.uri, "--instances", "3",
+                              "--json").stdout)
+        assert next(r for r in plan if r["domain"] == "lab-5")["instance"] == 0
+    finally:
+        assert cli("tag", "--connect", libvirtd.uri, "lab-5", "virt-2").returncode == 0
+
+
+def test_auto_tag_on_local_disks_balances(libvirtd: PrivateLibvirtd) -> None:
+    res = cli("tag", "--connect", libvirtd.uri, "--auto", "--instances", "3")
+    assert res.returncode == 0, res.stderr
+    proposed = [line.split()[2] for line in res.stdout.splitlines()[1:-1]]
+    assert sorted(proposed) == ["virt-0", "virt-0", "virt-1", "virt-1", "virt-2", "virt-2"]

@@ -17,6 +17,7 @@ from vpartcollect import config as config_mod
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.planning import PlanRow, plan_rows, render_plan
 from vpartcollect.preflight import PreflightError, check_libvirt
+from vpartcollect.tagging import TagCommandError
 
 EXIT_CONFIG = 2
 
@@ -110,11 +111,55 @@ def check_config(config_path: str | None, **flags: Any) -> int:
     return 0
 
 
+@cli.command()
+@click.option("--connect", metavar="URI",
+              help="libvirt URI, read-write: tags are written (default qemu:///system).")
+@click.option("--clear", is_flag=True, help="Remove the domain's tag.")
+@click.option("--auto", "auto", is_flag=True,
+              help="Propose tags so domains sharing a storage backend share a partition.")
+@click.option("--instances", type=int, default=None, help="Partitions for --auto.")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration file (for connect and instances).")
+@click.option("--apply", is_flag=True, help="With --auto: write the proposed tags.")
+@click.argument("domain", required=False)
+@click.argument("tag", required=False)
+def tag(connect: str | None, clear: bool, auto: bool, instances: int | None,
+        config_path: str | None, apply: bool, domain: str | None, tag: str | None) -> int:
+    """Set a domain's tag (DOMAIN virt-N), clear it (--clear DOMAIN), or plan them (--auto)."""
+    from vpartcollect import tagging
+
+    cfg = _load(config_path, connect=connect, instances=instances)
+    conn = tagging.open_rw(cfg.connect)
+    try:
+        if auto:
+            if domain or tag or clear:
+                raise click.UsageError("--auto takes no DOMAIN, TAG or --clear")
+            rows = tagging.auto_proposals(conn, cfg.instances)
+            click.echo(tagging.render_proposals(rows), nl=False)
+            if not apply:
+                click.echo("dry run: nothing written (add --apply to write these tags)")
+                return 0
+            changed = [p for p, current in rows if current != p.tag]
+            for proposal in changed:
+                tagging.set_tag(conn, proposal.domain, proposal.tag)
+            click.echo(f"tagged {len(changed)} domain(s); {len(rows) - len(changed)} unchanged")
+            return 0
+        if apply:
+            raise click.UsageError("--apply goes with --auto")
+        if not domain or (clear == bool(tag)):
+            raise click.UsageError("give DOMAIN and a tag, or --clear DOMAIN, or --auto")
+        tagging.set_tag(conn, domain, None if clear else tag)
+        click.echo(f"{domain}: {'tag cleared' if clear else f'tagged {tag}'}")
+        return 0
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every failure becomes one line on stderr and an exit status."""
     try:
         result = cli.main(args=argv, prog_name="vpartcollect", standalone_mode=False)
-    except (ConfigError, PreflightError) as exc:
+    except (ConfigError, PreflightError, TagCommandError) as exc:
         click.echo(f"vpartcollect: error: {exc}", err=True)
         return EXIT_CONFIG
     except click.exceptions.Exit as exc:

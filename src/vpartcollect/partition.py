@@ -60,10 +60,16 @@ def parse_tag(xml: str | None) -> str | None:
     return text or None
 
 
-def tag_element(tag: str) -> str:
-    """The metadata element that carries ``tag`` (for virDomainSetMetadata)."""
+def tag_element(tag: str, namespaced: bool = False) -> str:
+    """The metadata element that carries ``tag``.
+
+    virDomainSetMetadata wants it bare (``<tag>``): libvirt puts it in TAG_NS under
+    the prefix it is given. ``namespaced`` gives the form found in domain XML.
+    """
     escaped = tag.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f'<{TAG_PREFIX}:tag xmlns:{TAG_PREFIX}="{TAG_NS}">{escaped}</{TAG_PREFIX}:tag>'
+    if namespaced:
+        return f'<{TAG_PREFIX}:tag xmlns:{TAG_PREFIX}="{TAG_NS}">{escaped}</{TAG_PREFIX}:tag>'
+    return f"<tag>{escaped}</tag>"
 
 
 def assign(tag: str | None, instances: int) -> Assignment:
