@@ -23,13 +23,15 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
-              stderr: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
+              stderr: IO[str] | int = subprocess.PIPE,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start ``vpartcollect ARGS`` in its own session (so leftovers can be found).
 
     A long run must get files for stdout/stderr: nobody reads a pipe until the end.
     """
     return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
-                            stdout=stdout, stderr=stderr, start_new_session=True)
+                            stdout=stdout, stderr=stderr, start_new_session=True,
+                            env={**os.environ, **(env or {})})
 
 
 def session_members(sid: int) -> list[int]:

@@ -6,7 +6,6 @@ Exit status: 0 success, 1 runtime failure, 2 bad configuration or unusable libvi
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ import click
 
 from vpartcollect import config as config_mod
 from vpartcollect.config import Config, ConfigError
+from vpartcollect.daemon import setup_logging
 from vpartcollect.planning import PlanRow, plan_rows, render_plan
 from vpartcollect.preflight import PreflightError, check_libvirt
 from vpartcollect.tagging import TagCommandError
@@ -45,14 +45,8 @@ def _load(config_path: str | None, **flags: Any) -> Config:
     overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     overrides = {k: v for k, v in overrides.items() if v is not None and v != []}
     cfg = config_mod.load(config_path, overrides)
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     return cfg
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format="vpartcollect[%(process)d]: %(levelname)s: %(message)s",
-                        force=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +78,9 @@ def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) 
 
     cfg = _load(config_path, format=format_, **flags)
     check_libvirt(cfg.connect)
-    return Supervisor(cfg, once=once).run()
+    # SIGHUP re-reads the file; the command line still wins over it.
+    return Supervisor(cfg, once=once,
+                      reload=lambda: _load(config_path, format=format_, **flags)).run()
 
 
 @cli.command()

@@ -16,12 +16,13 @@ import selectors
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vpartcollect import wire
-from vpartcollect.config import Config
+from vpartcollect.config import Config, ConfigError
+from vpartcollect.daemon import sd_notify
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.partition import instance_name
 from vpartcollect.sinks.graphite import GraphiteSink
@@ -73,9 +74,12 @@ class Slot:
 class Supervisor:
     """Runs the collector until stopped (or, with ``once``, for one sample)."""
 
-    def __init__(self, cfg: Config, once: bool = False) -> None:
+    def __init__(self, cfg: Config, once: bool = False,
+                 reload: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
         self.once = once
+        self.reload_config = reload
+        self.ready = False
         self.builder = MetricBuilder(cfg.naming(), cfg.store_rates)
         self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
         self.graphite = [GraphiteSink(ep, cfg.graphite_buffer, cfg.graphite_resend_seconds)
@@ -262,6 +266,9 @@ class Supervisor:
                                                              len(msg.uuids), msg.what)
         elif isinstance(msg, wire.Hello):
             slot.ready, slot.ncpus = True, msg.ncpus
+            if not self.ready and all(s.ready for s in self.slots):
+                self.ready = True
+                sd_notify(f"READY=1\nSTATUS=sampling with {len(self.slots)} instance(s)")
             log.debug("%s: pid %d ready on %s (bulk: %s; per-domain: %s)", slot.name,
                       msg.pid, msg.driver, ",".join(msg.bulk_groups) or "-",
                       ",".join(msg.fallback_groups) or "-")
@@ -447,10 +454,67 @@ class Supervisor:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self.stopping = True
             elif sig == signal.SIGHUP:
-                log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+                self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: apply a re-read configuration, or keep the running one if it is invalid."""
+        if self.reload_config is None:
+            return
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = self.reload_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; keeping the running configuration", exc)
+            sd_notify("READY=1")
+            return
+        old, self.cfg = self.cfg, new
+        self._reopen_outputs(old, new)
+        self.builder.naming, self.builder.store_rates = new.naming(), new.store_rates
+        self.backlog = backlog_limit(new.interval, new.call_timeout, new.chunk_size)
+        if new.interval != old.interval and not self.once:
+            self.next_tick = math.ceil(time.time() / new.interval) * new.interval
+        if _worker_settings(old) != _worker_settings(new):
+            self._restart_workers(new.instances)
+        log.info("SIGHUP: configuration reloaded (%d instance(s))", new.instances)
+        sd_notify("READY=1")
+
+    def _reopen_outputs(self, old: Config, new: Config) -> None:
+        if (new.use_stdout, new.format) != (old.use_stdout, old.format):
+            self.stdout = StdoutSink(new.format) if new.use_stdout else None
+        keep = {sink.endpoint: sink for sink in self.graphite
+                if (new.graphite_buffer, new.graphite_resend_seconds)
+                == (old.graphite_buffer, old.graphite_resend_seconds)}
+        for sink in self.graphite:
+            if keep.get(sink.endpoint) is not sink:
+                self._forget_sink(sink)
+                sink.close()
+        # An unchanged destination keeps its connection and what it has queued.
+        self.graphite = [keep.get(ep) or GraphiteSink(ep, new.graphite_buffer,
+                                                      new.graphite_resend_seconds)
+                         for ep in new.graphite]
+
+    def _forget_sink(self, sink: GraphiteSink) -> None:
+        had = self._sink_reg.pop(id(sink), None)
+        if had is not None:
+            self.selector.unregister(had[0])
+
+    def _restart_workers(self, instances: int) -> None:
+        """Replace every worker (they carry the configuration they were forked with)."""
+        for slot in self.slots:
+            if slot.pid:
+                self._kill(slot, hung=True)  # respawn at once, replay its tick
+        for slot in self.slots[instances:]:
+            self._close_pipes(slot)
+            if slot.ctl >= 0:
+                os.close(slot.ctl)
+                slot.ctl = -1
+        self.slots = self.slots[:instances] + [Slot(i) for i in range(len(self.slots),
+                                                                        instances)]
+        self.ready = False
 
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
+        sd_notify("STOPPING=1")
         self.stopping = True
         for slot in self.slots:
             if slot.pid:
@@ -481,6 +545,12 @@ class Supervisor:
         for sink in self.graphite:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
+
+
+def _worker_settings(cfg: Config) -> tuple[object, ...]:
+    """What a worker was forked with: a change means new workers."""
+    return (cfg.connect, cfg.instances, cfg.refresh_interval, cfg.call_timeout, cfg.chunk_size,
+            cfg.include, cfg.exclude, cfg.log_level)
 
 
 def _keep_only_fds(keep: set[int]) -> None:

@@ -1,0 +1,66 @@
+"""Being a well-mannered daemon: systemd readiness notes and rate-limited logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+
+REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+class RepeatFilter(logging.Filter):
+    """Drop a warning or error identical to one written in the last REPEAT_WINDOW seconds.
+
+    The next time it passes, it says how many copies were held back, so nothing is
+    hidden, only folded.
+    """
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.levelno, record.getMessage())
+        now = time.monotonic()
+        last, held = self._seen.get(key, (0.0, 0))
+        if last and now - last < self.window:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more like it in the last " \
+                         f"{self.window:.0f} s)"
+            record.args = None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr, identical warnings folded; stdout stays for metrics."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vpartcollect[%(process)d]: %(levelname)s: %(message)s"))
+    handler.addFilter(RepeatFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
