@@ -174,3 +174,21 @@ def test_sigterm_stops_even_when_nobody_reads_stdout(demo_uri: str) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert session_members(proc.pid) == []
+
+
+def test_hostname_from_a_metadata_value(tmp_path: Path) -> None:
+    uri = write_node(tmp_path / "n.xml", [
+        domain_xml("vm-1", 1, metadata='<app:instance xmlns:app="urn:app"><host>web.01'
+                                       "</host></app:instance>"),
+        domain_xml("vm-2", 2),  # no such metadata: its name is used
+    ])
+    conf = tmp_path / "c.toml"
+    conf.write_text('hostname_format = ["metadata"]\nhostname_metadata_ns = "urn:app"\n'
+                    'hostname_metadata_path = "host"\n')
+    res = cli("run", "-c", str(conf), "--connect", uri, "--once")
+    assert res.returncode == 0, res.stderr
+    hosts = {p.split(".")[0] for p, _, _ in parse_lines(res.stdout) if ".virt." in p}
+    assert hosts == {"web_01", "vm-2"}
+    conf.write_text('hostname_format = ["metadata"]\n')
+    res = cli("run", "-c", str(conf), "--connect", uri, "--once")
+    assert res.returncode == 2 and "needs hostname_metadata_ns" in res.stderr

@@ -15,7 +15,7 @@ from vpartcollect.metrics import (
     format_line,
     format_number,
 )
-from vpartcollect.wire import Stats
+from vpartcollect.wire import DomainSample, Stats
 
 REFERENCE = Path(__file__).parent / "data" / "collectd-virt-paths.txt"
 
@@ -41,8 +41,10 @@ def qemu_stats(k: int = 0) -> Stats:
 
 
 def two_samples(builder: MetricBuilder, name: str = "lab-7") -> dict[str, float]:
-    builder.domain_metrics(0, 100.0, 100.0, "uuid-7", name, None, False, qemu_stats(0), 2)
-    got = builder.domain_metrics(0, 110.0, 110.0, "uuid-7", name, None, False, qemu_stats(10), 2)
+    builder.domain_metrics(0, 100.0, 100.0, DomainSample("uuid-7", name, None, False,
+                                                         qemu_stats(0)), 2)
+    got = builder.domain_metrics(0, 110.0, 110.0, DomainSample("uuid-7", name, None, False,
+                                                               qemu_stats(10)), 2)
     return {m.path: m.value for m in got}
 
 
@@ -70,8 +72,8 @@ def test_counters_become_rates_from_sample_times() -> None:
 
 
 def test_first_sample_sends_no_counter_and_no_nan() -> None:
-    got = MetricBuilder(Naming()).domain_metrics(0, 100.0, 100.0, "u", "lab-7", None, False,
-                                                 qemu_stats(), 2)
+    got = MetricBuilder(Naming()).domain_metrics(
+        0, 100.0, 100.0, DomainSample("u", "lab-7", None, False, qemu_stats()), 2)
     paths = {m.path for m in got}
     assert "lab-7.virt.memory-rss" in paths
     assert "lab-7.virt.virt_cpu_total" not in paths
@@ -122,6 +124,9 @@ def test_naming_options() -> None:
                     hostname_format=("hostname", "name"), plugin_instance_format=("uuid",))
     assert naming.domain_prefix("vm.1", "u-1") == "collectd.hv-01-vm-1.kvm.virt-u-1."
     assert naming.self_path(3, "domains") == "collectd.hv-01.kvm.vpartcollect-virt-3.domains"
+    meta = Naming(hostname_format=("metadata",))
+    assert meta.domain_prefix("vm1", "u", "web.1") == "web_1.virt."
+    assert meta.domain_prefix("vm1", "u", None) == "vm1.virt."  # no such metadata: the name
 
 
 def test_collectd_values_ignore_missing_and_non_numeric() -> None:

@@ -14,7 +14,7 @@ MESSAGES: list[wire.Message] = [
     wire.Results(1700000000.0, 1700000000.25, [
         wire.DomainSample("u1", "vm-1", "virt-2", False,
                           {"cpu.time": 2**63 + 5, "block.0.name": "vda", "x": 0.5}),
-        wire.DomainSample("u2", "vm 2", None, True, {}),
+        wire.DomainSample("u2", "vm 2", None, True, {}, "web-2"),
     ]),
     wire.Done(1700000000.0, 0.125, 2),
     wire.Tick(1700000010.0, ["u1"]),
@@ -43,8 +43,9 @@ def test_stream_split_at_every_byte() -> None:
     ["busy", "stats", [1, 2]],  # uuids not strings
     ["done", "t", 1.0, 3],  # tick not a number
     ["done", 1.0, 1.0, True],  # bool where an int belongs
-    ["results", 1.0, 1.0, [["u", "n", None, False, {"k": [1]}]]],  # stat value a list
-    ["results", 1.0, 1.0, [["u", "n", None, "no", {}]]],  # flag not a bool
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"k": [1]}, None]]],  # stat value a list
+    ["results", 1.0, 1.0, [["u", "n", None, "no", {}, None]]],  # flag not a bool
+    ["results", 1.0, 1.0, [["u", "n", None, False, {}]]],  # a field short
     ["hello", 0, 1, 2, "QEMU", ["state"], "block"],
 ])
 def test_wrong_shapes_are_rejected(obj: object) -> None:

@@ -57,6 +57,8 @@ class Config:
     escape_character: str = "_"
     hostname_format: tuple[str, ...] = ("name",)
     plugin_instance_format: tuple[str, ...] = ()
+    hostname_metadata_ns: str = ""  # for hostname_format "metadata": the element's namespace
+    hostname_metadata_path: str = "."  # ...and the path of the value inside that element
     graphite_buffer: int = 100_000
     graphite_resend_seconds: float = 30.0
     flush_timeout: float = 5.0
@@ -188,6 +190,8 @@ def _check(key: str, value: Any) -> Any:
         return _choice(key, value, FORMATS)
     if key == "log_level":
         return _choice(key, str(value).lower() if isinstance(value, str) else value, LOG_LEVELS)
+    if key in ("hostname_metadata_ns", "hostname_metadata_path"):
+        return _kind(key, value, str, "a string")
     if key in ("prefix", "postfix"):
         return _path_text(key, value)
     if key == "escape_character":
@@ -227,6 +231,9 @@ def build(file_values: dict[str, Any] | None = None,
                 raise ConfigError(f"unknown key {key!r}")
             merged[norm] = _check(norm, value)
     cfg = Config(**merged)
+    if "metadata" in cfg.hostname_format and not cfg.hostname_metadata_ns:
+        raise ConfigError("hostname_format: 'metadata' needs hostname_metadata_ns (the "
+                          "namespace URI of the metadata element to read)")
     if cfg.timeout is not None and cfg.timeout > 3600:
         raise ConfigError(f"timeout: at most 3600 seconds, got {cfg.timeout:g}")
     return cfg

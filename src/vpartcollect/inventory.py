@@ -37,6 +37,7 @@ class Domain:
     name: str
     tag: str | None
     read_at: float
+    label: str | None = None  # hostname_format "metadata" value
     disks: list[tuple[str, str]] = field(default_factory=list)  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
 
@@ -55,6 +56,18 @@ def read_tag(dom: Any, warned: set[str]) -> str | None:
     except TagError as exc:
         _warn_once(warned, dom.UUIDString(), "%s: %s; treating it as untagged", dom.name(), exc)
         return None
+
+
+def read_label(dom: Any, ns: str, path: str) -> str | None:
+    """Text at ``path`` in the domain's metadata element of namespace ``ns``, if any."""
+    try:
+        root = SafeET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ns),
+                                 forbid_dtd=True)
+    except (libvirt.libvirtError, ET.ParseError, DefusedXmlException):
+        return None
+    node = root if path in ("", ".") else root.find(path)
+    text = "".join(node.itertext()).strip() if node is not None else ""
+    return text or None
 
 
 def _warn_once(warned: set[str], key: str, fmt: str, *args: object) -> None:
@@ -88,8 +101,10 @@ def parse_devices(xml: str) -> tuple[list[tuple[str, str]], list[str]]:
 class Inventory:
     """The running domains of one connection, with cached tags."""
 
-    def __init__(self, conn: Any, refresh_interval: float, want_devices: bool) -> None:
+    def __init__(self, conn: Any, refresh_interval: float, want_devices: bool,
+                 label: tuple[str, str] | None = None) -> None:
         self.conn = conn
+        self.label = label  # (namespace, path) of a metadata value to read, if wanted
         self.refresh_interval = refresh_interval
         self.want_devices = want_devices
         self._known: dict[tuple[str, int], Domain] = {}
@@ -107,6 +122,8 @@ class Inventory:
                     dom = self._describe(handle, now)
                 elif now - dom.read_at >= self.refresh_interval:
                     dom.tag = read_tag(handle, self._warned)
+                    if self.label:
+                        dom.label = read_label(handle, *self.label)
                     dom.name = handle.name()
                     dom.read_at = now
                 current[key] = dom
@@ -122,6 +139,8 @@ class Inventory:
                      read_tag(handle, self._warned), now)
         if self.want_devices:
             dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
+        if self.label:
+            dom.label = read_label(handle, *self.label)
         return dom
 
     @staticmethod

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vpartcollect.wire import Stats, StatValue
+from vpartcollect.wire import DomainSample, Stats, StatValue
 
 PLUGIN = "virt"
 
@@ -23,7 +23,7 @@ PLUGIN = "virt"
 # is not printable ASCII so that no name can add a level or a line.
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[.\"\\:!,/()]")
 
-HOSTNAME_FIELDS = ("name", "uuid", "hostname")
+HOSTNAME_FIELDS = ("name", "uuid", "hostname", "metadata")
 PLUGIN_INSTANCE_FIELDS = ("name", "uuid")
 
 
@@ -166,14 +166,17 @@ class Naming:
     hostname_format: tuple[str, ...] = ("name",)
     plugin_instance_format: tuple[str, ...] = ()
 
-    def _fields(self, fields: tuple[str, ...], name: str, uuid: str) -> str:
-        parts = {"name": name, "uuid": uuid, "hostname": self.hostname}
+    def _fields(self, fields: tuple[str, ...], name: str, uuid: str,
+                label: str | None = None) -> str:
+        # "metadata" falls back to the name for a domain that has no such value.
+        parts = {"name": name, "uuid": uuid, "hostname": self.hostname,
+                 "metadata": label or name}
         # collectd joins several fields with ':', which write_graphite then escapes.
         return ":".join(parts[f] for f in fields)
 
-    def domain_prefix(self, name: str, uuid: str) -> str:
+    def domain_prefix(self, name: str, uuid: str, label: str | None = None) -> str:
         """``<prefix><host><postfix>.virt[-<plugin_instance>].`` for one domain."""
-        host = escape_part(self._fields(self.hostname_format, name, uuid), self.escape)
+        host = escape_part(self._fields(self.hostname_format, name, uuid, label), self.escape)
         plugin = PLUGIN
         if self.plugin_instance_format:
             inst = self._fields(self.plugin_instance_format, name, uuid)
@@ -265,28 +268,28 @@ class MetricBuilder:
         self.naming = naming
         self.store_rates = store_rates
         self.rates = RateTracker()
-        self._plans: dict[tuple[str, str, tuple[str, ...]], tuple[str, _Plan]] = {}
+        self._plans: dict[tuple[str, str, str | None, tuple[str, ...]], tuple[str, _Plan]] = {}
 
-    def _plan(self, uuid: str, name: str, stats: Stats) -> tuple[str, _Plan]:
-        key = (uuid, name, tuple(stats))
+    def _plan(self, uuid: str, name: str, label: str | None, stats: Stats) -> tuple[str, _Plan]:
+        key = (uuid, name, label, tuple(stats))
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 100_000:  # domains come and go; never grow without bound
                 self._plans.clear()
             steps = [(src.key, self.naming.value_suffix(src), src.counter, src.scale,
                       src.key == "cpu.time") for src in collectd_sources(stats)]
-            plan = self._plans[key] = (self.naming.domain_prefix(name, uuid), steps)
+            plan = self._plans[key] = (self.naming.domain_prefix(name, uuid, label), steps)
         return plan
 
-    def domain_metrics(self, instance: int, ts: float, sampled: float, uuid: str, name: str,
-                       tag: str | None, unresponsive: bool, stats: Stats,
+    def domain_metrics(self, instance: int, ts: float, sampled: float, sample: DomainSample,
                        ncpus: int) -> list[Metric]:
         """All metrics of one domain sample stamped ``ts``, taken at ``sampled``.
 
         Rates divide by the time between the samples as taken, so a sample
         collected late (after a watchdog respawn) cannot fake a spike.
         """
-        head, steps = self._plan(uuid, name, stats)
+        uuid, name, tag, stats = sample.uuid, sample.name, sample.tag, sample.stats
+        head, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
         rate = self.rates.rate
         for key, suffix, counter, scale, is_cpu in steps:
@@ -308,8 +311,8 @@ class MetricBuilder:
                     out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
                 continue
             out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))
-        out.append(Metric(head + "unresponsive", 1 if unresponsive else 0, ts, name, uuid, tag,
-                          instance))
+        out.append(Metric(head + "unresponsive", 1 if sample.unresponsive else 0, ts, name, uuid,
+                          tag, instance))
         return out
 
     def forget_older_than(self, ts: float) -> None:

@@ -287,8 +287,7 @@ class Supervisor:
             slot.unresponsive += d.unresponsive
             if not d.unresponsive:
                 slot.suspects.discard(d.uuid)
-            out += self.builder.domain_metrics(slot.index, msg.tick, msg.sampled, d.uuid,
-                                               d.name, d.tag, d.unresponsive, d.stats,
+            out += self.builder.domain_metrics(slot.index, msg.tick, msg.sampled, d,
                                                slot.ncpus)
         if not silent:
             self.emit(out)

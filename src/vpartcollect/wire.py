@@ -60,6 +60,7 @@ class DomainSample:
     tag: str | None
     unresponsive: bool
     stats: Stats
+    label: str | None = None  # the metadata value a hostname_format may name
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Results):
         body = [
             "results", msg.tick, msg.sampled,
-            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats] for d in msg.domains],
+            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.label] for d in msg.domains],
         ]
     elif isinstance(msg, Done):
         body = ["done", msg.tick, msg.seconds, msg.domains]
@@ -151,12 +152,13 @@ def _stats(value: object) -> Stats:
 
 def _sample(value: object) -> DomainSample:
     row = _need(value, list, "domain")
-    if len(row) != 5:
-        raise WireError("domain: expected 5 fields")
+    if len(row) != 6:
+        raise WireError("domain: expected 6 fields")
     tag = None if row[2] is None else _need(row[2], str, "tag")
+    label = None if row[5] is None else _need(row[5], str, "label")
     return DomainSample(
         _need(row[0], str, "uuid"), _need(row[1], str, "name"), tag,
-        _need(row[3], bool, "unresponsive"), _stats(row[4]),
+        _need(row[3], bool, "unresponsive"), _stats(row[4]), label,
     )
 
 

@@ -115,7 +115,11 @@ class Worker:
             log.warning("connected to %s again", self.cfg.connect)
         self.conn = conn
         self.reader = StatsReader(conn, bulk, fallback)
-        self.inventory = Inventory(conn, self.cfg.refresh_interval, self.reader.needs_devices)
+        label = None
+        if "metadata" in self.cfg.hostname_format:
+            label = (self.cfg.hostname_metadata_ns, self.cfg.hostname_metadata_path)
+        self.inventory = Inventory(conn, self.cfg.refresh_interval, self.reader.needs_devices,
+                                   label)
         ncpus = int(conn.getInfo()[2])
         self.send(wire.Hello(self.index, os.getpid(), ncpus, conn.getType(), bulk, fallback))
 
@@ -150,7 +154,7 @@ class Worker:
                      if (d.uuid in suspects or not monitor_answered(raw.get(d.uuid, {})))
                      and Inventory.unresponsive(d, suspect=d.uuid in suspects)}
             samples = [wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck,
-                                         clean_stats(raw[d.uuid]))
+                                         clean_stats(raw[d.uuid]), d.label)
                        for d in chunk if d.uuid in raw]
             self.send(wire.Results(tick.ts, sampled, samples))
         self.send(wire.Done(tick.ts, time.monotonic() - started, len(domains)))
