@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import libvirt
@@ -57,12 +58,16 @@ def plan_rows(cfg: Config) -> list[PlanRow]:
     return rows_for([(d.name, d.uuid, d.tag) for d in running], cfg)
 
 
+def render_table(table: Sequence[tuple[str, ...]]) -> str:
+    """Fixed-width columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    return "".join("  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)),
+                              row[-1]]) + "\n" for row in table)
+
+
 def render_plan(rows: list[PlanRow]) -> str:
     """A fixed-width table: domain, tag, instance, reason."""
     table = [("DOMAIN", "TAG", "INSTANCE", "REASON")]
     table += [(r.domain, r.tag or "-", "-" if r.instance is None else str(r.instance), r.reason)
               for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
-    return "".join(
-        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}\n"
-        for row in table)
+    return render_table(table)

@@ -11,6 +11,7 @@ from vpartcollect.autotag import Proposal, propose, read_mounts, storage_backend
 from vpartcollect.inventory import read_tag
 from vpartcollect.libvirt_stats import quiet_libvirt
 from vpartcollect.partition import TAG_NS, TAG_PREFIX, is_valid_tag, tag_element
+from vpartcollect.planning import render_table
 
 
 class TagCommandError(Exception):
@@ -74,6 +75,4 @@ def render_proposals(rows: list[tuple[Proposal, str | None]]) -> str:
     table = [("DOMAIN", "CURRENT", "PROPOSED", "STORAGE")]
     table += [(p.domain, cur or "-", p.tag, ", ".join(p.storage) or "local")
               for p, cur in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(3)]
-    return "".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}\n"
-                   for r in table)
+    return render_table(table)
