@@ -6,12 +6,15 @@ Starts the test suite's private libvirtd with tiny QEMU domains, then measures,
 each for the same time at a 1 s interval: the floor (one process doing
 listAllDomains, metadata and one bulk NOWAIT stats call per cycle and nothing
 else) and vpartcollect with 1 and 4 instances. CPU counts the client processes
-and libvirtd, not QEMU.
+and libvirtd, not QEMU. Where collectd is installed (Debian's collectd-core), its
+virt plugin (4 instances, the ExtraStats behind shared/reference's paths) is
+measured the same way beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,14 +42,38 @@ while time.time() < end:
 """
 
 
+COLLECTD_CONF = """Interval 1
+FQDNLookup false
+Hostname "bench"
+ReadThreads 5
+LoadPlugin virt
+<Plugin virt>
+  Connection "{uri}"
+  Instances 4
+  HostnameFormat name
+  ExtraStats "cpu_util disk disk_err domain_state pcpu vcpupin disk_allocation \
+disk_capacity disk_physical memory"
+</Plugin>
+"""
+
 WARMUP = 5.0  # start-up (imports, connecting) is not what a cycle costs
 
 
-def measure(daemon: PrivateLibvirtd, seconds: float, instances: int | None) -> float:
+def start_collectd(uri: str, tmp: Path) -> subprocess.Popen[bytes]:
+    """collectd with only the virt plugin (values go nowhere: no write plugin)."""
+    conf = tmp / "collectd.conf"
+    conf.write_text(COLLECTD_CONF.format(uri=uri))
+    return subprocess.Popen(["collectd", "-f", "-C", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def measure(daemon: PrivateLibvirtd, seconds: float, instances: int | str | None) -> float:
     """Client + libvirtd CPU seconds per 1 s cycle, in the steady state."""
     if instances is None:
         proc = subprocess.Popen([sys.executable, "-c", FLOOR, daemon.uri,
                                  str(seconds + WARMUP + 5)], start_new_session=True)
+    elif instances == "collectd":
+        proc = start_collectd(daemon.uri, daemon.base)
     else:
         proc = start_collector("--connect", daemon.uri, "--interval", "1",
                                "--instances", str(instances))
@@ -73,14 +100,22 @@ def main() -> None:
             time.sleep(3)
             floor = measure(daemon, args.seconds, None)
             ours = {n: measure(daemon, args.seconds, n) for n in (1, 4)}
+            collectd = (measure(daemon, args.seconds, "collectd")
+                        if shutil.which("collectd") else None)
         finally:
             daemon.stop()
     print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s each")
     print(f"floor (list + metadata + one bulk NOWAIT call): {floor * 1000:.1f} ms CPU per cycle")
     for n, cost in ours.items():
         print(f"vpartcollect, {n} instance(s): {cost * 1000:.1f} ms CPU per cycle")
-    print("ratio to floor: " + ", ".join(f"{n} instance(s) {cost / floor:.2f}x"
-                                         for n, cost in ours.items()) + " (target <= 1.5x)")
+    if collectd is not None:
+        print(f"collectd virt plugin, 4 instances: {collectd * 1000:.1f} ms CPU per cycle")
+    else:
+        print("collectd: not installed (apt-get install collectd-core to compare)")
+    ratios = [f"vpartcollect {n} instance(s) {cost / floor:.2f}x" for n, cost in ours.items()]
+    if collectd is not None:
+        ratios.append(f"collectd {collectd / floor:.2f}x")
+    print("ratio to floor: " + ", ".join(ratios) + " (target <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,19 @@ CACHE_WRITE_STRATEGY = sorted
         return {first + i * step: v for i, v in enumerate(values)
                 if v is not None and start <= first + i * step <= end}
 
+    def settle(self, lines: list[tuple[str, float, float]], timeout: float = 20) -> None:
+        """Wait until carbon has written the newest of ``lines`` to whisper.
+
+        carbon-cache stopped right after receiving points may not write its cache
+        out: that loss is carbon's own, so tests let it settle before stopping it.
+        """
+        newest = max(lines, key=lambda line: line[2])
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            if self.fetch(newest[0], int(newest[2]), int(newest[2])):
+                return
+            time.sleep(0.2)
+
     def paths(self) -> list[str]:
         """Every metric path carbon has a whisper file for."""
         root = self.base / "storage" / "whisper"

@@ -82,6 +82,7 @@ def test_carbon_restart_loses_no_point(tmp_path: Path) -> None:
         lines, stderr = run_collector(
             ["--graphite", carbon.address, "--stdout"], 62,
             {20.0: carbon.stop, 40.0: carbon.start})
+        carbon.settle(lines)
     finally:
         carbon.stop()
     domains = {p.split(".")[0] for p, _, _ in lines if ".virt." in p}
@@ -130,6 +131,7 @@ def test_a_carbon_that_never_reads_delays_nothing(tmp_path: Path) -> None:
         lines, stderr = run_collector(
             ["-c", str(conf), "--graphite", f"127.0.0.1:{stuck.port}",
              "--graphite", carbon.address, "--stdout"], 30, {}, uri=uri)
+        carbon.settle(lines)
     finally:
         carbon.stop()
         stuck.close()

@@ -544,6 +544,8 @@ class Supervisor:
         for sink in self.graphite:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
+            elif not sink.finish(limit):
+                log.warning("%s: did not confirm the last lines before exit", sink)
 
 
 def _worker_settings(cfg: Config) -> tuple[object, ...]:

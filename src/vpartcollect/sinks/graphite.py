@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import selectors
 import socket
 import time
@@ -107,6 +108,24 @@ class GraphiteSink:
             return
         if mask & selectors.EVENT_WRITE:
             self._send()
+
+    def finish(self, deadline: float) -> bool:
+        """Half-close and wait (until monotonic ``deadline``) for carbon to close its side.
+
+        Carbon reads a connection in order, so its end of file means it has taken
+        every line we sent: the nearest thing to an acknowledgement plaintext has.
+        """
+        if self.sock is None or self.connecting or self.buffered:
+            return False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - self.clock()) > 0:
+                ready, _, _ = select.select([self.sock], [], [], left)
+                if ready and not self.sock.recv(4096):
+                    return True
+        except OSError:
+            pass
+        return False
 
     def close(self) -> None:
         """Drop the connection (what is queued stays queued)."""
