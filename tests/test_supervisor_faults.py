@@ -1,0 +1,76 @@
+"""Supervisor against FAKE workers: faults a real worker cannot be made to show on demand.
+
+A real worker never writes garbage to its pipe and does not crash at start-up
+on request; these fakes replace ``worker_main`` in the forked child to produce
+exactly those faults, and the real supervisor has to cope.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import NoReturn
+
+import pytest
+from conftest import DEMO_URI
+
+from vpartcollect import supervisor
+from vpartcollect.config import build
+from vpartcollect.supervisor import Supervisor
+
+
+def run_for(seconds: float, instances: int = 1) -> Supervisor:
+    sup = Supervisor(build({"connect": DEMO_URI, "instances": instances, "interval": 1.0,
+                            "stdout": False}))
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert sup.run() == 0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    return sup
+
+
+def fake_crashing_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
+                         parent: int) -> NoReturn:
+    """FAKE worker: dies at once without hanging."""
+    os._exit(3)
+
+
+def fake_garbage_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
+                        parent: int) -> NoReturn:
+    """FAKE worker: writes bytes that are not a frame, then waits to be killed."""
+    os.write(out_fd, b"\xc1\xc1\xc1 not msgpack")
+    time.sleep(60)
+    os._exit(0)
+
+
+def test_a_worker_that_keeps_dying_is_respawned_with_backoff(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(supervisor, "worker_main", fake_crashing_worker)
+    caplog.set_level(logging.INFO)
+    sup = run_for(6.0)
+    # Respawn delays 0, 0.5, 1, 2 (, 4): five or six starts in 6 s, not hundreds.
+    assert 4 <= sup.slots[0].spawned <= 6
+    restarts = [r.message for r in caplog.records if "worker exited" in r.message]
+    assert restarts[0].endswith("(exit status 3); restarting in 0.0 s")
+    assert len(restarts) == len(set(restarts)), "logged once per change of delay"
+    assert "restarting in 2.0 s" in restarts[-1] or "restarting in 4.0 s" in restarts[-1]
+
+
+def test_garbage_on_a_worker_pipe_kills_that_worker(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(supervisor, "worker_main", fake_garbage_worker)
+    caplog.set_level(logging.INFO)
+    sup = run_for(3.0)
+    bad = [r.message for r in caplog.records if "sent a bad frame" in r.message]
+    assert bad and "killing it" in bad[0]
+    assert sup.slots[0].spawned >= 2  # and a new one was started, with backoff
+    assert sup.slots[0].kills == 0  # not counted as a watchdog kill
