@@ -192,3 +192,11 @@ def test_hostname_from_a_metadata_value(tmp_path: Path) -> None:
     conf.write_text('hostname_format = ["metadata"]\n')
     res = cli("run", "-c", str(conf), "--connect", uri, "--once")
     assert res.returncode == 2 and "needs hostname_metadata_ns" in res.stderr
+
+
+def test_plan_marks_excluded_domains(demo_uri: str) -> None:
+    res = cli("plan", "--connect", demo_uri, "--exclude", "-[AB]$", "--json")
+    rows = {r["domain"]: r for r in json.loads(res.stdout)}
+    assert rows["domain-A"]["instance"] is None
+    assert rows["domain-A"]["reason"] == "excluded by include/exclude"
+    assert rows["domain-C"]["instance"] == 0
