@@ -64,6 +64,8 @@ class Slot:
     kills: int = 0
     missed_ticks: int = 0
     missing: int = 0  # ticks skipped in the current episode (logged once)
+    once_due: float | None = None  # --once: when to queue the written tick
+    once_done: bool = False
     names: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -90,7 +92,7 @@ class Supervisor:
         self.exit_code = 0
         self.backlog = backlog_limit(cfg.interval, cfg.call_timeout, cfg.chunk_size)
         self.silent: set[float] = set()  # ticks sampled only to prime rates (--once)
-        self.once_ticks: deque[float] = deque()
+        self.final_tick = 0.0  # --once: the tick that is written
         self.next_tick = 0.0
         self._signals: list[int] = []
         self._pruned = time.time()
@@ -130,6 +132,7 @@ class Supervisor:
         waits = [self.next_tick - time.time()] if self.next_tick else []
         waits += [s.deadline - now_m for s in self.slots if s.deadline is not None]
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
+        waits += [s.once_due - now_m for s in self.slots if s.once_due is not None]
         waits += [w - now_m for g in self.graphite if (w := g.next_wakeup()) is not None]
         return max(0.0, min(waits, default=1.0))
 
@@ -149,13 +152,13 @@ class Supervisor:
     def _plan_ticks(self) -> None:
         now = time.time()
         if self.once:
+            # Every worker samples at once; a rate needs a second sample ONCE_GAP after
+            # that worker's first (queued when it is done, see _done), stamped alike.
             first = float(math.floor(now))
+            self.final_tick = first + ONCE_GAP if self.cfg.store_rates else first
             if self.cfg.store_rates:
                 self.silent.add(first)
-                self.once_ticks.extend([first, first + ONCE_GAP])
-            else:
-                self.once_ticks.append(first)
-            self.next_tick = self.once_ticks[0]
+            self.next_tick = first
         else:
             interval = self.cfg.interval
             self.next_tick = math.ceil(now / interval) * interval
@@ -166,8 +169,7 @@ class Supervisor:
         if self.next_tick and now >= self.next_tick:
             ts = self.next_tick
             if self.once:
-                self.once_ticks.popleft()
-                self.next_tick = self.once_ticks[0] if self.once_ticks else 0.0
+                self.next_tick = 0.0
             else:
                 interval = self.cfg.interval
                 # After a suspend or a stall of the parent itself, skip to the present.
@@ -187,6 +189,9 @@ class Supervisor:
                                     slot.name, "not ready" if not slot.ready else "behind")
                     slot.missing += 1
         for slot in self.slots:
+            if slot.once_due is not None and time.monotonic() >= slot.once_due:
+                slot.pending.append(wire.Tick(self.final_tick))
+                slot.once_due = None
             self.feed(slot)
 
     def feed(self, slot: Slot) -> None:
@@ -202,8 +207,7 @@ class Supervisor:
             pass  # it died; reap() puts the tick back
 
     def _once_finished(self) -> bool:
-        return not self.once_ticks and all(
-            s.current is None and not s.pending for s in self.slots)
+        return all(s.once_done for s in self.slots)
 
     # -- workers ------------------------------------------------------------
     def spawn_missing(self) -> None:
@@ -296,6 +300,11 @@ class Supervisor:
         if slot.current is None or msg.tick != slot.current.ts:
             return
         slot.current, slot.failures = None, 0
+        if self.once:
+            if msg.tick == self.final_tick:
+                slot.once_done = True
+            else:
+                slot.once_due = time.monotonic() + ONCE_GAP
         if slot.missing:
             log.warning("%s: caught up; %d tick(s) were skipped", slot.name, slot.missing)
             slot.missing = 0
