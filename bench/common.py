@@ -13,25 +13,13 @@ TICKS = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from harness import session_members  # noqa: E402  (tests/ is on the path only now)
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a live process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (the collector and its workers)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -53,7 +41,7 @@ def start_collector(*args: str, stdout: IO[bytes] | int = subprocess.DEVNULL
 def session_cpu(sid: int) -> float:
     """CPU seconds of every live process of a session."""
     total = 0.0
-    for pid in session_pids(sid):
+    for pid in session_members(sid):
         try:
             total += cpu_seconds(pid)
         except OSError:

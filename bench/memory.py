@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import memory_kib, session_pids, start_collector
+from common import memory_kib, start_collector
+from harness import session_members
 from nodes import tagged_node
 
 
@@ -27,7 +28,7 @@ def main() -> None:
         proc = start_collector("--connect", uri, "--interval", "1",
                                "--instances", str(args.instances))
         time.sleep(8)
-        rows = {pid: memory_kib(pid) for pid in session_pids(proc.pid)}
+        rows = {pid: memory_kib(pid) for pid in session_members(proc.pid)}
         proc.send_signal(signal.SIGTERM)
         proc.wait()
     parent = rows.pop(proc.pid)

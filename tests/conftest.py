@@ -34,22 +34,6 @@ def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
                             env={**os.environ, **(env or {})})
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids still alive in session ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 def parse_lines(text: str) -> list[tuple[str, float, float]]:
     """Graphite plaintext lines -> (path, value, timestamp); asserts the format."""
     out = []

@@ -22,6 +22,22 @@ from vpartcollect.partition import TAG_NS
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 
 
+def session_members(sid: int) -> list[int]:
+    """Pids still alive in session ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
 class HarnessError(RuntimeError):
     """The private libvirtd could not be set up."""
 

@@ -9,7 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines, session_members
+from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines
+from harness import session_members
 
 from vpartcollect.daemon import RepeatFilter
 
