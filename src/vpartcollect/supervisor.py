@@ -442,10 +442,9 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)
-        if (signum in (signal.SIGTERM, signal.SIGINT) and self.stdout is not None
-                and self.stdout.writing):
-            # Blocked on a stdout nobody reads: a stop must not wait for that reader.
-            raise StdoutClosed()
+        if signum in (signal.SIGTERM, signal.SIGINT) and self.stdout is not None:
+            # A write in progress finishes if the reader takes it, but not forever.
+            self.stdout.stopping = True
 
     def _drain_wakeup(self) -> None:
         try:
@@ -524,6 +523,8 @@ class Supervisor:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
         sd_notify("STOPPING=1")
         self.stopping = True
+        if self.stdout is not None:
+            self.stdout.stopping = True
         for slot in self.slots:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
