@@ -113,7 +113,6 @@ class Supervisor:
                 self.handle_signals()
                 self.reap()
                 self.murder_overdue()
-                self.poll_sinks()
                 if self.once and self._once_finished():
                     break
                 if self.once and time.monotonic() - started > ONCE_LIMIT:
@@ -411,6 +410,7 @@ class Supervisor:
                        sum(g.buffered for g in self.graphite), ts)]
 
     def _register_sinks(self) -> None:
+        # Every wait starts here: disconnected destinations also get their next attempt.
         for sink in self.graphite:
             sink.poll()
             want = sink.interest()
@@ -424,11 +424,6 @@ class Supervisor:
                 elif had[1] != want[1]:
                     self.selector.modify(want[0], want[1], ("graphite", sink))
             self._sink_reg[id(sink)] = want
-
-    def poll_sinks(self) -> None:
-        """Let disconnected Graphite destinations start their next attempt."""
-        for sink in self.graphite:
-            sink.poll()
 
     # -- signals and stopping ---------------------------------------------
     def _install_signals(self) -> None:
@@ -550,7 +545,6 @@ class Supervisor:
         limit = time.monotonic() + self.cfg.flush_timeout
         while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
             self.wait(min(0.1, max(0.0, limit - time.monotonic())))
-            self.poll_sinks()
         for sink in self.graphite:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
