@@ -213,3 +213,76 @@ def test_sigterm_during_a_blocked_write_loses_no_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     lines = parse_lines(out)  # every line whole: nothing torn by the stop
     assert len(lines) > 1000
+
+
+def test_odd_tags_are_adopted_by_virt0_and_stop_nothing(tmp_path: Path) -> None:
+    """One domain's odd tag never stops collection (it used to crash every worker)."""
+    uri = write_node(tmp_path / "n.xml", [
+        domain_xml("superscript", 1, "virt-\u00b2"),
+        domain_xml("huge-number", 2, "virt-" + "9" * 5000),
+        domain_xml("fine", 3, "virt-1"),
+    ])
+    res = cli("run", "--connect", uri, "--instances", "3", "--once")
+    assert res.returncode == 0, res.stderr
+    no_traceback(res.stderr)
+    hosts = {p.split(".")[0] for p, _, _ in parse_lines(res.stdout) if ".virt." in p}
+    assert hosts == {"superscript", "huge-number", "fine"}
+    # One warning per domain (from virt-0, which samples them), not one per worker or tick.
+    assert res.stderr.count("superscript: tag 'virt-\u00b2' is not virt-N") == 1, res.stderr
+    assert res.stderr.count("huge-number: tag of 5005 characters") == 3  # every worker reads it
+    plan = cli("plan", "--connect", uri, "--instances", "3", "--json")
+    assert plan.returncode == 0, plan.stderr
+    no_traceback(plan.stderr)
+    rows = {r["domain"]: (r["tag"], r["instance"]) for r in json.loads(plan.stdout)}
+    assert rows == {"superscript": ("virt-\u00b2", 0), "huge-number": (None, 0),
+                    "fine": ("virt-1", 1)}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--interval", "1e9"], "interval: at most 86400"),
+    (["--interval", "2", "--timeout", "5"], "timeout: must be less than interval"),
+    (["--chunk-size", "1e400"], "'1e400' is not a valid integer"),
+    (["--chunk-size", "9" * 400], "chunk_size: at most 10000"),
+])
+def test_absurd_flags_are_one_line(demo_uri: str, args: list[str], message: str) -> None:
+    res = cli("run", "--once", "--connect", demo_uri, *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path: Path, demo_uri: str) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_bytes(f'connect = "{demo_uri}"\nhostname = "h\xf4te"\n'.encode("latin-1"))
+    res = cli("check-config", "-c", str(conf))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "not UTF-8 text" in res.stderr
+
+
+def test_closed_stdout_without_graphite_is_one_line(demo_uri: str) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "vpartcollect", "run", "--once", "--connect",
+                          demo_uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, timeout=60, check=False,
+                         preexec_fn=lambda: __import__("os").close(1))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "stdout is closed" in res.stderr
+
+
+def test_control_characters_in_names_never_forge_a_line(tmp_path: Path) -> None:
+    """A carriage return or tab in a name is escaped in plan and logs, as in metric paths."""
+    node = tmp_path / "n.xml"
+    write_node(node, [domain_xml("cr", 1, "storage-a"),
+                      domain_xml("tab", 2, "virt-1")])
+    # &#13; keeps a carriage return in the name through XML parsing.
+    node.write_text(node.read_text().replace("<name>cr</name>", "<name>evil&#13;INFO: x</name>")
+                    .replace("<name>tab</name>", "<name>a&#9;b</name>"))
+    uri = f"test://{node.resolve()}"
+    plan = cli("plan", "--connect", uri, "--instances", "2")
+    assert plan.returncode == 0, plan.stderr
+    assert "evil\\rINFO: x" in plan.stdout and "a\\tb" in plan.stdout
+    assert "\r" not in plan.stdout + plan.stderr and "\t" not in plan.stdout
+    res = cli("run", "--connect", uri, "--instances", "2", "--once")
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "evil\\rINFO: x: tag 'storage-a' is not" in res.stderr

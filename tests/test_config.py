@@ -45,6 +45,20 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ({"escape_character": "."}, "escape_character: must be one character"),
     ({"stdout": "yes"}, "stdout: must be true or false"),
     ({"connect": ""}, "connect: must not be empty"),
+    # Absurd sizes: one line each, never an OverflowError or a loop that cannot end.
+    ({"instances": 10**400}, "instances: at most 64, got 1000000000"),
+    ({"interval": 10**400}, "interval: must be a number, got an integer of 401 digits"),
+    ({"interval": 1e9}, "interval: at most 86400, got 1000000000.0"),
+    ({"refresh_interval": float("inf")}, "refresh_interval: must be greater than 0, got inf"),
+    ({"flush_timeout": 1e300}, "flush_timeout: at most 3600"),
+    ({"graphite_resend_seconds": 1e12}, "graphite_resend_seconds: at most 86400"),
+    ({"timeout": 4000}, "timeout: at most 3600"),
+    ({"chunk_size": 10**6}, "chunk_size: at most 10000"),
+    ({"chunk_size": 1e400}, "chunk_size: must be an integer, got float inf"),
+    ({"graphite_buffer": 10**9}, "graphite_buffer: at most 100000000"),
+    ({"interval": 2, "timeout": 2}, "timeout: must be less than interval (2 s), got 2"),
+    ({"hostname_metadata_path": "/abs"}, "hostname_metadata_path: not a relative ElementTree"),
+    ({"hostname_metadata_path": "a[@"}, "hostname_metadata_path: not a relative ElementTree"),
 ])
 def test_errors_name_the_key(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -60,6 +74,18 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("instances = = 3\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('hostname = "h\xf4te"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte 13\)"):
+        load(bad)
+
+
+def test_metadata_paths_that_work() -> None:
+    for path in (".", "name", "./host/name", "{urn:x}name", "a[@k='v']"):
+        assert build({"hostname_metadata_path": path}).hostname_metadata_path == path
 
 
 def test_endpoint_parsing() -> None:

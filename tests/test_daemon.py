@@ -62,10 +62,14 @@ def test_sighup_reload_and_systemd_notifications(tmp_path: Path) -> None:
             assert notes[0].startswith("RELOADING=1\nMONOTONIC_USEC=") and "READY=1" in notes
             time.sleep(3)
             assert len(session_members(proc.pid)) == 4
-            conf.write_text(f'connect = "{DEMO_URI}"\ninstances = 0\n')
-            proc.send_signal(signal.SIGHUP)
-            time.sleep(1.5)
-            assert proc.poll() is None and len(session_members(proc.pid)) == 4
+            # Bad reloads are logged and the running configuration kept: never a crash.
+            for bad in (f'connect = "{DEMO_URI}"\ninstances = 0\n'.encode(),
+                        'hostname = "h\xf4te"\n'.encode("latin-1"),
+                        b"interval = 1e9\n", b"flush_timeout = 1e300\n"):
+                conf.write_bytes(bad)
+                proc.send_signal(signal.SIGHUP)
+                time.sleep(1.0)
+                assert proc.poll() is None and len(session_members(proc.pid)) == 4
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
@@ -78,6 +82,9 @@ def test_sighup_reload_and_systemd_notifications(tmp_path: Path) -> None:
     no_traceback(stderr)
     assert "SIGHUP: instances: must be greater than 0, got 0; keeping the running" \
         in stderr
+    assert "not UTF-8 text (byte 13); keeping the running" in stderr
+    assert "SIGHUP: interval: at most 86400" in stderr
+    assert "SIGHUP: flush_timeout: at most 3600" in stderr
     virt2 = [ts for p, _, ts in lines if p.endswith(".vpartcollect-virt-2.domains")]
     assert virt2 and min(virt2) >= int(reloaded_at)
     # domain-C (tag virt-2) moved from virt-0 to the new virt-2 without missing a cycle.

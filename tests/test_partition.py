@@ -55,7 +55,8 @@ def test_seed_tables(example: str, instances: int, domain: str, tag: str | None,
 
 
 @pytest.mark.parametrize("tag", ["virt-01", "virt-+1", "virt-", "virt-1 ", "VIRT-1", "virt-1x",
-                                 "storage-a", ""])
+                                 "storage-a", "", "virt-\u00b2", "virt-\u0661", "virt-1\u00b2",
+                                 "virt-" + "9" * 5000, "virt-1_0", "virt-1\n"])
 def test_foreign_spellings_are_adopted(tag: str) -> None:
     assert assign(tag, 5) == assign(None, 5)
     assert assign(tag, 5).reason == REASON_ADOPTED
@@ -109,7 +110,13 @@ def test_tag_element_round_trips_and_escapes() -> None:
                      "</metadata></domain>") == "virt-4"
 
 
+def test_an_overlong_tag_is_malformed_not_carried() -> None:
+    with pytest.raises(TagError, match="tag of 5005 characters"):
+        parse_tag(f"<tag>virt-{'9' * 5000}</tag>")
+
+
 @pytest.mark.parametrize(("tag", "ok"), [("virt-0", True), ("virt-12", True), ("virt-01", False),
-                                         ("virt-", False), ("foo", False)])
+                                         ("virt-", False), ("foo", False), ("virt-\u00b2", False),
+                                         ("virt-" + "1" * 5000, False)])
 def test_valid_tags(tag: str, ok: bool) -> None:
     assert is_valid_tag(tag) is ok

@@ -66,3 +66,14 @@ def test_auto_tag_on_local_disks_balances(libvirtd: PrivateLibvirtd) -> None:
     assert res.returncode == 0, res.stderr
     proposed = [line.split()[2] for line in res.stdout.splitlines()[1:-1]]
     assert sorted(proposed) == ["virt-0", "virt-0", "virt-1", "virt-1", "virt-2", "virt-2"]
+
+
+def test_auto_tag_dry_run_needs_only_read_access(libvirtd: PrivateLibvirtd) -> None:
+    """A dry run works on libvirtd's read-only socket; only --apply needs write access."""
+    ro = f"qemu:///system?socket={libvirtd.base}/sock/libvirt-sock-ro"
+    res = cli("tag", "--connect", ro, "--auto", "--instances", "3")
+    assert res.returncode == 0, res.stderr
+    assert "dry run: nothing written" in res.stdout
+    applied = cli("tag", "--connect", ro, "--auto", "--instances", "2", "--apply")
+    assert applied.returncode == 2 and applied.stderr.count("\n") == 1, applied.stderr
+    assert "read only access prevents" in applied.stderr or "read-write" in applied.stderr

@@ -47,6 +47,16 @@ def test_stream_split_at_every_byte() -> None:
     ["results", 1.0, 1.0, [["u", "n", None, "no", {}, None]]],  # flag not a bool
     ["results", 1.0, 1.0, [["u", "n", None, False, {}]]],  # a field short
     ["hello", 0, 1, 2, "QEMU", ["state"], "block"],
+    # Decodes, but the values would size a loop or poison a rate in the supervisor.
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"block.count": float("inf")}, None]]],
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"block.count": float("nan")}, None]]],
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"net.count": 2.0}, None]]],
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"vcpu.maximum": 1e300}, None]]],
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"vcpu.current": 10**9}, None]]],
+    ["results", 1.0, 1.0, [["u", "n", None, False, {"block.count": -1}, None]]],
+    ["results", float("nan"), 1.0, []],
+    ["done", 1.0, float("inf"), 3],
+    ["tick", float("-inf"), [], []],
 ])
 def test_wrong_shapes_are_rejected(obj: object) -> None:
     with pytest.raises(wire.WireError):

@@ -6,6 +6,7 @@ Exit status: 0 success, 1 runtime failure, 2 bad configuration or unusable libvi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -77,10 +78,29 @@ def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) 
     from vpartcollect.supervisor import Supervisor
 
     cfg = _load(config_path, format=format_, **flags)
+    _std_fds_or_fail(cfg)
     check_libvirt(cfg.connect)
     # SIGHUP re-reads the file; the command line still wins over it.
     return Supervisor(cfg, once=once,
                       reload=lambda: _load(config_path, format=format_, **flags)).run()
+
+
+def _std_fds_or_fail(cfg: Config) -> None:
+    """Point closed stdin/stdout/stderr at /dev/null (so no pipe or socket lands on them);
+    a closed stdout with nothing else to write to is a configuration error."""
+    stdout_closed = False
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            stdout_closed |= fd == 1
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+    if stdout_closed and cfg.use_stdout:
+        raise ConfigError("stdout is closed and metrics go to stdout: give --graphite "
+                          "HOST:PORT (and --no-stdout), or run with an open stdout")
 
 
 @cli.command()
@@ -125,7 +145,8 @@ def tag(connect: str | None, clear: bool, auto: bool, instances: int | None,
     from vpartcollect import tagging
 
     cfg = _load(config_path, connect=connect, instances=instances)
-    conn = tagging.open_rw(cfg.connect)
+    # Least privilege: only writing a tag needs a read-write connection.
+    conn = tagging.open_conn(cfg.connect, write=apply or not auto)
     try:
         if auto:
             if domain or tag or clear:

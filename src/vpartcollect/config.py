@@ -9,6 +9,7 @@ import math
 import re
 import socket
 import tomllib
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from typing import Any
 from vpartcollect.metrics import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 
 MAX_INSTANCES = 64
+# Upper bounds: beyond them a value is a typo, and some would overflow a timer or a loop.
+MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600.0,
+               "flush_timeout": 3600.0, "graphite_resend_seconds": 86400.0}
+MIN_SECONDS = {"interval": 0.05}
+MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000}
 FORMATS = ("graphite", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -93,17 +99,31 @@ def _kind(key: str, value: Any, kind: type, label: str) -> Any:
     if isinstance(value, bool) and kind is not bool:
         raise ConfigError(f"{key}: must be {label}, got a boolean")
     if kind is float and isinstance(value, int):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: must be {label}, got an integer of "
+                              f"{len(str(abs(value)))} digits") from None
     if not isinstance(value, kind):
         raise ConfigError(f"{key}: must be {label}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _positive(key: str, value: Any, *, minimum: float = 0.0, integer: bool = False) -> Any:
+def _bounded(key: str, value: Any, *, integer: bool = False) -> Any:
+    """A number in (minimum, maximum] for ``key``: the bounds the README lists."""
     value = _kind(key, value, int if integer else float, "an integer" if integer else "a number")
-    if not math.isfinite(value) or value <= minimum:
-        raise ConfigError(f"{key}: must be greater than {minimum:g}, got {value!r}")
+    minimum = MIN_SECONDS.get(key, 0)
+    maximum = MAX_COUNT[key] if integer else MAX_SECONDS[key]
+    if (not integer and not math.isfinite(value)) or value <= minimum:
+        raise ConfigError(f"{key}: must be greater than {minimum:g}, got {_short(value)}")
+    if value > maximum:  # an int is compared as it is: no float conversion to overflow
+        raise ConfigError(f"{key}: at most {maximum:.15g}, got {_short(value)}")
     return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:
@@ -151,6 +171,15 @@ def _path_text(key: str, value: Any) -> str:
     return str(value)
 
 
+def _element_path(key: str, path: str) -> str:
+    """An ElementTree path relative to the metadata element, compiled once to prove it."""
+    try:
+        ET.Element("metadata").find(path)
+    except (SyntaxError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: not a relative ElementTree path: {path!r} ({exc})") from None
+    return path
+
+
 def _validate_regexes(key: str, patterns: tuple[str, ...]) -> None:
     for i, pattern in enumerate(patterns):
         try:
@@ -166,16 +195,10 @@ def _check(key: str, value: Any) -> Any:
         if not uri.strip():
             raise ConfigError("connect: must not be empty")
         return uri
-    if key in ("instances", "chunk_size", "graphite_buffer"):
-        number = _positive(key, value, integer=True)
-        if key == "instances" and number > MAX_INSTANCES:
-            raise ConfigError(f"instances: at most {MAX_INSTANCES}, got {number}")
-        return number
-    if key in ("interval", "refresh_interval", "timeout", "flush_timeout",
-               "graphite_resend_seconds"):
-        minimum = 0.05 if key == "interval" else 0.0
-        number = _positive(key, value, minimum=minimum)
-        return number
+    if key in MAX_COUNT:
+        return _bounded(key, value, integer=True)
+    if key in MAX_SECONDS:
+        return _bounded(key, value)
     if key in ("include", "exclude"):
         patterns = _strings(key, value)
         _validate_regexes(key, patterns)
@@ -190,8 +213,10 @@ def _check(key: str, value: Any) -> Any:
         return _choice(key, value, FORMATS)
     if key == "log_level":
         return _choice(key, str(value).lower() if isinstance(value, str) else value, LOG_LEVELS)
-    if key in ("hostname_metadata_ns", "hostname_metadata_path"):
+    if key == "hostname_metadata_ns":
         return _kind(key, value, str, "a string")
+    if key == "hostname_metadata_path":
+        return _element_path(key, _kind(key, value, str, "a string"))
     if key in ("prefix", "postfix"):
         return _path_text(key, value)
     if key == "escape_character":
@@ -214,6 +239,8 @@ def read_file(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
 
@@ -234,8 +261,10 @@ def build(file_values: dict[str, Any] | None = None,
     if "metadata" in cfg.hostname_format and not cfg.hostname_metadata_ns:
         raise ConfigError("hostname_format: 'metadata' needs hostname_metadata_ns (the "
                           "namespace URI of the metadata element to read)")
-    if cfg.timeout is not None and cfg.timeout > 3600:
-        raise ConfigError(f"timeout: at most 3600 seconds, got {cfg.timeout:g}")
+    if cfg.timeout is not None and cfg.timeout >= cfg.interval:
+        raise ConfigError(f"timeout: must be less than interval ({cfg.interval:g} s), got "
+                          f"{cfg.timeout:g}: a call allowed to outlast the interval makes "
+                          "every sample behind it late")
     return cfg
 
 

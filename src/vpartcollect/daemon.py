@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import time
 
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters as escapes: a domain name cannot add a line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines stay one line whatever a name holds (a traceback still follows as is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def sd_notify(state: str) -> bool:
@@ -61,6 +75,6 @@ class RepeatFilter(logging.Filter):
 def setup_logging(level: str) -> None:
     """One line per event on stderr, identical warnings folded; stdout stays for metrics."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("vpartcollect[%(process)d]: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("vpartcollect[%(process)d]: %(levelname)s: %(message)s"))
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

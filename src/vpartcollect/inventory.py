@@ -17,7 +17,7 @@ import defusedxml.ElementTree as SafeET
 import libvirt
 from defusedxml import DefusedXmlException
 
-from vpartcollect.partition import TAG_NS, TagError, parse_tag
+from vpartcollect.partition import TAG_NS, TagError, is_valid_tag, parse_tag
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,12 @@ class Domain:
     nics: list[str] = field(default_factory=list)  # target devs
 
 
-def read_tag(dom: Any, warned: set[str]) -> str | None:
-    """The domain's partition tag; untagged (None) on any problem, warned once per domain."""
+def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:
+    """The domain's partition tag; untagged (None) on any problem, warned once per domain.
+
+    ``adopter`` (the worker of virt-0, which samples them) also warns once about a
+    tag that is not of the ``virt-N`` scheme.
+    """
     try:
         xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, TAG_NS)
     except libvirt.libvirtError as exc:
@@ -52,10 +56,14 @@ def read_tag(dom: Any, warned: set[str]) -> str | None:
                        "treating it as untagged", dom.name(), exc.get_error_message())
         return None
     try:
-        return parse_tag(xml)
+        tag = parse_tag(xml)
     except TagError as exc:
         _warn_once(warned, dom.UUIDString(), "%s: %s; treating it as untagged", dom.name(), exc)
         return None
+    if adopter and tag is not None and not is_valid_tag(tag):
+        _warn_once(warned, dom.UUIDString(), "%s: tag %r is not virt-N; virt-0 samples it",
+                   dom.name(), tag)
+    return tag
 
 
 def read_label(dom: Any, ns: str, path: str) -> str | None:
@@ -102,8 +110,9 @@ class Inventory:
     """The running domains of one connection, with cached tags."""
 
     def __init__(self, conn: Any, refresh_interval: float, want_devices: bool,
-                 label: tuple[str, str] | None = None) -> None:
+                 label: tuple[str, str] | None = None, adopter: bool = False) -> None:
         self.conn = conn
+        self.adopter = adopter  # warns about foreign tags (virt-0 samples those domains)
         self.label = label  # (namespace, path) of a metadata value to read, if wanted
         self.refresh_interval = refresh_interval
         self.want_devices = want_devices
@@ -121,7 +130,7 @@ class Inventory:
                 if dom is None:
                     dom = self._describe(handle, now)
                 elif now - dom.read_at >= self.refresh_interval:
-                    dom.tag = read_tag(handle, self._warned)
+                    dom.tag = read_tag(handle, self._warned, self.adopter)
                     if self.label:
                         dom.label = read_label(handle, *self.label)
                     dom.name = handle.name()
@@ -136,7 +145,7 @@ class Inventory:
 
     def _describe(self, handle: Any, now: float) -> Domain:
         dom = Domain(handle, handle.UUIDString(), handle.name(),
-                     read_tag(handle, self._warned), now)
+                     read_tag(handle, self._warned, self.adopter), now)
         if self.want_devices:
             dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
         if self.label:

@@ -8,6 +8,7 @@ range. The tag is the stripped text of ``{TAG_NS}tag`` in the domain's
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ from defusedxml import DefusedXmlException
 TAG_NS = "http://ovirt.org/ovirtmap/tag/1.0"
 TAG_PREFIX = "ovirtmap"
 _TAG_ELEMENT = f"{{{TAG_NS}}}tag"
+
+# A tag longer than this is not one a management system wrote: treated as malformed.
+MAX_TAG_LENGTH = 256
+# ``virt-N`` with N in ASCII digits, no sign, no leading zero, and short enough that no
+# conversion can fail: str.isdigit() would accept "²", which int() then refuses.
+_CANONICAL = re.compile(r"virt-(0|[1-9][0-9]{0,8})")
 
 REASON_MATCH = "tag match"
 REASON_ADOPTED = "adopted by instance #0"
@@ -57,6 +64,8 @@ def parse_tag(xml: str | None) -> str | None:
     if node is None:
         return None
     text = "".join(node.itertext()).strip()
+    if len(text) > MAX_TAG_LENGTH:
+        raise TagError(f"tag of {len(text)} characters (at most {MAX_TAG_LENGTH})")
     return text or None
 
 
@@ -76,15 +85,19 @@ def assign(tag: str | None, instances: int) -> Assignment:
     """Apply the seed's rule: the owner of ``tag`` among ``instances`` readers."""
     if instances < 1:
         raise ValueError("instances must be at least 1")
-    if tag is not None and tag.startswith("virt-"):
-        number = tag[len("virt-") :]
-        # Only the canonical spelling matches: "virt-01" or "virt-+1" is foreign.
-        if number.isdigit() and number == str(int(number)) and int(number) < instances:
-            return Assignment(int(number), REASON_MATCH)
+    number = tag_number(tag)
+    # Only the canonical spelling matches: "virt-01", "virt-+1" or "virt-²" is foreign.
+    if number is not None and number < instances:
+        return Assignment(number, REASON_MATCH)
     return Assignment(0, REASON_ADOPTED)
 
 
+def tag_number(tag: str | None) -> int | None:
+    """N of a canonical ``virt-N`` tag; None for no tag or any other spelling."""
+    match = _CANONICAL.fullmatch(tag) if tag is not None else None
+    return int(match.group(1)) if match else None
+
+
 def is_valid_tag(tag: str) -> bool:
-    """True for a tag ``vpartcollect tag`` may write: ``virt-N`` with N a plain number."""
-    number = tag[len("virt-") :] if tag.startswith("virt-") else ""
-    return number.isdigit() and number == str(int(number))
+    """True for a tag of the seed's scheme: ``virt-N`` with N a plain number."""
+    return tag_number(tag) is not None

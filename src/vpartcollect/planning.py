@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import libvirt
 
 from vpartcollect.config import Config
+from vpartcollect.daemon import printable
 from vpartcollect.inventory import Inventory
 from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
 from vpartcollect.partition import assign
@@ -60,6 +61,7 @@ def plan_rows(cfg: Config) -> list[PlanRow]:
 
 def render_table(table: Sequence[tuple[str, ...]]) -> str:
     """Fixed-width columns, two spaces apart; the last column is not padded."""
+    table = [tuple(printable(cell) for cell in row) for row in table]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     return "".join("  ".join([*(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)),
                               row[-1]]) + "\n" for row in table)

@@ -9,7 +9,7 @@ import libvirt
 
 from vpartcollect.autotag import Proposal, propose, read_mounts, storage_backends
 from vpartcollect.inventory import read_tag
-from vpartcollect.libvirt_stats import quiet_libvirt
+from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
 from vpartcollect.partition import TAG_NS, TAG_PREFIX, is_valid_tag, tag_element
 from vpartcollect.planning import render_table
 
@@ -22,13 +22,14 @@ def _libvirt_message(exc: libvirt.libvirtError) -> str:
     return " ".join(str(exc.get_error_message() or exc).split())
 
 
-def open_rw(uri: str) -> Any:
-    """A read-write connection (tags are written through virDomainSetMetadata)."""
+def open_conn(uri: str, write: bool) -> Any:
+    """A read-write connection to write tags (virDomainSetMetadata); read-only otherwise."""
     quiet_libvirt()
     try:
-        return libvirt.open(uri)
+        return libvirt.open(uri) if write else open_readonly(uri)
     except libvirt.libvirtError as exc:
-        raise TagCommandError(f"cannot connect to libvirt at {uri}: "
+        raise TagCommandError(f"cannot connect to libvirt at {uri}"
+                              f"{' read-write' if write else ''}: "
                               f"{_libvirt_message(exc)}") from None
 
 

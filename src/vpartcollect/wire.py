@@ -7,6 +7,7 @@ supervisor answers that by killing the worker that sent it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,10 +137,16 @@ def _strings(value: object, what: str) -> list[str]:
 
 
 def _number(value: object, what: str) -> float:
-    return float(_need(value, (int, float), what))
+    number = float(_need(value, (int, float), what))
+    if not math.isfinite(number):
+        raise WireError(f"{what}: expected a finite number, got {number!r}")
+    return number
 
 
 _STAT_TYPES = frozenset((int, float, str))  # exact types: a bool is not a statistic
+# Values that size a loop on the supervisor's side: integral and bounded, or the frame is bad.
+MAX_DEVICES = 4096
+_COUNTS = ("block.count", "net.count", "vcpu.current", "vcpu.maximum")
 
 
 def _stats(value: object) -> Stats:
@@ -147,6 +154,11 @@ def _stats(value: object) -> Stats:
     for key, val in raw.items():  # the hot path of decoding: exact type checks only
         if type(key) is not str or type(val) not in _STAT_TYPES:
             raise WireError(f"stats[{key!r}]: expected a number or string")
+    for key in _COUNTS:
+        count = raw.get(key)
+        if count is not None and (type(count) is not int or not 0 <= count <= MAX_DEVICES):
+            raise WireError(f"stats[{key!r}]: expected an integer 0-{MAX_DEVICES}, "
+                            f"got {count!r}")
     return raw
 
 

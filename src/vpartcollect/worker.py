@@ -20,6 +20,7 @@ import libvirt
 
 from vpartcollect import wire
 from vpartcollect.config import Config
+from vpartcollect.daemon import OneLineFormatter
 from vpartcollect.inventory import Domain, Inventory
 from vpartcollect.libvirt_stats import (
     StatsReader,
@@ -119,7 +120,7 @@ class Worker:
         if "metadata" in self.cfg.hostname_format:
             label = (self.cfg.hostname_metadata_ns, self.cfg.hostname_metadata_path)
         self.inventory = Inventory(conn, self.cfg.refresh_interval, self.reader.needs_devices,
-                                   label)
+                                   label, adopter=self.index == 0)
         ncpus = int(conn.getInfo()[2])
         self.send(wire.Hello(self.index, os.getpid(), ncpus, conn.getType(), bulk, fallback))
 
@@ -202,7 +203,7 @@ def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: i
             os._exit(1)
         name = instance_name(index)
         for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter(
+            handler.setFormatter(OneLineFormatter(
                 f"vpartcollect[%(process)d] {name}: %(levelname)s: %(message)s"))
         quiet_libvirt()
         code = Worker(index, cfg, ctl_fd, out_fd).run()
