@@ -139,13 +139,15 @@ class PrivateLibvirtd:
                 pass
 
     def _qemu_pids(self) -> list[int]:
-        res = subprocess.run(["pgrep", "-f", f"{self.base}/images/"], capture_output=True,
-                             text=True, check=False)
-        return [int(p) for p in res.stdout.split()]
+        pids = []
+        for name in self.domains:
+            res = subprocess.run(["pgrep", "-f", f"guest={name},"], capture_output=True,
+                                 text=True, check=False)
+            pids += [int(p) for p in res.stdout.split()]
+        return pids
 
     # -- domains ------------------------------------------------------------
-    def domain_xml(self, name: str, tag: str | None, nic: str) -> str:
-        image = self.base / "images" / f"{name}.qcow2"
+    def domain_xml(self, name: str, tag: str | None, nic: str, image: Path) -> str:
         meta = (f'<metadata><ovirtmap:tag xmlns:ovirtmap="{TAG_NS}">{tag}</ovirtmap:tag>'
                 "</metadata>" if tag else "")
         return f"""<domain type='{self.kind}'>
@@ -169,13 +171,17 @@ class PrivateLibvirtd:
   </devices>
 </domain>"""
 
-    def create(self, name: str, tag: str | None = None, nic: str | None = None) -> None:
-        """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC."""
-        image = self.base / "images" / f"{name}.qcow2"
+    def create(self, name: str, tag: str | None = None, nic: str | None = None,
+               image_dir: Path | None = None) -> None:
+        """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC.
+
+        Tap names are host-wide: two daemons side by side need distinct ``nic`` names.
+        """
+        image = (image_dir or self.base / "images") / f"{name}.qcow2"
         if not image.exists():
             _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
         xml_path = self.base / "images" / f"{name}.xml"
-        xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}"))
+        xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image))
         _run("virsh", "-c", self.uri, "define", str(xml_path))
         _run("virsh", "-c", self.uri, "start", name)
         self.domains.append(name)
@@ -202,3 +208,56 @@ class PrivateLibvirtd:
         out = _run("virt-admin", "-c", self.admin_uri, "srv-threadpool-info", "libvirtd")
         values = dict(re.findall(r"(\w+)\s*:\s*(\d+)", out))
         return int(values["nWorkers"]) - int(values["freeWorkers"])
+
+
+STALLFS = Path(__file__).with_name("stallfs.py")
+
+
+class StallStore:
+    """A FUSE datastore (tests/stallfs.py, Debian's python3-fusepy) that can stop answering.
+
+    Mount it before the private libvirtd starts: libvirtd's mount namespace copies the
+    host's mounts when it is made, so QEMU and the collector see the same filesystem.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.back = base / "back"
+        self.mount = base / "mnt"
+        self.control = base / "stalled"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StallStore:
+        """Mount; wait until the mount answers."""
+        for d in (self.back, self.mount):
+            d.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(STALLFS), str(self.back),
+                                      str(self.mount), str(self.control)],
+                                     start_new_session=True)
+        limit = time.monotonic() + 20
+        while time.monotonic() < limit:
+            if f" {self.mount} fuse" in Path("/proc/self/mounts").read_text():
+                return self
+            if self.proc.poll() is not None:
+                raise HarnessError("stallfs exited (is python3-fusepy installed?)")
+            time.sleep(0.1)
+        raise HarnessError("stallfs did not mount within 20 s")
+
+    def stall(self) -> None:
+        """From now on every request waits, as on a hard NFS mount whose server died."""
+        self.control.touch()
+
+    def resume(self) -> None:
+        """Answer again (waiting requests proceed)."""
+        self.control.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """Resume, unmount, end the filesystem process."""
+        self.resume()
+        subprocess.run(["umount", "-l", str(self.mount)], capture_output=True, check=False)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

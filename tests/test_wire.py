@@ -17,6 +17,7 @@ MESSAGES: list[wire.Message] = [
         wire.DomainSample("u2", "vm 2", None, True, {}, "web-2"),
     ]),
     wire.Done(1700000000.0, 0.125, 2),
+    wire.Done(1700000000.0, 0.125, 2, 1),
     wire.Tick(1700000010.0, ["u1"]),
 ]
 
@@ -41,8 +42,10 @@ def test_stream_split_at_every_byte() -> None:
     ["nope", 1],
     ["busy", "stats"],  # wrong arity
     ["busy", "stats", [1, 2]],  # uuids not strings
-    ["done", "t", 1.0, 3],  # tick not a number
-    ["done", 1.0, 1.0, True],  # bool where an int belongs
+    ["done", "t", 1.0, 3, 0],  # tick not a number
+    ["done", 1.0, 1.0, True, 0],  # bool where an int belongs
+    ["done", 1.0, 1.0, 3, -1],  # a negative count of blocked calls
+    ["done", 1.0, 1.0, 3],  # a field short
     ["results", 1.0, 1.0, [["u", "n", None, False, {"k": [1]}, None]]],  # stat value a list
     ["results", 1.0, 1.0, [["u", "n", None, "no", {}, None]]],  # flag not a bool
     ["results", 1.0, 1.0, [["u", "n", None, False, {}]]],  # a field short
@@ -55,7 +58,7 @@ def test_stream_split_at_every_byte() -> None:
     ["results", 1.0, 1.0, [["u", "n", None, False, {"vcpu.current": 10**9}, None]]],
     ["results", 1.0, 1.0, [["u", "n", None, False, {"block.count": -1}, None]]],
     ["results", float("nan"), 1.0, []],
-    ["done", 1.0, float("inf"), 3],
+    ["done", 1.0, float("inf"), 3, 0],
     ["tick", float("-inf"), [], []],
 ])
 def test_wrong_shapes_are_rejected(obj: object) -> None:

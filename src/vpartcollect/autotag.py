@@ -45,13 +45,19 @@ def read_mounts(text: str) -> list[Mount]:
     return mounts
 
 
-def _file_backend(path: str, mounts: Sequence[Mount]) -> str | None:
+def mount_of(path: str, mounts: Sequence[Mount]) -> Mount | None:
+    """The mount a file lives on: the longest mount point that is a prefix of ``path``."""
     best: Mount | None = None
     for m in mounts:
         prefix = m.target.rstrip("/") + "/"
         if (path.startswith(prefix) or m.target == "/") and (
                 best is None or len(m.target) > len(best.target)):
             best = m
+    return best
+
+
+def _file_backend(path: str, mounts: Sequence[Mount]) -> str | None:
+    best = mount_of(path, mounts)
     if best is not None and best.fstype in NETWORK_FS:
         return f"{best.fstype}:{best.source}"
     return None

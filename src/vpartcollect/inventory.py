@@ -40,6 +40,7 @@ class Domain:
     label: str | None = None  # hostname_format "metadata" value
     disks: list[tuple[str, str]] = field(default_factory=list)  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
+    stores: dict[str, str] | None = None  # {datastore: image on it}, worked out when needed
 
 
 def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:
@@ -141,7 +142,11 @@ class Inventory:
                     raise
                 # It stopped between the listing and now: not worth a line.
         self._known = current
-        return sorted(current.values(), key=lambda d: d.name)
+        return self.known()
+
+    def known(self) -> list[Domain]:
+        """The domains of the last listing that returned (kept while a listing hangs)."""
+        return sorted(self._known.values(), key=lambda d: d.name)
 
     def _describe(self, handle: Any, now: float) -> Domain:
         dom = Domain(handle, handle.UUIDString(), handle.name(),

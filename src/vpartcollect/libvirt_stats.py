@@ -38,6 +38,11 @@ _PROBE_FLAGS = (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE
 _NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
 _MEMSTAT_KEYS = {"actual": "current", "last_update": "last-update"}
+# What libvirtd answers for a domain whose QEMU main thread is frozen, measured on libvirt
+# 9.0 with QEMU 7.2 stopped by SIGSTOP: bulk state, interface and perf return at once;
+# bulk cpu-total, vcpu, balloon and block take the monitor job and block. Per-domain
+# info(), vcpus() and getCPUStats() read cgroups and /proc and return at once.
+FROZEN_BULK = ("state", "interface")
 
 
 def monitor_answered(stats: Stats) -> bool:
@@ -94,14 +99,50 @@ class StatsReader:
         """Whether fallback calls need disk/interface names from the domain XML."""
         return bool({"block", "interface"} & set(self.fallback))
 
-    def collect(self, domains: Sequence[Domain]) -> dict[str, Stats]:
-        """Raw stats per uuid; a domain that vanished mid-call is simply absent."""
+    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Stats]:
+        """Raw stats per uuid; a domain that vanished mid-call is simply absent.
+
+        ``block=False`` leaves out the block group: it makes QEMU stat() each image,
+        which hangs QEMU on a datastore that does not answer.
+        """
+        bits = self.bulk_bits if block else self.bulk_bits & ~GROUPS["block"]
+        return self._collect(domains, bits, [g for g in self.fallback if block or g != "block"])
+
+    def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Stats]:
+        """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
+        bits = 0
+        for group in FROZEN_BULK:
+            bits |= GROUPS[group] & self.bulk_bits
+        out = self._collect(domains, bits, [g for g in self.fallback if g in FROZEN_BULK])
+        for dom in domains:
+            stats = out.setdefault(dom.uuid, {})
+            h = dom.handle
+            try:
+                info = h.info()
+                stats["balloon.maximum"], stats["balloon.current"] = info[1], info[2]
+                cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
+                for key, name in (("cpu_time", "time"), ("user_time", "user"),
+                                  ("system_time", "system")):
+                    if key in cpu:
+                        stats[f"cpu.{name}"] = cpu[key]
+                if "cpu.time" not in stats:
+                    stats["cpu.time"] = info[4]
+                self._fallback("vcpu", dom, stats)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    out.pop(dom.uuid, None)
+                    continue
+                log.debug("%s: stats of a frozen domain failed: %s", dom.name, exc)
+        return {uuid: stats for uuid, stats in out.items() if stats}
+
+    def _collect(self, domains: Sequence[Domain], bits: int,
+                 fallback: Sequence[str]) -> dict[str, Stats]:
         out: dict[str, Stats] = {d.uuid: {} for d in domains}
-        if self.bulk_bits and domains:
-            for handle, stats in self._bulk(domains):
+        if bits and domains:
+            for handle, stats in self._bulk(domains, bits):
                 out.setdefault(handle.UUIDString(), {}).update(stats)
         for dom in domains:
-            for group in self.fallback:
+            for group in fallback:
                 try:
                     self._fallback(group, dom, out[dom.uuid])
                 except libvirt.libvirtError as exc:
@@ -111,11 +152,11 @@ class StatsReader:
                     log.debug("%s: %s stats failed: %s", dom.name, group, exc)
         return {uuid: stats for uuid, stats in out.items() if stats}
 
-    def _bulk(self, domains: Sequence[Domain]) -> list[tuple[Any, Stats]]:
+    def _bulk(self, domains: Sequence[Domain], bits: int) -> list[tuple[Any, Stats]]:
         handles = [d.handle for d in domains]
         try:
             result: list[tuple[Any, Stats]] = self.conn.domainListGetStats(
-                handles, self.bulk_bits, _NOWAIT)
+                handles, bits, _NOWAIT)
             return result
         except libvirt.libvirtError:
             if len(handles) == 1:
@@ -124,8 +165,7 @@ class StatsReader:
         results = []
         for dom in domains:
             try:
-                results.extend(self.conn.domainListGetStats([dom.handle], self.bulk_bits,
-                                                            _NOWAIT))
+                results.extend(self.conn.domainListGetStats([dom.handle], bits, _NOWAIT))
             except libvirt.libvirtError as exc:
                 log.debug("%s: bulk stats failed: %s", dom.name, exc)
         return results

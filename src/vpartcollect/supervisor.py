@@ -27,7 +27,7 @@ from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.partition import instance_name
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
-from vpartcollect.watchdog import backlog_limit, call_deadline, respawn_delay
+from vpartcollect.watchdog import backlog_limit, kill_deadline, respawn_delay
 from vpartcollect.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Slot:
     spawn_at: float = 0.0
     spawned: int = 0
     kills: int = 0
+    blocked: int = 0  # calls the worker abandoned that libvirtd still runs
     missed_ticks: int = 0
     missing: int = 0  # ticks skipped in the current episode (logged once)
     once_due: float | None = None  # --once: when to queue the written tick
@@ -265,7 +266,7 @@ class Supervisor:
         slot.busy, slot.deadline = None, None
         if isinstance(msg, wire.Busy):
             slot.busy, slot.busy_uuids = msg.what, msg.uuids
-            slot.deadline = time.monotonic() + call_deadline(self.cfg.call_timeout,
+            slot.deadline = time.monotonic() + kill_deadline(self.cfg.call_timeout,
                                                              len(msg.uuids), msg.what)
         elif isinstance(msg, wire.Hello):
             slot.ready, slot.ncpus = True, msg.ncpus
@@ -298,7 +299,7 @@ class Supervisor:
     def _done(self, slot: Slot, msg: wire.Done) -> None:
         if slot.current is None or msg.tick != slot.current.ts:
             return
-        slot.current, slot.failures = None, 0
+        slot.current, slot.failures, slot.blocked = None, 0, msg.blocked
         if self.once:
             if msg.tick == self.final_tick:
                 slot.once_done = True
@@ -396,7 +397,8 @@ class Supervisor:
         naming = self.builder.naming
         values = {"cycle_seconds": round(msg.seconds, 6), "domains": msg.domains,
                   "watchdog_kills": slot.kills, "respawns": max(0, slot.spawned - 1),
-                  "unresponsive_domains": slot.unresponsive, "missed_ticks": slot.missed_ticks}
+                  "unresponsive_domains": slot.unresponsive, "missed_ticks": slot.missed_ticks,
+                  "blocked_calls": slot.blocked}
         return [Metric(naming.self_path(slot.index, k), v, msg.tick, instance=slot.index)
                 for k, v in values.items()]
 

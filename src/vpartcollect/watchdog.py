@@ -10,6 +10,9 @@ PER_DOMAIN_SECONDS = 0.05
 # Opening a connection (and probing the driver) is slower than a stats call, and a
 # libvirtd that is starting up may take seconds to answer: never kill for that alone.
 CONNECT_SECONDS = 15.0
+# A worker abandons a call at call_deadline itself (the call stays in libvirtd, counted);
+# the supervisor kills only a worker still silent this much later: its last line of defence.
+BACKSTOP_SECONDS = 5.0
 RESPAWN_MIN = 0.5
 RESPAWN_MAX = 30.0
 
@@ -19,6 +22,11 @@ def call_deadline(timeout: float, domains: int, what: str = "stats") -> float:
     if what == "connect":
         return max(timeout, CONNECT_SECONDS)
     return timeout + PER_DOMAIN_SECONDS * domains
+
+
+def kill_deadline(timeout: float, domains: int, what: str = "stats") -> float:
+    """Seconds the supervisor lets a worker stay in one announced call before killing it."""
+    return call_deadline(timeout, domains, what) + BACKSTOP_SECONDS
 
 
 def respawn_delay(failures: int) -> float:
@@ -35,5 +43,5 @@ def backlog_limit(interval: float, timeout: float, chunk_size: int) -> int:
     meanwhile, so healthy domains of its partition arrive late, not never. More
     than that is a worker that cannot keep up, and its oldest ticks are dropped.
     """
-    stall = call_deadline(timeout, chunk_size) + timeout  # a hung chunk, then a reconnect
+    stall = kill_deadline(timeout, chunk_size) + timeout  # a hung chunk, then a reconnect
     return max(2, math.ceil(stall / interval) + 1)

@@ -80,6 +80,7 @@ class Done:
     tick: float
     seconds: float
     domains: int
+    blocked: int = 0  # calls this worker abandoned that libvirtd is still running
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def encode(msg: Message) -> bytes:
             [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.label] for d in msg.domains],
         ]
     elif isinstance(msg, Done):
-        body = ["done", msg.tick, msg.seconds, msg.domains]
+        body = ["done", msg.tick, msg.seconds, msg.domains, msg.blocked]
     else:
         body = ["tick", msg.ts, msg.skip, msg.suspects]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -174,7 +175,7 @@ def _sample(value: object) -> DomainSample:
     )
 
 
-_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 4, "tick": 4}
+_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 5, "tick": 4}
 
 
 def decode(obj: object) -> Message:
@@ -200,9 +201,12 @@ def decode(obj: object) -> Message:
         return Results(_number(frame[1], "tick"), _number(frame[2], "sampled"),
                        [_sample(row) for row in rows])
     if kind == "done":
+        blocked = _need(frame[4], int, "blocked")
+        if not 0 <= blocked <= MAX_DEVICES:
+            raise WireError(f"blocked: expected 0-{MAX_DEVICES}, got {blocked}")
         return Done(
             _number(frame[1], "tick"), _number(frame[2], "seconds"),
-            _need(frame[3], int, "domains"),
+            _need(frame[3], int, "domains"), blocked,
         )
     return Tick(_number(frame[1], "ts"), _strings(frame[2], "skip"),
                 _strings(frame[3], "suspects"))

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import libvirt
 
 from vpartcollect import wire
+from vpartcollect.autotag import Mount, read_mounts
 from vpartcollect.config import Config
 from vpartcollect.daemon import OneLineFormatter
+from vpartcollect.datastores import Probes, datastores
+from vpartcollect.guard import Abandoned, Guard
 from vpartcollect.inventory import Domain, Inventory
 from vpartcollect.libvirt_stats import (
     StatsReader,
@@ -30,12 +35,17 @@ from vpartcollect.libvirt_stats import (
     quiet_libvirt,
 )
 from vpartcollect.partition import assign, instance_name
+from vpartcollect.qemu_proc import QemuProcesses
+from vpartcollect.triage import Route, route
+from vpartcollect.watchdog import call_deadline
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
+PROBE_SECONDS = 1.0  # a datastore slower than this to stat() one image counts as dead
+T = TypeVar("T")
 
 
 def chunks(items: Sequence[Domain], size: int) -> Iterator[Sequence[Domain]]:
@@ -71,6 +81,14 @@ class Worker:
         self.conn: Any = None
         self.inventory: Inventory | None = None
         self.reader: StatsReader | None = None
+        self.guard = Guard()
+        self.qemu = QemuProcesses()
+        self.probes = Probes(min(PROBE_SECONDS, cfg.call_timeout / 2))
+        self.mounts: list[Mount] = []
+        self.mounts_read = -math.inf
+        self.last_domains: list[Domain] = []
+        self.names: dict[str, str] = {}
+        self.holding: set[str] = set()  # domains held back (logged once per episode)
 
     # -- plumbing -------------------------------------------------------
     def send(self, msg: wire.Message) -> None:
@@ -119,8 +137,9 @@ class Worker:
         label = None
         if "metadata" in self.cfg.hostname_format:
             label = (self.cfg.hostname_metadata_ns, self.cfg.hostname_metadata_path)
-        self.inventory = Inventory(conn, self.cfg.refresh_interval, self.reader.needs_devices,
-                                   label, adopter=self.index == 0)
+        # Disks always: their datastores are probed before block stats are asked.
+        self.inventory = Inventory(conn, self.cfg.refresh_interval, True, label,
+                                   adopter=self.index == 0)
         ncpus = int(conn.getInfo()[2])
         self.send(wire.Hello(self.index, os.getpid(), ncpus, conn.getType(), bulk, fallback))
 
@@ -131,34 +150,165 @@ class Worker:
             return False
 
     # -- one tick -------------------------------------------------------
+    def _call(self, what: str, domains: Sequence[Domain], fn: Callable[[], T]) -> T:
+        """Announce a call that may block, then run it under its deadline (or Abandoned)."""
+        uuids = [d.uuid for d in domains]
+        self.send(wire.Busy(what, uuids))
+        return self.guard.run(what, uuids, call_deadline(self.cfg.call_timeout, len(uuids), what),
+                              fn)
+
     def mine(self, skip: set[str]) -> list[Domain]:
-        """This instance's domains (partition rule and include/exclude), minus ``skip``."""
+        """This instance's domains (partition rule and include/exclude), minus ``skip``.
+
+        While a listing hangs in libvirtd (a wedged domain lock blocks it), the domains
+        already known are sampled with their cached handles and no second listing is sent.
+        """
         assert self.inventory is not None
-        self.send(wire.Busy("list", []))
-        return [d for d in self.inventory.running()
+        inventory = self.inventory
+        if self.guard.busy_with("list"):
+            domains = inventory.known()
+        else:
+            try:
+                domains = self._call("list", [], inventory.running)
+            except Abandoned:
+                log.warning("listing domains outlived its deadline; sampling the %d known "
+                            "ones until it returns", len(inventory.known()))
+                domains = inventory.known()
+        self.qemu.forget_except(d.uuid for d in domains)
+        return [d for d in domains
                 if assign(d.tag, self.cfg.instances).instance == self.index
                 and d.uuid not in skip and self.cfg.wants(d.name)]
 
+    def _stores(self, dom: Domain) -> dict[str, str]:
+        if dom.stores is None:
+            dom.stores = datastores((src for _, src in dom.disks), self.mounts)
+        return dom.stores
+
+    def _refresh_mounts(self) -> None:
+        if time.monotonic() - self.mounts_read < self.cfg.refresh_interval:
+            return
+        self.mounts_read = time.monotonic()
+        try:
+            mounts = read_mounts(Path("/proc/self/mounts").read_text())
+        except OSError:
+            mounts = []
+        if mounts != self.mounts:
+            self.mounts = mounts
+            for dom in self.last_domains:
+                dom.stores = None
+
+    def triage(self, domains: Sequence[Domain]) -> dict[Route, list[Domain]]:
+        """Route every domain (see triage.py) from /proc, the datastore probes and the
+        calls still blocked in libvirtd."""
+        frozen = self.qemu.frozen((d.uuid, d.name) for d in domains)
+        self.probes.settle()
+        dead = self.probes.dead()
+        in_call, alone = self.guard.involving()
+        blocked = len(self.guard.outstanding())
+        routes: dict[Route, list[Domain]] = {r: [] for r in Route}
+        for d in domains:
+            r = route(frozen=d.uuid in frozen, stalled=bool(dead & self._stores(d).keys()),
+                      seen=self.qemu.pid(d.uuid, d.name) is not None,
+                      in_hung_call=d.uuid in in_call, alone_in_hung_call=d.uuid in alone,
+                      blocked=blocked)
+            routes[r].append(d)
+        for d in routes[Route.HOLD]:
+            if d.uuid not in self.holding:
+                log.warning("%s: held back: a call of ours involving it is still blocked in "
+                            "libvirtd (%d in all); not asked until that returns", d.name,
+                            blocked)
+                self.holding.add(d.uuid)
+        return routes
+
     def sample(self, tick: wire.Tick) -> None:
         """Collect and send every chunk of this tick, then Done."""
-        assert self.reader is not None
         started = time.monotonic()
+        self._refresh_mounts()
+        # Off the sampling path: the probes run while the listing and /proc checks do.
+        self.probes.start({store: path for d in self.last_domains
+                           for store, path in self._stores(d).items()})
         domains = self.mine(set(tick.skip))
+        self.last_domains = domains
+        self.names = {d.uuid: d.name for d in domains}
+        routes = self.triage(domains)
+        held = {d.uuid for d in routes[Route.HOLD]}
+        for uuid in self.holding - held:
+            log.info("%s: asked again: no call of ours on it is blocked any more",
+                     self.names.get(uuid, uuid))
+        self.holding &= held
         suspects = set(tick.suspects)
-        for chunk in chunks(domains, self.cfg.chunk_size):
-            self.send(wire.Busy("stats", [d.uuid for d in chunk]))
-            sampled = time.time()
-            raw = self.reader.collect(chunk)
+        # While a call of ours is blocked in libvirtd, one domain per call: a second hang
+        # then names its culprit instead of taking a whole chunk with it.
+        size = 1 if self.guard.outstanding() else self.cfg.chunk_size
+        for chunk in chunks(routes[Route.NORMAL], size):
+            self._stats(tick.ts, chunk, suspects)
+        for rt in (Route.FROZEN, Route.NO_BLOCK):
+            for chunk in chunks(routes[rt], self.cfg.chunk_size):
+                self._careful(tick.ts, chunk, rt)
+        self._flag_only(tick.ts, routes[Route.HOLD])
+        self.send(wire.Done(tick.ts, time.monotonic() - started, len(domains),
+                            len(self.guard.outstanding())))
+
+    def _stats(self, ts: float, chunk: Sequence[Domain], suspects: set[str]) -> None:
+        """Every group of one chunk (NOWAIT); on a hang, its domains one by one."""
+        assert self.reader is not None
+        reader = self.reader
+
+        def collect() -> tuple[dict[str, wire.Stats], set[str]]:
+            raw = reader.collect(chunk)
             # Ask libvirt about the monitor only where the answer looks partial: one
             # RPC per hung domain instead of one per domain per cycle.
             stuck = {d.uuid for d in chunk
                      if (d.uuid in suspects or not monitor_answered(raw.get(d.uuid, {})))
                      and Inventory.unresponsive(d, suspect=d.uuid in suspects)}
-            samples = [wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck,
-                                         clean_stats(raw[d.uuid]), d.label)
-                       for d in chunk if d.uuid in raw]
-            self.send(wire.Results(tick.ts, sampled, samples))
-        self.send(wire.Done(tick.ts, time.monotonic() - started, len(domains)))
+            return raw, stuck
+
+        sampled = time.time()
+        try:
+            raw, stuck = self._call("stats", chunk, collect)
+        except Abandoned:
+            log.warning("stats of %s outlived the deadline; left to libvirtd",
+                        ", ".join(d.name for d in chunk))
+            # The call holds the culprit's monitor job, so NOWAIT answers at once for it
+            # and for the others: ask them one at a time, each routed afresh (a second
+            # hang changes the route of those after it).
+            for d in chunk:
+                rt = next(r for r, doms in self.triage([d]).items() if doms)
+                if rt is Route.NORMAL:
+                    self._stats(ts, [d], suspects | {d.uuid})
+                elif rt is Route.HOLD:
+                    self._flag_only(ts, [d])
+                else:
+                    self._careful(ts, [d], rt)
+            return
+        self.send(wire.Results(ts, sampled, [
+            wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck, clean_stats(raw[d.uuid]),
+                              d.label)
+            for d in chunk if d.uuid in raw]))
+
+    def _careful(self, ts: float, chunk: Sequence[Domain], rt: Route) -> None:
+        """Domains that cannot answer everything: what needs no monitor (or no stat)."""
+        assert self.reader is not None
+        reader = self.reader
+        if not chunk:
+            return
+        sampled = time.time()
+        try:
+            if rt is Route.FROZEN:
+                raw = self._call("frozen", chunk, lambda: reader.collect_frozen(chunk))
+            else:
+                raw = self._call("stats", chunk, lambda: reader.collect(chunk, block=False))
+        except Abandoned:
+            self._flag_only(ts, chunk)
+            return
+        self.send(wire.Results(ts, sampled, [
+            wire.DomainSample(d.uuid, d.name, d.tag, True, clean_stats(raw[d.uuid]), d.label)
+            for d in chunk if d.uuid in raw]))
+
+    def _flag_only(self, ts: float, domains: Sequence[Domain]) -> None:
+        if domains:
+            self.send(wire.Results(ts, time.time(), [
+                wire.DomainSample(d.uuid, d.name, d.tag, True, {}, d.label) for d in domains]))
 
     def run(self) -> int:
         """Serve ticks until the supervisor closes the control pipe."""
@@ -171,7 +321,7 @@ class Worker:
                 except libvirt.libvirtError as exc:
                     if self._alive():
                         log.warning("tick %s failed: %s", tick.ts, exc.get_error_message())
-                        self.send(wire.Done(tick.ts, 0.0, 0))
+                        self.send(wire.Done(tick.ts, 0.0, 0, len(self.guard.outstanding())))
                         break
                     log.warning("lost the connection to %s: %s", self.cfg.connect,
                                 exc.get_error_message())

@@ -1,0 +1,84 @@
+"""Blocking libvirt calls under a deadline, and an exact count of those libvirtd still runs.
+
+Killing a client never frees libvirtd's worker thread: a call stuck on a frozen
+monitor or a wedged domain lock keeps its thread until libvirtd finishes it.
+So a worker runs each call that may block on a helper thread and waits at most
+its deadline. A call that overruns is *abandoned*, never retried or killed: it
+stays in ``outstanding()`` (one libvirtd thread, the domains it involves) until
+it returns, which is how the worker knows the thread is free again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Call(Generic[T]):
+    """One libvirt call running on its own thread."""
+
+    def __init__(self, what: str, uuids: Iterable[str]) -> None:
+        self.what = what
+        self.uuids = frozenset(uuids)
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def run(self, fn: Callable[[], T]) -> None:
+        """Thread body: call ``fn``, keep its value or exception, mark done."""
+        try:
+            self._value = fn()
+        except BaseException as exc:  # handed to the caller, re-raised there
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def value(self) -> T:
+        """The result of a finished call (its exception is raised here)."""
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class Abandoned(Exception):
+    """A call outlived its deadline; it is left running in libvirtd."""
+
+    def __init__(self, call: Call[object]) -> None:
+        super().__init__(f"{call.what} of {len(call.uuids)} domain(s) outlived its deadline")
+        self.call = call
+
+
+class Guard:
+    """Runs calls with deadlines; remembers the abandoned ones until they return."""
+
+    def __init__(self) -> None:
+        self._abandoned: list[Call[object]] = []
+
+    def run(self, what: str, uuids: Iterable[str], timeout: float, fn: Callable[[], T]) -> T:
+        """``fn()``'s result, or Abandoned when it takes longer than ``timeout`` seconds."""
+        call: Call[T] = Call(what, uuids)
+        threading.Thread(target=call.run, args=(fn,), name=f"libvirt-{what}", daemon=True).start()
+        if not call.done.wait(timeout):
+            self._abandoned.append(call)  # type: ignore[arg-type]
+            raise Abandoned(call)  # type: ignore[arg-type]
+        return call.value()
+
+    def outstanding(self) -> list[Call[object]]:
+        """Abandoned calls libvirtd is still running (each holds one of its threads)."""
+        self._abandoned = [c for c in self._abandoned if not c.done.is_set()]
+        return list(self._abandoned)
+
+    def busy_with(self, what: str) -> bool:
+        """Whether an abandoned call of kind ``what`` has not returned yet."""
+        return any(c.what == what for c in self.outstanding())
+
+    def involving(self) -> tuple[set[str], set[str]]:
+        """(domains in any outstanding call, domains that are alone in one)."""
+        calls = self.outstanding()
+        return ({u for c in calls for u in c.uuids},
+                {next(iter(c.uuids)) for c in calls if len(c.uuids) == 1})
