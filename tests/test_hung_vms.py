@@ -4,7 +4,8 @@ Every scenario runs the real CLI for SOAK seconds (default 60) at a 1 s interval
 against the session's private libvirtd (lab-0..5 tagged virt-0,1,2,0,1,2) and
 checks what an operator would see in Graphite: every healthy domain has a
 sample for every interval, the frozen one keeps its cpu and says unresponsive,
-libvirtd never has more worker threads busy on our account than VMs frozen.
+and, since the collector sees a frozen QEMU in /proc before asking it anything,
+libvirtd has no worker thread busy on our account and the watchdog kills nobody.
 """
 
 from __future__ import annotations
@@ -158,10 +159,9 @@ def test_one_frozen_vm(libvirtd: PrivateLibvirtd) -> None:
     assert_complete(out, healthy, "disk_capacity-vda")  # monitor-side: really healthy
     assert_complete(out, healthy, "virt_cpu_total")
     assert_frozen_vm_reported(out, "lab-1", ev)
-    assert out.held_threads(FREEZE_AT, FREEZE_AT + FREEZE_FOR) == 1
-    assert out.held_threads(FREEZE_AT + FREEZE_FOR + 3, SOAK) == 0
+    assert out.held_threads(FREEZE_AT, SOAK) == 0
     kills = {p: v for p, v, _ in out.lines if p.endswith("vpartcollect-virt-1.watchdog_kills")}
-    assert max(kills.values()) == 1  # one kill for the whole freeze, not one per interval
+    assert max(kills.values()) == 0  # nothing hung: the frozen QEMU was never asked
 
 
 def test_two_frozen_vms_in_two_partitions(libvirtd: PrivateLibvirtd) -> None:
@@ -176,7 +176,7 @@ def test_two_frozen_vms_in_two_partitions(libvirtd: PrivateLibvirtd) -> None:
     assert_complete(out, healthy, "virt_cpu_total")
     for name in ("lab-1", "lab-5"):
         assert_frozen_vm_reported(out, name, ev)
-    assert out.held_threads(FREEZE_AT + 4, FREEZE_AT + FREEZE_FOR) == 2
+    assert out.held_threads(FREEZE_AT, SOAK) == 0
 
 
 def test_one_instance_loses_no_sample_of_its_healthy_domains(libvirtd: PrivateLibvirtd) -> None:
@@ -188,7 +188,7 @@ def test_one_instance_loses_no_sample_of_its_healthy_domains(libvirtd: PrivateLi
     assert_complete(out, healthy, "disk_capacity-vda")
     assert_complete(out, healthy, "virt_cpu_total")
     assert_frozen_vm_reported(out, "lab-3", ev)
-    assert out.held_threads(FREEZE_AT, FREEZE_AT + FREEZE_FOR) == 1
+    assert out.held_threads(FREEZE_AT, SOAK) == 0
 
 
 def test_vm_freezing_mid_cycle_again_and_again(libvirtd: PrivateLibvirtd) -> None:
@@ -245,7 +245,8 @@ def test_no_process_survives_sigkill_of_the_parent(libvirtd: PrivateLibvirtd) ->
 
 
 def test_per_instance_self_metrics(libvirtd: PrivateLibvirtd) -> None:
-    """The collector's own metrics count what the watchdog did."""
+    """The collector's own metrics say what happened: one domain unresponsive, no call
+    left blocked in libvirtd, nobody killed."""
     ev: dict[str, float] = {}
     out = soak(libvirtd, ["--instances", "3"], [(6.0, freeze(libvirtd, "lab-2", ev)),
                                                 (14.0, thaw(libvirtd, "lab-2", ev))], seconds=20)
@@ -253,6 +254,7 @@ def test_per_instance_self_metrics(libvirtd: PrivateLibvirtd) -> None:
     for path, value, _ in out.lines:
         if ".vpartcollect-virt-2." in path:
             mine[path.rsplit(".", 1)[1]].append(value)
-    assert max(mine["watchdog_kills"]) == 1 and max(mine["respawns"]) == 1
+    assert max(mine["watchdog_kills"]) == 0 and max(mine["respawns"]) == 0
+    assert max(mine["blocked_calls"]) == 0
     assert max(mine["unresponsive_domains"]) == 1 and mine["unresponsive_domains"][-1] == 0
     assert set(mine["domains"]) == {2}

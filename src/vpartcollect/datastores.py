@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vpartcollect.autotag import Mount, mount_of
 
@@ -33,15 +33,15 @@ def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount]) -> dict[str
 
 
 class _Probe:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, look: Callable[[str], object]) -> None:
         self.started = time.monotonic()
         self.done = threading.Event()
-        threading.Thread(target=self._stat, args=(path,), name="datastore-probe",
+        threading.Thread(target=self._look, args=(path, look), name="datastore-probe",
                          daemon=True).start()
 
-    def _stat(self, path: str) -> None:
+    def _look(self, path: str, look: Callable[[str], object]) -> None:
         try:
-            os.stat(path)
+            look(path)
         except (OSError, ValueError):
             pass  # an answer, even "no such file": the filesystem responds
         finally:
@@ -51,8 +51,9 @@ class _Probe:
 class Probes:
     """The latest probe of every datastore; at most one running per datastore."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, look: Callable[[str], object] = os.stat) -> None:
         self.timeout = timeout
+        self.look = look  # what QEMU does to an image when asked for its size
         self._probes: dict[str, _Probe] = {}
         self._round: list[_Probe] = []
 
@@ -65,7 +66,7 @@ class Probes:
             running = self._probes.get(store)
             if running is not None and not running.done.is_set():
                 continue  # stuck in the kernel: never a second one
-            probe = self._probes[store] = _Probe(path)
+            probe = self._probes[store] = _Probe(path, self.look)
             self._round.append(probe)
 
     def settle(self) -> None:

@@ -26,6 +26,7 @@ class Call(Generic[T]):
         self.uuids = frozenset(uuids)
         self.started = time.monotonic()
         self.done = threading.Event()
+        self.finished = 0.0
         self._value: T | None = None
         self._error: BaseException | None = None
 
@@ -36,6 +37,7 @@ class Call(Generic[T]):
         except BaseException as exc:  # handed to the caller, re-raised there
             self._error = exc
         finally:
+            self.finished = time.monotonic()
             self.done.set()
 
     def value(self) -> T:
@@ -70,8 +72,13 @@ class Guard:
 
     def outstanding(self) -> list[Call[object]]:
         """Abandoned calls libvirtd is still running (each holds one of its threads)."""
+        return [c for c in self._abandoned if not c.done.is_set()]
+
+    def returned(self) -> list[tuple[Call[object], float]]:
+        """Abandoned calls that have returned since the last look, with how long each took."""
+        back = [c for c in self._abandoned if c.done.is_set()]
         self._abandoned = [c for c in self._abandoned if not c.done.is_set()]
-        return list(self._abandoned)
+        return [(c, c.finished - c.started) for c in back]
 
     def busy_with(self, what: str) -> bool:
         """Whether an abandoned call of kind ``what`` has not returned yet."""

@@ -485,12 +485,15 @@ class Supervisor:
     def _reopen_outputs(self, old: Config, new: Config) -> None:
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
-        keep = {sink.endpoint: sink for sink in self.graphite
-                if (new.graphite_buffer, new.graphite_resend_seconds)
-                == (old.graphite_buffer, old.graphite_resend_seconds)}
+        keep = {sink.endpoint: sink for sink in self.graphite}
         for sink in self.graphite:
-            if keep.get(sink.endpoint) is not sink:
+            if sink.endpoint in new.graphite:
+                sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
+            else:
                 self._forget_sink(sink)
+                if sink.buffered:
+                    log.warning("SIGHUP: %s removed with %d lines not sent", sink,
+                                sink.buffered)
                 sink.close()
         # An unchanged destination keeps its connection and what it has queued.
         self.graphite = [keep.get(ep) or GraphiteSink(ep, new.graphite_buffer,
@@ -557,7 +560,8 @@ class Supervisor:
 def _worker_settings(cfg: Config) -> tuple[object, ...]:
     """What a worker was forked with: a change means new workers."""
     return (cfg.connect, cfg.instances, cfg.refresh_interval, cfg.call_timeout, cfg.chunk_size,
-            cfg.include, cfg.exclude, cfg.log_level)
+            cfg.include, cfg.exclude, cfg.log_level, cfg.hostname_format,
+            cfg.hostname_metadata_ns, cfg.hostname_metadata_path)
 
 
 def _keep_only_fds(keep: set[int]) -> None:

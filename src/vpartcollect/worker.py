@@ -223,6 +223,10 @@ class Worker:
     def sample(self, tick: wire.Tick) -> None:
         """Collect and send every chunk of this tick, then Done."""
         started = time.monotonic()
+        for call, took in self.guard.returned():
+            names = ", ".join(self.names.get(u, u) for u in sorted(call.uuids))
+            log.info("%s%s returned after %.1f s: its libvirtd thread is free again",
+                     call.what, f" of {names}" if names else "", took)
         self._refresh_mounts()
         # Off the sampling path: the probes run while the listing and /proc checks do.
         self.probes.start({store: path for d in self.last_domains

@@ -61,9 +61,18 @@ class GraphiteSink:
         """Lines not yet handed to the kernel."""
         return len(self.queue) + len(self.inflight)
 
+    def reconfigure(self, max_lines: int, resend_seconds: float) -> None:
+        """New bounds (SIGHUP): the queue and the connection stay; a smaller bound drops
+        (and counts) the oldest lines over it."""
+        self.max_lines, self.resend_seconds = max_lines, resend_seconds
+        self._trim()
+
     def write(self, metrics: Sequence[Metric]) -> None:
         """Queue lines; drop (and count) the oldest when over the bound."""
         self.queue.extend(format_line(m.path, m.value, m.ts).encode() for m in metrics)
+        self._trim()
+
+    def _trim(self) -> None:
         excess = len(self.queue) - self.max_lines
         if excess > 0:
             for _ in range(excess):

@@ -1,0 +1,159 @@
+"""The pure parts of outage handling: routing, /proc judgement, datastores, the call guard."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vpartcollect.autotag import Mount
+from vpartcollect.datastores import Probes, datastores
+from vpartcollect.guard import Abandoned, Guard
+from vpartcollect.qemu_proc import QemuProcesses, cmdline_uuid, looks_frozen, thread_state
+from vpartcollect.triage import Route, route
+
+HEALTHY = {"frozen": False, "stalled": False, "seen": True, "in_hung_call": False,
+           "alone_in_hung_call": False, "blocked": 0}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({}, Route.NORMAL),
+    ({"frozen": True}, Route.FROZEN),
+    # A frozen QEMU's hung call holds its monitor job, not its object lock: the
+    # QEMU-free calls still answer, so it keeps reporting cpu and state.
+    ({"frozen": True, "in_hung_call": True, "alone_in_hung_call": True, "blocked": 1},
+     Route.FROZEN),
+    ({"stalled": True}, Route.NO_BLOCK),
+    ({"alone_in_hung_call": True, "in_hung_call": True, "blocked": 1}, Route.HOLD),
+    ({"stalled": True, "alone_in_hung_call": True, "in_hung_call": True, "blocked": 1},
+     Route.HOLD),
+    # In a chunk that hung, /proc vouches for it: asked alone (NOWAIT).
+    ({"in_hung_call": True, "blocked": 1}, Route.NORMAL),
+    # No /proc view: asked alone only while the hung chunk is our one blocked call.
+    ({"in_hung_call": True, "seen": False, "blocked": 1}, Route.NORMAL),
+    ({"in_hung_call": True, "seen": False, "blocked": 2}, Route.HOLD),
+    ({"seen": False, "blocked": 2}, Route.NORMAL),
+])
+def test_route(change: dict[str, object], expected: Route) -> None:
+    assert route(**{**HEALTHY, **change}) is expected  # type: ignore[arg-type]
+
+
+def test_thread_state_survives_a_name_with_parentheses() -> None:
+    assert thread_state("4242 (qemu) (evil) x) T 1 4242 4242 0 -1") == "T"
+
+
+@pytest.mark.parametrize(("state", "wchan", "frozen"), [
+    ("T", "do_signal_stop", True),  # SIGSTOP
+    ("t", "ptrace_stop", True),
+    ("D", "rpc_wait_bit_killable", True),  # hard NFS mount
+    ("S", "request_wait_answer", True),  # FUSE: stat() of an image on a dead store
+    ("S", "fuse_do_getattr", True),
+    ("S", "poll_schedule_timeout.constprop.0", False),  # idle main loop
+    ("R", "0", False),
+    ("S", "", False),  # wchan unreadable (not root)
+])
+def test_looks_frozen(state: str, wchan: str, frozen: bool) -> None:
+    assert looks_frozen(state, wchan) is frozen
+
+
+def test_cmdline_uuid() -> None:
+    line = b"/usr/bin/qemu\0-name\0guest=a,debug-threads=on\0-uuid\0ABCD-1\0-S\0"
+    assert cmdline_uuid(line) == "abcd-1"
+    assert cmdline_uuid(b"/bin/sh\0-c\0-uuid") is None
+
+
+def test_qemu_of_this_very_process_is_found_and_judged(tmp_path: Path) -> None:
+    """A /proc laid out like the real one (this test's own pid): found by the pid file or
+    the command line, judged by the main thread's state, forgotten when it goes away."""
+    pid = os.getpid()
+    proc = tmp_path / "proc"
+    task = proc / str(pid) / "task" / str(pid)
+    task.mkdir(parents=True)
+    (proc / str(pid) / "cmdline").write_bytes(b"qemu\0-uuid\0u-1\0")
+    (task / "stat").write_text(f"{pid} (qemu-system-x86) S 1 2 3")
+    (task / "wchan").write_text("poll_schedule_timeout")
+    pids = tmp_path / "run"
+    pids.mkdir()
+    (pids / "vm.pid").write_text(f"{pid}\n")
+    qemu = QemuProcesses(proc, pids)
+    assert qemu.pid("U-1", "vm") == pid
+    assert qemu.frozen([("u-1", "vm")]) == set()
+    (task / "stat").write_text(f"{pid} (qemu-system-x86) T 1 2 3")
+    assert qemu.frozen([("u-1", "vm")]) == {"u-1"}
+    (pids / "vm.pid").unlink()
+    fresh = QemuProcesses(proc, pids)  # no pid file: the command line finds it
+    assert fresh.pid("u-1", "other-name") == pid
+    assert fresh.pid("u-2", "vm") is None
+    (task / "stat").unlink()  # the process went away
+    assert fresh.frozen([("u-1", "vm")]) == set()
+
+
+def test_datastores_are_mounts_of_file_images() -> None:
+    mounts = [Mount("/dev/sda1", "/", "ext4"), Mount("nas:/vms", "/mnt/nfs", "nfs4"),
+              Mount("stallfs", "/mnt/nfs/fuse", "fuse")]
+    got = datastores(["/mnt/nfs/a.qcow2", "/mnt/nfs/b.qcow2", "/mnt/nfs/fuse/c.img",
+                      "/var/lib/d.img", "/dev/sdb", "pool/vol", ""], mounts)
+    assert got == {"/mnt/nfs": "/mnt/nfs/a.qcow2", "/mnt/nfs/fuse": "/mnt/nfs/fuse/c.img",
+                   "/": "/var/lib/d.img"}
+
+
+def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
+    probes = Probes(timeout=0.5)
+    probes.start({"/": str(tmp_path), "/gone": str(tmp_path / "missing")})
+    probes.settle()
+    assert probes.dead() == set()  # "no such file" is an answer too
+    # A store that does not answer, shown with a FIFO: opening one waits for a writer.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    looks: list[str] = []
+
+    def look(path: str) -> None:
+        looks.append(path)
+        if path == str(fifo):
+            Path(path).read_bytes()
+
+    probes = Probes(timeout=0.2, look=look)
+    probes.start({"/dead": str(fifo), "/fine": str(tmp_path)})
+    probes.settle()
+    assert probes.dead() == {"/dead"}
+    probes.start({"/dead": str(fifo), "/fine": str(tmp_path)})
+    probes.settle()
+    assert looks.count(str(fifo)) == 1  # still out: never a second probe of that store
+    assert looks.count(str(tmp_path)) == 2
+    with open(fifo, "w"):
+        pass  # the store answers
+    time.sleep(0.1)
+    assert probes.dead() == set()
+    probes.start({"/dead": str(fifo)})
+    assert looks.count(str(fifo)) == 2
+    with open(fifo, "w"):
+        pass  # let that probe go too
+
+
+def test_guard_counts_abandoned_calls_until_they_return() -> None:
+    guard = Guard()
+    assert guard.run("stats", ["a"], 1.0, lambda: 42) == 42
+    release = threading.Event()
+    with pytest.raises(Abandoned):
+        guard.run("stats", ["a", "b"], 0.05, release.wait)
+    with pytest.raises(Abandoned):
+        guard.run("list", [], 0.05, release.wait)
+    assert len(guard.outstanding()) == 2 and guard.busy_with("list")
+    assert guard.involving() == ({"a", "b"}, set())
+    release.set()
+    time.sleep(0.05)
+    back = guard.returned()
+    assert sorted(c.what for c, _ in back) == ["list", "stats"]
+    assert all(took >= 0.05 for _, took in back)
+    assert guard.outstanding() == [] and not guard.busy_with("list")
+
+
+def test_guard_passes_exceptions_through() -> None:
+    def boom() -> None:
+        raise ValueError("libvirt said no")
+
+    with pytest.raises(ValueError, match="libvirt said no"):
+        Guard().run("stats", [], 1.0, boom)
