@@ -137,8 +137,10 @@ def test_guard_counts_abandoned_calls_until_they_return() -> None:
     guard = Guard()
     assert guard.run("stats", ["a"], 1.0, lambda: 42) == 42
     release = threading.Event()
-    with pytest.raises(Abandoned):
+    with pytest.raises(Abandoned) as abandoned:
         guard.run("stats", ["a", "b"], 0.05, release.wait)
+    late: list[object] = []
+    abandoned.value.call.late = late.append
     with pytest.raises(Abandoned):
         guard.run("list", [], 0.05, release.wait)
     assert len(guard.outstanding()) == 2 and guard.busy_with("list")
@@ -148,6 +150,10 @@ def test_guard_counts_abandoned_calls_until_they_return() -> None:
     back = guard.returned()
     assert sorted(c.what for c, _ in back) == ["list", "stats"]
     assert all(took >= 0.05 for _, took in back)
+    stats = next(c for c, _ in back if c.what == "stats")
+    assert stats.late is not None and not stats.failed
+    stats.late(stats.value())  # what the worker does: the answer, late, not lost
+    assert late == [True]
     assert guard.outstanding() == [] and not guard.busy_with("list")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +27,8 @@ class Call(Generic[T]):
         self.started = time.monotonic()
         self.done = threading.Event()
         self.finished = 0.0
+        # What to do with the value if it comes back after the call was abandoned.
+        self.late: Callable[[T], None] | None = None
         self._value: T | None = None
         self._error: BaseException | None = None
 
@@ -40,6 +42,11 @@ class Call(Generic[T]):
             self.finished = time.monotonic()
             self.done.set()
 
+    @property
+    def failed(self) -> bool:
+        """Whether the finished call raised."""
+        return self._error is not None
+
     def value(self) -> T:
         """The result of a finished call (its exception is raised here)."""
         if self._error is not None:
@@ -50,9 +57,9 @@ class Call(Generic[T]):
 class Abandoned(Exception):
     """A call outlived its deadline; it is left running in libvirtd."""
 
-    def __init__(self, call: Call[object]) -> None:
+    def __init__(self, call: Call[Any]) -> None:
         super().__init__(f"{call.what} of {len(call.uuids)} domain(s) outlived its deadline")
-        self.call = call
+        self.call: Call[Any] = call
 
 
 class Guard:
@@ -67,7 +74,7 @@ class Guard:
         threading.Thread(target=call.run, args=(fn,), name=f"libvirt-{what}", daemon=True).start()
         if not call.done.wait(timeout):
             self._abandoned.append(call)  # type: ignore[arg-type]
-            raise Abandoned(call)  # type: ignore[arg-type]
+            raise Abandoned(call)
         return call.value()
 
     def outstanding(self) -> list[Call[object]]:

@@ -227,6 +227,8 @@ class Worker:
             names = ", ".join(self.names.get(u, u) for u in sorted(call.uuids))
             log.info("%s%s returned after %.1f s: its libvirtd thread is free again",
                      call.what, f" of {names}" if names else "", took)
+            if call.late is not None and not call.failed:
+                call.late(call.value())
         self._refresh_mounts()
         # Off the sampling path: the probes run while the listing and /proc checks do.
         self.probes.start({store: path for d in self.last_domains
@@ -270,9 +272,14 @@ class Worker:
         sampled = time.time()
         try:
             raw, stuck = self._call("stats", chunk, collect)
-        except Abandoned:
+        except Abandoned as exc:
             log.warning("stats of %s outlived the deadline; left to libvirtd",
                         ", ".join(d.name for d in chunk))
+            if len(chunk) == 1:
+                # Merely slow (a loaded host) or stuck for minutes: when it returns, its
+                # answer is still this tick's sample, late but not lost.
+                exc.call.late = lambda value: self._send_stats(ts, chunk, value)
+
             # The call holds the culprit's monitor job, so NOWAIT answers at once for it
             # and for the others: ask them one at a time, each routed afresh (a second
             # hang changes the route of those after it).
@@ -285,7 +292,13 @@ class Worker:
                 else:
                     self._careful(ts, [d], rt)
             return
-        self.send(wire.Results(ts, sampled, [
+        self._send_stats(ts, chunk, (raw, stuck), sampled)
+
+    def _send_stats(self, ts: float, chunk: Sequence[Domain],
+                    value: tuple[dict[str, wire.Stats], set[str]],
+                    sampled: float | None = None) -> None:
+        raw, stuck = value
+        self.send(wire.Results(ts, time.time() if sampled is None else sampled, [
             wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck, clean_stats(raw[d.uuid]),
                               d.label)
             for d in chunk if d.uuid in raw]))
