@@ -143,3 +143,20 @@ def test_format_number(value: float, text: str) -> None:
 def test_format_line_timestamps() -> None:
     assert format_line("a.b", 1, 1700000000.0) == "a.b 1 1700000000\n"
     assert format_line("a.b", 1, 1700000000.5) == "a.b 1 1700000000.500\n"
+
+
+def test_domains_that_went_away_leave_nothing_behind() -> None:
+    """10,000 short-lived domains: rate state, plans and last-seen all come back down."""
+    builder = MetricBuilder(Naming())
+    stats: Stats = {"cpu.time": 1, "balloon.current": 1024, "block.count": 1,
+                    "block.0.name": "vda", "block.0.rd.bytes": 5}
+    for i in range(10_000):
+        sample = DomainSample(f"u{i}", f"vm{i}", None, False, stats)
+        builder.domain_metrics(0, 100.0, 100.0 + i * 0.001, sample, 2)
+    keep = DomainSample("keep", "keep", None, False, stats)
+    builder.domain_metrics(0, 200.0, 200.0, keep, 2)
+    assert len(builder._plans) == 10_001 and len(builder.last_seen) == 10_001
+    gone = builder.forget_older_than(150.0)
+    assert len(gone) == 10_000 and "keep" not in gone
+    assert len(builder._plans) == 1 and set(builder.last_seen) == {"keep"}
+    assert all(key[0] == "keep" for key in builder.rates._last)  # type: ignore[index]

@@ -269,6 +269,7 @@ class MetricBuilder:
         self.store_rates = store_rates
         self.rates = RateTracker()
         self._plans: dict[tuple[str, str, str | None, tuple[str, ...]], tuple[str, _Plan]] = {}
+        self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was taken
 
     def _plan(self, uuid: str, name: str, label: str | None, stats: Stats) -> tuple[str, _Plan]:
         key = (uuid, name, label, tuple(stats))
@@ -289,6 +290,7 @@ class MetricBuilder:
         collected late (after a watchdog respawn) cannot fake a spike.
         """
         uuid, name, tag, stats = sample.uuid, sample.name, sample.tag, sample.stats
+        self.last_seen[uuid] = sampled
         head, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
         rate = self.rates.rate
@@ -315,6 +317,11 @@ class MetricBuilder:
                           tag, instance))
         return out
 
-    def forget_older_than(self, ts: float) -> None:
-        """Drop rate state of domains not sampled since ``ts``."""
+    def forget_older_than(self, ts: float) -> set[str]:
+        """Drop rate state and plans of domains not sampled since ``ts``; return their uuids."""
+        gone = {uuid for uuid, seen in self.last_seen.items() if seen < ts}
+        for uuid in gone:
+            del self.last_seen[uuid]
+        self._plans = {k: v for k, v in self._plans.items() if k[0] not in gone}
         self.rates.forget_older_than(ts)
+        return gone

@@ -177,7 +177,11 @@ class Supervisor:
                 self.next_tick = round(self.next_tick, 6) or interval
                 self.emit(self._global_metrics(ts))
                 if ts - self._pruned > PRUNE_EVERY:  # rate state of domains gone for good
-                    self.builder.forget_older_than(ts - PRUNE_EVERY)
+                    gone = self.builder.forget_older_than(ts - PRUNE_EVERY)
+                    for slot in self.slots:  # what the supervisor keeps per domain, too
+                        slot.suspects -= gone
+                        for uuid in gone & slot.names.keys():
+                            del slot.names[uuid]
                     self._pruned = ts
             for slot in self.slots:
                 slot.pending.append(wire.Tick(ts))
