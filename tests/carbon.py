@@ -111,6 +111,20 @@ CACHE_WRITE_STRATEGY = sorted
                 return
             time.sleep(0.2)
 
+    def missing(self, lines: list[tuple[str, float, float]]) -> list[str]:
+        """Lines (as written to stdout) whose point carbon does not hold with the same value."""
+        by_path: dict[str, dict[int, float]] = {}
+        for path, value, ts in lines:
+            by_path.setdefault(path, {})[int(ts)] = value
+        missing = []
+        for path, points in by_path.items():
+            stored = self.fetch(path, min(points), max(points))
+            for ts, value in points.items():
+                got = stored.get(ts)
+                if got is None or abs(got - value) > 1e-6 * max(1.0, abs(value)):
+                    missing.append(f"{path}@{ts}={value} (carbon: {got})")
+        return missing
+
     def paths(self) -> list[str]:
         """Every metric path carbon has a whisper file for."""
         root = self.base / "storage" / "whisper"

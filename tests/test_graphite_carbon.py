@@ -61,21 +61,6 @@ def run_collector(args: list[str], seconds: float, actions: dict[float, object],
     return lines, stderr
 
 
-def missing_in_carbon(carbon: PrivateCarbon, lines: list[tuple[str, float, float]]) -> list[str]:
-    """Lines written to stdout whose point carbon does not hold (with the same value)."""
-    by_path: dict[str, dict[int, float]] = {}
-    for path, value, ts in lines:
-        by_path.setdefault(path, {})[int(ts)] = value
-    missing = []
-    for path, points in by_path.items():
-        stored = carbon.fetch(path, min(points), max(points))
-        for ts, value in points.items():
-            got = stored.get(ts)
-            if got is None or abs(got - value) > 1e-6 * max(1.0, abs(value)):
-                missing.append(f"{path}@{ts}={value} (carbon: {got})")
-    return missing
-
-
 def test_carbon_restart_loses_no_point(tmp_path: Path) -> None:
     carbon = PrivateCarbon(tmp_path / "carbon").start()
     try:
@@ -87,7 +72,7 @@ def test_carbon_restart_loses_no_point(tmp_path: Path) -> None:
         carbon.stop()
     domains = {p.split(".")[0] for p, _, _ in lines if ".virt." in p}
     assert len(domains) == 10 and len(lines) > 10 * 30 * 60
-    missing = missing_in_carbon(carbon, lines)
+    missing = carbon.missing(lines)
     stamps = sorted({int(ts) for _, _, ts in lines})
     assert missing == [], (len(missing), stamps[0], stamps[-1], missing[:3], missing[-3:],
                            sorted({m.split("@")[1].split("=")[0] for m in missing}))
@@ -141,7 +126,7 @@ def test_a_carbon_that_never_reads_delays_nothing(tmp_path: Path) -> None:
     assert max(missed) == 0
     buffered = [v for p, v, _ in lines if p.endswith("vpartcollect.graphite_buffered")]
     assert buffered[-1] > 10000  # the stuck destination's lines wait in its own queue...
-    assert missing_in_carbon(carbon, lines) == []  # ...and the healthy one got everything
+    assert carbon.missing(lines) == []  # ...and the healthy one got everything
     assert "lines not sent before exit" in stderr
 
 

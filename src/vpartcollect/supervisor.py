@@ -421,7 +421,7 @@ class Supervisor:
             sink.poll()
             want = sink.interest()
             had = self._sink_reg.get(id(sink))
-            if had is not None and (want is None or had[0] is not want[0]):
+            if had is not None and (want is None or had[0] != want[0]):
                 self.selector.unregister(had[0])
                 had = None
             if want is not None:

@@ -6,12 +6,15 @@ fills the queue; when it is full the oldest lines are dropped and counted.
 Plaintext has no acknowledgements, so the lines sent in the last
 ``resend_seconds`` before a connection died are sent again after reconnecting:
 carbon keeps one value per path and timestamp, so a repeat is harmless.
+A host name is looked up off the loop (resolve.py) at each connection attempt,
+and every address it has is tried in turn, alternating IPv6 and IPv4.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import selectors
 import socket
@@ -21,12 +24,17 @@ from collections.abc import Callable, Sequence
 
 from vpartcollect.config import Endpoint
 from vpartcollect.metrics import Metric, format_line
+from vpartcollect.resolve import Address, Lookup, numeric
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0  # carbon back from a restart is found within seconds
 _WRITE_BATCH = 64 * 1024
+# A connect that has not completed by then is given up for the next address (another
+# family often works at once); the last address gets longer before it counts as down.
+ATTEMPT_SECONDS = 2.0
+LAST_ATTEMPT_SECONDS = 10.0
 
 
 class GraphiteSink:
@@ -45,6 +53,9 @@ class GraphiteSink:
         self.recent: deque[tuple[float, bytes]] = deque()  # sent lines kept for a resend
         self.sock: socket.socket | None = None
         self.connecting = False
+        self.lookup: Lookup | None = None  # a name lookup in progress
+        self.addresses: list[Address] = []  # addresses still to try in this attempt
+        self.attempt_until = 0.0  # when the connect in progress is given up
         self.next_attempt = 0.0
         self.backoff = BACKOFF_MIN
         self.dropped = 0
@@ -83,8 +94,10 @@ class GraphiteSink:
                             self.max_lines)
             self._episode_dropped += excess
 
-    def interest(self) -> tuple[socket.socket, int] | None:
-        """The socket and events to wait for, or None while disconnected."""
+    def interest(self) -> tuple[socket.socket | int, int] | None:
+        """The socket (or name lookup pipe) and events to wait for, or None while idle."""
+        if self.lookup is not None:
+            return self.lookup.fd, selectors.EVENT_READ
         if self.sock is None:
             return None
         if self.connecting:
@@ -95,22 +108,39 @@ class GraphiteSink:
         return self.sock, events
 
     def next_wakeup(self) -> float | None:
-        """Monotonic time of the next reconnect attempt, if one is due."""
-        return self.next_attempt if self.sock is None else None
+        """Monotonic time this sink next needs the loop: a reconnect, or a time limit."""
+        if self.lookup is not None:
+            return self.lookup.deadline
+        if self.sock is None:
+            return self.next_attempt
+        return self.attempt_until if self.connecting else None
 
     def poll(self) -> None:
-        """Start a connection attempt when disconnected and the backoff has passed."""
-        if self.sock is None and self.clock() >= self.next_attempt:
-            self._connect()
+        """Start a connection attempt when disconnected and the backoff has passed; give
+        up a name lookup or a connect that ran out of time."""
+        now = self.clock()
+        if self.lookup is not None:
+            if self.lookup.expired():
+                self.lookup.close()
+                self.lookup = None
+                self._fail(TimeoutError(f"name lookup of {self.endpoint.host} timed out"))
+        elif self.sock is None:
+            if now >= self.next_attempt:
+                self._connect()
+        elif self.connecting and now >= self.attempt_until:
+            self._next_address(TimeoutError("connect timed out"))
 
     def on_ready(self, mask: int) -> None:
         """Handle readiness of our socket: finish connecting, notice a close, send."""
+        if self.lookup is not None:
+            self._looked_up()
+            return
         if self.sock is None:
             return
         if self.connecting:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._fail(OSError(err, errno.errorcode.get(err, "connect failed")))
+                self._next_address(OSError(err, os.strerror(err)))
                 return
             self._connected()
         if mask & selectors.EVENT_READ and not self._drain_input():
@@ -124,7 +154,7 @@ class GraphiteSink:
         Carbon reads a connection in order, so its end of file means it has taken
         every line we sent: the nearest thing to an acknowledgement plaintext has.
         """
-        if self.sock is None or self.connecting or self.buffered:
+        if self.sock is None or self.connecting or self.buffered or self.lookup is not None:
             return False
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -138,21 +168,59 @@ class GraphiteSink:
 
     def close(self) -> None:
         """Drop the connection (what is queued stays queued)."""
+        if self.lookup is not None:
+            self.lookup.close()
+            self.lookup = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
     # -- internals -------------------------------------------------------
     def _connect(self) -> None:
+        addresses = numeric(self.endpoint.host, self.endpoint.port)
+        if addresses is not None:
+            self.addresses = addresses
+            self._next_address(None)
+            return
         try:
-            family, kind, proto, _, addr = socket.getaddrinfo(
-                self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM)[0]
-            self.sock = socket.socket(family, kind, proto)
-            self.sock.setblocking(False)
-            self.connecting = True
-            self.sock.connect_ex(addr)
-        except OSError as exc:
+            self.lookup = Lookup(self.endpoint.host, self.endpoint.port, self.clock)
+        except OSError as exc:  # no fork: out of processes or memory
             self._fail(exc)
+
+    def _looked_up(self) -> None:
+        assert self.lookup is not None
+        outcome = self.lookup.read()
+        if outcome is None:
+            return
+        self.lookup = None
+        self.addresses, error = outcome
+        self._next_address(OSError(error) if error else None)
+
+    def _next_address(self, error: OSError | None) -> None:
+        """Connect to the next address not yet tried; when none is left, fail with the
+        last ``error``."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.connecting = False
+        while self.addresses:
+            family, addr = self.addresses.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                error = exc
+                continue
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                error = OSError(err, os.strerror(err))
+                continue
+            self.sock, self.connecting = sock, True
+            self.attempt_until = self.clock() + (ATTEMPT_SECONDS if self.addresses
+                                                 else LAST_ATTEMPT_SECONDS)
+            return
+        self._fail(error or OSError("no address to connect to"))
 
     def _connected(self) -> None:
         self.connecting = False
@@ -236,6 +304,7 @@ class GraphiteSink:
             self._down_logged = True
         self.close()
         self.connecting = False
+        self.addresses = []
         # Lines cut off mid-write go back first, whole; carbon drops the torn line.
         self.queue.extendleft(reversed(self.inflight))
         self.inflight.clear()
