@@ -143,12 +143,15 @@ def test_guard_counts_abandoned_calls_until_they_return() -> None:
     abandoned.value.call.late = late.append
     with pytest.raises(Abandoned):
         guard.run("list", [], 0.05, release.wait)
-    assert len(guard.outstanding()) == 2 and guard.busy_with("list")
-    assert guard.involving() == ({"a", "b"}, set())
+    with pytest.raises(Abandoned):
+        guard.run("describe", ["c"], 0.05, release.wait)
+    assert len(guard.outstanding()) == 3 and guard.busy_with("list")
+    assert guard.involving(("stats", "frozen")) == ({"a", "b"}, set())
+    assert guard.involving(("describe",)) == ({"c"}, {"c"})
     release.set()
     time.sleep(0.05)
     back = guard.returned()
-    assert sorted(c.what for c, _ in back) == ["list", "stats"]
+    assert sorted(c.what for c, _ in back) == ["describe", "list", "stats"]
     assert all(took >= 0.05 for _, took in back)
     stats = next(c for c, _ in back if c.what == "stats")
     assert stats.late is not None and not stats.failed

@@ -39,13 +39,13 @@ def run_for(seconds: float, instances: int = 1) -> Supervisor:
 
 
 def fake_crashing_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
-                         parent: int) -> NoReturn:
+                         parent: int, seed: object = None) -> NoReturn:
     """FAKE worker: dies at once without hanging."""
     os._exit(3)
 
 
 def fake_garbage_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
-                        parent: int) -> NoReturn:
+                        parent: int, seed: object = None) -> NoReturn:
     """FAKE worker: writes bytes that are not a frame, then waits to be killed."""
     os.write(out_fd, b"\xc1\xc1\xc1 not msgpack")
     time.sleep(60)

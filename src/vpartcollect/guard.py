@@ -91,8 +91,9 @@ class Guard:
         """Whether an abandoned call of kind ``what`` has not returned yet."""
         return any(c.what == what for c in self.outstanding())
 
-    def involving(self) -> tuple[set[str], set[str]]:
-        """(domains in any outstanding call, domains that are alone in one)."""
-        calls = self.outstanding()
+    def involving(self, kinds: Iterable[str]) -> tuple[set[str], set[str]]:
+        """(domains in any outstanding call of ``kinds``, domains that are alone in one)."""
+        wanted = set(kinds)
+        calls = [c for c in self.outstanding() if c.what in wanted]
         return ({u for c in calls for u in c.uuids},
                 {next(iter(c.uuids)) for c in calls if len(c.uuids) == 1})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,8 @@ class Domain:
     tag: str | None
     read_at: float
     label: str | None = None  # hostname_format "metadata" value
-    disks: list[tuple[str, str]] = field(default_factory=list)  # (target dev, source)
+    # Read for the domains this worker samples only (None: not read yet).
+    disks: list[tuple[str, str]] | None = None  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
     stores: dict[str, str] | None = None  # {datastore: image on it}, worked out when needed
 
@@ -79,6 +81,11 @@ def read_label(dom: Any, ns: str, path: str) -> str | None:
     return text or None
 
 
+def _key(handle: Any) -> tuple[str, int]:
+    # A domain restarted under the same uuid has a new id: it is a new domain to us.
+    return handle.UUIDString(), handle.ID()
+
+
 def _warn_once(warned: set[str], key: str, fmt: str, *args: object) -> None:
     if key not in warned:
         warned.add(key)
@@ -108,54 +115,94 @@ def parse_devices(xml: str) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 class Inventory:
-    """The running domains of one connection, with cached tags."""
+    """The running domains of one connection, with cached tags.
+
+    Listing is two steps so that each can be held to a deadline that fits its work:
+    ``listing()`` is one call; ``update()`` reads what is new or stale, one domain
+    at a time, keeping its progress if it is abandoned half-way.
+    """
 
     def __init__(self, conn: Any, refresh_interval: float, want_devices: bool,
-                 label: tuple[str, str] | None = None, adopter: bool = False) -> None:
+                 label: tuple[str, str] | None = None, adopter: bool = False,
+                 seed: dict[str, tuple[str | None, str | None]] | None = None) -> None:
         self.conn = conn
         self.adopter = adopter  # warns about foreign tags (virt-0 samples those domains)
         self.label = label  # (namespace, path) of a metadata value to read, if wanted
         self.refresh_interval = refresh_interval
         self.want_devices = want_devices
+        # uuid -> (tag, label) known to the supervisor: a respawned worker need not read
+        # them again (they are re-read at the next refresh like any other).
+        self.seed = dict(seed or {})
         self._known: dict[tuple[str, int], Domain] = {}
         self._warned: set[str] = set()
 
-    def running(self) -> list[Domain]:
+    def running(self, own: Callable[[Domain], bool] = lambda _d: True) -> list[Domain]:
         """The active domains, tags read for new ones and re-read when stale."""
+        handles = self.listing()
+        return self.update(handles, self.to_read(handles, own), own)
+
+    def listing(self) -> list[Any]:
+        """Handles of the active domains: one call to libvirtd."""
+        return list(self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+
+    def to_read(self, handles: list[Any], own: Callable[[Domain], bool]) -> list[str]:
+        """UUIDs of the listed domains that ``update`` must ask libvirtd about (its work)."""
         now = time.monotonic()
+        work = []
+        for handle in handles:
+            dom = self._known.get(_key(handle))
+            if (dom is None or now - dom.read_at >= self.refresh_interval
+                    or (self.want_devices and dom.disks is None and own(dom))):
+                work.append(handle.UUIDString())
+        return work
+
+    def update(self, handles: list[Any], work: list[str],
+               own: Callable[[Domain], bool]) -> list[Domain]:
+        """Read the domains in ``work`` (tags; devices of ``own`` ones); return them all."""
+        now = time.monotonic()
+        todo = set(work)
         current: dict[tuple[str, int], Domain] = {}
-        for handle in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        for handle in handles:
+            key = _key(handle)
             try:
-                key = (handle.UUIDString(), handle.ID())
                 dom = self._known.get(key)
-                if dom is None:
-                    dom = self._describe(handle, now)
-                elif now - dom.read_at >= self.refresh_interval:
-                    dom.tag = read_tag(handle, self._warned, self.adopter)
-                    if self.label:
-                        dom.label = read_label(handle, *self.label)
-                    dom.name = handle.name()
-                    dom.read_at = now
-                current[key] = dom
+                if key[0] in todo:
+                    if dom is None:
+                        dom = self._new(handle, now)
+                    elif now - dom.read_at >= self.refresh_interval:
+                        self._reread(dom, handle, now)
+                    if self.want_devices and dom.disks is None and own(dom):
+                        dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
+                    self._known[key] = dom  # progress kept if this call is abandoned
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise
-                # It stopped between the listing and now: not worth a line.
+                continue  # it stopped between the listing and now: not worth a line
+            if dom is not None:
+                current[key] = dom
         self._known = current
         return self.known()
 
     def known(self) -> list[Domain]:
         """The domains of the last listing that returned (kept while a listing hangs)."""
-        return sorted(self._known.values(), key=lambda d: d.name)
+        return sorted(list(self._known.values()), key=lambda d: d.name)
 
-    def _describe(self, handle: Any, now: float) -> Domain:
-        dom = Domain(handle, handle.UUIDString(), handle.name(),
-                     read_tag(handle, self._warned, self.adopter), now)
-        if self.want_devices:
-            dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
+    def _new(self, handle: Any, now: float) -> Domain:
+        uuid = handle.UUIDString()
+        if uuid in self.seed:
+            tag, label = self.seed.pop(uuid)
+            dom = Domain(handle, uuid, handle.name(), tag, now, label)
+        else:
+            dom = Domain(handle, uuid, handle.name(), None, now)
+            self._reread(dom, handle, now)
+        return dom
+
+    def _reread(self, dom: Domain, handle: Any, now: float) -> None:
+        dom.tag = read_tag(handle, self._warned, self.adopter)
         if self.label:
             dom.label = read_label(handle, *self.label)
-        return dom
+        dom.name = handle.name()
+        dom.read_at = now
 
     @staticmethod
     def unresponsive(dom: Domain, suspect: bool = False) -> bool:

@@ -212,8 +212,9 @@ class StatsReader:
                                              "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")):
                         out[f"net.{i}.{key}"] = st[j]
         elif group == "block":
-            out["block.count"] = len(dom.disks)
-            for i, (dev, source) in enumerate(dom.disks):
+            disks = dom.disks or []
+            out["block.count"] = len(disks)
+            for i, (dev, source) in enumerate(disks):
                 out[f"block.{i}.name"] = dev
                 if source:
                     out[f"block.{i}.path"] = source

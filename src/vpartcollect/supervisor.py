@@ -28,7 +28,7 @@ from vpartcollect.partition import instance_name
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
 from vpartcollect.watchdog import backlog_limit, kill_deadline, respawn_delay
-from vpartcollect.worker import worker_main
+from vpartcollect.worker import few, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class Supervisor:
         self.silent: set[float] = set()  # ticks sampled only to prime rates (--once)
         self.final_tick = 0.0  # --once: the tick that is written
         self.next_tick = 0.0
+        # uuid -> (tag, label) of every domain a worker reported: handed to new workers
+        # so a respawn does not read every domain's metadata again.
+        self.tags: dict[str, tuple[str | None, str | None]] = {}
         self._signals: list[int] = []
         self._pruned = time.time()
         self._sink_reg: dict[int, tuple[Any, int] | None] = {}
@@ -178,6 +181,8 @@ class Supervisor:
                 self.emit(self._global_metrics(ts))
                 if ts - self._pruned > PRUNE_EVERY:  # rate state of domains gone for good
                     gone = self.builder.forget_older_than(ts - PRUNE_EVERY)
+                    for uuid in gone & self.tags.keys():
+                        del self.tags[uuid]
                     for slot in self.slots:  # what the supervisor keeps per domain, too
                         slot.suspects -= gone
                         for uuid in gone & slot.names.keys():
@@ -232,7 +237,7 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # child
             _keep_only_fds({ctl_r, out_w})
-            worker_main(slot.index, self.cfg, ctl_r, out_w, parent)
+            worker_main(slot.index, self.cfg, ctl_r, out_w, parent, self.tags)
         os.close(ctl_r)
         os.close(out_w)
         os.set_blocking(out_r, False)
@@ -288,9 +293,12 @@ class Supervisor:
 
     def _results(self, slot: Slot, msg: wire.Results) -> None:
         silent = msg.tick in self.silent
+        if msg.domains:
+            slot.failures = 0  # it did work: if it dies now, it is replaced at once
         out: list[Metric] = []
         for d in msg.domains:
             slot.names[d.uuid] = d.name
+            self.tags[d.uuid] = (d.tag, d.label)
             slot.delivered.add(d.uuid)
             slot.unresponsive += d.unresponsive
             if not d.unresponsive:
@@ -360,11 +368,12 @@ class Supervisor:
                     self.read_worker(slot)
                     if slot.deadline is None or time.monotonic() <= slot.deadline:
                         continue
-                names = [slot.names.get(u, u) for u in slot.busy_uuids]
+                names = few([slot.names.get(u, u) for u in slot.busy_uuids])
                 log.warning("%s: %s%s passed its deadline; killing worker pid %d", slot.name,
-                            slot.busy, f" of {', '.join(names)}" if names else "", slot.pid)
+                            slot.busy, f" of {names}" if names else "", slot.pid)
                 slot.kills += 1
-                slot.suspects.update(slot.busy_uuids)
+                if slot.busy in ("stats", "frozen"):  # a hung tag read says nothing of QEMU
+                    slot.suspects.update(slot.busy_uuids)
                 self._kill(slot, hung=True)
 
     def _kill(self, slot: Slot, hung: bool) -> None:

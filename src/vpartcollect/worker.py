@@ -54,6 +54,12 @@ def chunks(items: Sequence[Domain], size: int) -> Iterator[Sequence[Domain]]:
         yield items[start : start + size]
 
 
+def few(names: Sequence[str], most: int = 5) -> str:
+    """Names for a log line: the first ``most``, then how many more."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
+
+
 def clean_stats(raw: dict[str, Any]) -> wire.Stats:
     """Keep only wire-safe values: bools become 0/1, other types are dropped."""
     out: wire.Stats = {}
@@ -72,8 +78,10 @@ class LostConnection(Exception):
 class Worker:
     """The child side of one ``virt-N`` instance."""
 
-    def __init__(self, index: int, cfg: Config, ctl_fd: int, out_fd: int) -> None:
+    def __init__(self, index: int, cfg: Config, ctl_fd: int, out_fd: int,
+                 seed: dict[str, tuple[str | None, str | None]] | None = None) -> None:
         self.index = index
+        self.seed = seed or {}
         self.cfg = cfg
         self.ctl_fd = ctl_fd
         self.out_fd = out_fd
@@ -139,7 +147,7 @@ class Worker:
             label = (self.cfg.hostname_metadata_ns, self.cfg.hostname_metadata_path)
         # Disks always: their datastores are probed before block stats are asked.
         self.inventory = Inventory(conn, self.cfg.refresh_interval, True, label,
-                                   adopter=self.index == 0)
+                                   adopter=self.index == 0, seed=self.seed)
         ncpus = int(conn.getInfo()[2])
         self.send(wire.Hello(self.index, os.getpid(), ncpus, conn.getType(), bulk, fallback))
 
@@ -150,9 +158,11 @@ class Worker:
             return False
 
     # -- one tick -------------------------------------------------------
-    def _call(self, what: str, domains: Sequence[Domain], fn: Callable[[], T]) -> T:
-        """Announce a call that may block, then run it under its deadline (or Abandoned)."""
-        uuids = [d.uuid for d in domains]
+    def _call(self, what: str, domains: Sequence[Domain] | Sequence[str],
+              fn: Callable[[], T]) -> T:
+        """Announce a call that may block (over ``domains``, or their uuids), then run it
+        under its deadline (or Abandoned)."""
+        uuids = [d if isinstance(d, str) else d.uuid for d in domains]
         self.send(wire.Busy(what, uuids))
         return self.guard.run(what, uuids, call_deadline(self.cfg.call_timeout, len(uuids), what),
                               fn)
@@ -160,26 +170,39 @@ class Worker:
     def mine(self, skip: set[str]) -> list[Domain]:
         """This instance's domains (partition rule and include/exclude), minus ``skip``.
 
-        While a listing hangs in libvirtd (a wedged domain lock blocks it), the domains
-        already known are sampled with their cached handles and no second listing is sent.
+        Listing is one call; reading what is new or stale (tags, devices of our own
+        domains) is a second, whose deadline grows with the number of domains to read.
+        While either hangs in libvirtd (a wedged domain lock blocks both), the domains
+        already known are sampled with their cached handles and no second one is sent.
         """
         assert self.inventory is not None
         inventory = self.inventory
-        if self.guard.busy_with("list"):
-            domains = inventory.known()
-        else:
+        domains = inventory.known()
+        if not (self.guard.busy_with("list") or self.guard.busy_with("describe")):
             try:
-                domains = self._call("list", [], inventory.running)
-            except Abandoned:
-                log.warning("listing domains outlived its deadline; sampling the %d known "
-                            "ones until it returns", len(inventory.known()))
+                handles = self._call("list", [], inventory.listing)
+                work = inventory.to_read(handles, self._owns)
+                if work:
+                    domains = self._call("describe", work,
+                                         lambda: inventory.update(handles, work, self._owns))
+                else:
+                    domains = inventory.update(handles, [], self._owns)
+            except Abandoned as exc:
+                log.warning("%s outlived its deadline; sampling the %d known domains until it "
+                            "returns", "listing domains" if exc.call.what == "list"
+                            else f"reading {len(exc.call.uuids)} new domain(s)",
+                            len(inventory.known()))
                 domains = inventory.known()
         self.qemu.forget_except(d.uuid for d in domains)
-        return [d for d in domains
-                if assign(d.tag, self.cfg.instances).instance == self.index
-                and d.uuid not in skip and self.cfg.wants(d.name)]
+        return [d for d in domains if self._owns(d) and d.uuid not in skip]
+
+    def _owns(self, dom: Domain) -> bool:
+        return (assign(dom.tag, self.cfg.instances).instance == self.index
+                and self.cfg.wants(dom.name))
 
     def _stores(self, dom: Domain) -> dict[str, str]:
+        if dom.disks is None:
+            return {}  # not read yet: nothing known to probe
         if dom.stores is None:
             dom.stores = datastores((src for _, src in dom.disks), self.mounts)
         return dom.stores
@@ -203,7 +226,8 @@ class Worker:
         frozen = self.qemu.frozen((d.uuid, d.name) for d in domains)
         self.probes.settle()
         dead = self.probes.dead()
-        in_call, alone = self.guard.involving()
+        # A hung listing or tag read involves no domain's monitor: it holds none back.
+        in_call, alone = self.guard.involving(("stats", "frozen"))
         blocked = len(self.guard.outstanding())
         routes: dict[Route, list[Domain]] = {r: [] for r in Route}
         for d in domains:
@@ -224,7 +248,7 @@ class Worker:
         """Collect and send every chunk of this tick, then Done."""
         started = time.monotonic()
         for call, took in self.guard.returned():
-            names = ", ".join(self.names.get(u, u) for u in sorted(call.uuids))
+            names = few(sorted(self.names.get(u, u) for u in call.uuids))
             log.info("%s%s returned after %.1f s: its libvirtd thread is free again",
                      call.what, f" of {names}" if names else "", took)
             if call.late is not None and not call.failed:
@@ -355,8 +379,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int) -> NoReturn:
-    """Entry point after fork: never returns, always ends the process."""
+def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int,
+                seed: dict[str, tuple[str | None, str | None]] | None = None) -> NoReturn:
+    """Entry point after fork: never returns, always ends the process.
+
+    ``seed``: the tags (and labels) the supervisor knows, by uuid."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
@@ -373,7 +400,7 @@ def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: i
             handler.setFormatter(OneLineFormatter(
                 f"vpartcollect[%(process)d] {name}: %(levelname)s: %(message)s"))
         quiet_libvirt()
-        code = Worker(index, cfg, ctl_fd, out_fd).run()
+        code = Worker(index, cfg, ctl_fd, out_fd, seed).run()
     except (BrokenPipeError, KeyboardInterrupt):
         code = 0
     except wire.WireError as exc:

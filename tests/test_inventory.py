@@ -1,0 +1,60 @@
+"""The inventory on test-driver domains: tags, devices read only where needed, the seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import libvirt
+from nodes import tagged_node
+
+from vpartcollect.inventory import Domain, Inventory
+
+
+def open_node(tmp_path: Path, tags: list[str | None]) -> libvirt.virConnect:
+    return libvirt.openReadOnly(tagged_node(tmp_path / "node.xml", tags))
+
+
+def by_name(domains: list[Domain]) -> dict[str, Domain]:
+    return {d.name: d for d in domains}
+
+
+def test_tags_for_all_devices_only_for_own_domains(tmp_path: Path) -> None:
+    inv = Inventory(open_node(tmp_path, ["virt-0", "virt-1", None]), 60.0, True)
+    doms = by_name(inv.running(own=lambda d: d.tag == "virt-0"))
+    assert [doms[n].tag for n in ("domain-A", "domain-B", "domain-C")] == ["virt-0", "virt-1",
+                                                                           None]
+    assert doms["domain-A"].disks == [("vda", "/img/0.qcow2")]
+    assert doms["domain-A"].nics == ["tn0"]
+    assert doms["domain-B"].disks is None and doms["domain-C"].disks is None
+
+
+def test_nothing_is_read_again_until_it_is_stale(tmp_path: Path) -> None:
+    inv = Inventory(open_node(tmp_path, ["virt-0", "virt-1"]), 60.0, True)
+    handles = inv.listing()
+    assert len(inv.to_read(handles, lambda _d: True)) == 2
+    inv.update(handles, inv.to_read(handles, lambda _d: True), lambda _d: True)
+    assert inv.to_read(inv.listing(), lambda _d: True) == []
+    stale = Inventory(inv.conn, 0.0, True)
+    stale.running()
+    assert len(stale.to_read(stale.listing(), lambda _d: True)) == 2  # refresh 0: always
+
+
+def test_a_domain_that_becomes_ours_gets_its_devices_read(tmp_path: Path) -> None:
+    inv = Inventory(open_node(tmp_path, ["virt-1"]), 60.0, True)
+    inv.running(own=lambda _d: False)
+    handles = inv.listing()
+    work = inv.to_read(handles, lambda _d: True)
+    assert len(work) == 1
+    assert inv.update(handles, work, lambda _d: True)[0].disks == [("vda", "/img/0.qcow2")]
+
+
+def test_the_supervisors_seed_replaces_reading_the_tag(tmp_path: Path) -> None:
+    conn = open_node(tmp_path, ["virt-1", "virt-1"])
+    uuid_a = conn.lookupByName("domain-A").UUIDString()
+    inv = Inventory(conn, 60.0, False, seed={uuid_a: ("virt-2", None)})
+    doms = by_name(inv.running())
+    assert (doms["domain-A"].tag, doms["domain-B"].tag) == ("virt-2", "virt-1")
+    # The seed is used once: a refresh reads the domain's own metadata again.
+    fresh = Inventory(conn, 0.0, False, seed={uuid_a: ("virt-2", None)})
+    fresh.running()
+    assert by_name(fresh.running())["domain-A"].tag == "virt-1"

@@ -1,0 +1,85 @@
+"""Workers killed from outside (an operator, the OOM killer) cost next to no sample."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines
+from harness import PrivateLibvirtd
+
+KILL_EVERY = 2.0
+KILLING = 30.0
+
+
+def children(pid: int) -> list[int]:
+    """The supervisor's live children: its workers."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def kill_workers(uri: str) -> tuple[int, dict[str, int], int, str]:
+    """Run 4 instances at 1 s; SIGKILL a random worker every 2 s for 30 s.
+
+    Returns (kills, ticks seen per domain during the killing, ticks in that window, stderr).
+    """
+    rng = random.Random(7)
+    kills = 0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = cli_popen("run", "--connect", uri, "--instances", "4", "--interval", "1",
+                         stdout=out, stderr=err)
+        try:
+            time.sleep(3)
+            first = time.time()
+            while time.time() - first < KILLING:
+                workers = children(proc.pid)
+                if workers:
+                    os.kill(rng.choice(workers), signal.SIGKILL)
+                    kills += 1
+                time.sleep(KILL_EVERY)
+            last = time.time()
+            time.sleep(3)  # let the last replay land
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        lines, stderr = parse_lines(out.read()), err.read()
+    no_traceback(stderr)
+    ticks = range(int(first) + 1, int(last))
+    seen: dict[str, set[int]] = defaultdict(set)
+    for path, _value, ts in lines:
+        if path.endswith(".virt.domain_state.state") and int(ts) in ticks:
+            seen[path.split(".")[0]].add(int(ts))
+    return kills, {d: len(s) for d, s in seen.items()}, len(ticks), stderr
+
+
+def check(kills: int, seen: dict[str, int], ticks: int, stderr: str, domains: int) -> None:
+    """At least 95 % of the ticks for every domain; no backoff for workers that worked."""
+    assert kills >= KILLING / KILL_EVERY - 1
+    assert len(seen) == domains, seen
+    worst = min(seen.values()) / ticks
+    print(f"{kills} kills; worst domain has {worst:.0%} of {ticks} ticks")
+    assert worst >= 0.95, seen
+    # A worker that had done work is back at once: no backoff for it.
+    assert re.search(r"restarting in (?!0\.0 s)", stderr) is None, stderr
+
+
+@pytest.mark.slow
+def test_random_worker_sigkilled_every_2s_test_driver() -> None:
+    check(*kill_workers(DEMO_URI), domains=10)
+
+
+@pytest.mark.libvirtd
+def test_random_worker_sigkilled_every_2s_real_libvirtd(libvirtd: PrivateLibvirtd) -> None:
+    check(*kill_workers(libvirtd.uri), domains=6)
