@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ def test_random_worker_frames_are_handled_or_refused(tmp_path: Path) -> None:
                                  "stdout": False}))
     lines: list[str] = []
 
-    def emit(metrics: list[Metric]) -> None:  # what the sinks would write, formatted
+    def emit(metrics: Sequence[Metric]) -> None:  # what the sinks would write, formatted
         lines.extend(format_line(m.path, m.value, m.ts) for m in metrics)
 
     sup.emit = emit  # type: ignore[method-assign]
