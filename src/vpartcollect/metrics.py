@@ -233,6 +233,10 @@ class RateTracker:
             return None
         return (value - prev[1]) / (ts - prev[0])
 
+    def domains(self) -> int:
+        """How many domains have rate state (keys are (uuid, what))."""
+        return len({key[0] if isinstance(key, tuple) else key for key in self._last})
+
     def forget_older_than(self, ts: float) -> int:
         """Drop state last updated before ``ts`` (domains that went away); return how many."""
         stale = [k for k, (t, _) in self._last.items() if t < ts]
@@ -316,6 +320,11 @@ class MetricBuilder:
         out.append(Metric(head + "unresponsive", 1 if sample.unresponsive else 0, ts, name, uuid,
                           tag, instance))
         return out
+
+    def tracked(self) -> int:
+        """Domains held in the largest of this builder's per-domain tables."""
+        return max(len(self.last_seen), len({key[0] for key in self._plans}),
+                   self.rates.domains())
 
     def forget_older_than(self, ts: float) -> set[str]:
         """Drop rate state and plans of domains not sampled since ``ts``; return their uuids."""

@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 ONCE_GAP = 1.0  # seconds between the two samples --once needs for rates
 ONCE_LIMIT = 120.0  # --once gives up after this long
 STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
-PRUNE_EVERY = 600.0  # seconds of rate state kept for domains that stopped reporting
+# Per-domain state (rates, names, tags) of a domain not sampled for this long, or for
+# PRUNE_INTERVALS intervals if longer, is forgotten: on a host where VMs come and go
+# nothing may grow without bound. A domain back after that only misses one rate.
+PRUNE_SECONDS = 60.0
+PRUNE_INTERVALS = 10
 
 
 @dataclass
@@ -179,14 +183,9 @@ class Supervisor:
                 self.next_tick = max(ts + interval, math.floor(now / interval) * interval)
                 self.next_tick = round(self.next_tick, 6) or interval
                 self.emit(self._global_metrics(ts))
-                if ts - self._pruned > PRUNE_EVERY:  # rate state of domains gone for good
-                    gone = self.builder.forget_older_than(ts - PRUNE_EVERY)
-                    for uuid in gone & self.tags.keys():
-                        del self.tags[uuid]
-                    for slot in self.slots:  # what the supervisor keeps per domain, too
-                        slot.suspects -= gone
-                        for uuid in gone & slot.names.keys():
-                            del slot.names[uuid]
+                horizon = max(PRUNE_SECONDS, PRUNE_INTERVALS * interval)
+                if ts - self._pruned >= horizon / 4:
+                    self._prune(ts - horizon)
                     self._pruned = ts
             for slot in self.slots:
                 slot.pending.append(wire.Tick(ts))
@@ -202,6 +201,24 @@ class Supervisor:
                 slot.pending.append(wire.Tick(self.final_tick))
                 slot.once_due = None
             self.feed(slot)
+
+    def _prune(self, before: float) -> None:
+        """Forget every domain not sampled since ``before``, in every per-domain table."""
+        gone = self.builder.forget_older_than(before)
+        for uuid in gone & self.tags.keys():
+            del self.tags[uuid]
+        for slot in self.slots:
+            slot.suspects -= gone
+            for uuid in gone & slot.names.keys():
+                del slot.names[uuid]
+        if gone:
+            log.info("forgot %d domain(s) not sampled for %.0f s; tracking %d", len(gone),
+                     time.time() - before, self.tracked())
+
+    def tracked(self) -> int:
+        """Domains held in the largest per-domain table (self-metric tracked_domains)."""
+        return max(self.builder.tracked(), len(self.tags),
+                   sum(len(s.names) for s in self.slots), sum(len(s.suspects) for s in self.slots))
 
     def feed(self, slot: Slot) -> None:
         """Send the next waiting tick to a ready, idle worker."""
@@ -416,10 +433,11 @@ class Supervisor:
                 for k, v in values.items()]
 
     def _global_metrics(self, ts: float) -> list[Metric]:
-        if not self.graphite:
-            return []
         naming = self.builder.naming
-        return [Metric(naming.self_path(None, "graphite_dropped"),
+        tracked = [Metric(naming.self_path(None, "tracked_domains"), self.tracked(), ts)]
+        if not self.graphite:
+            return tracked
+        return [*tracked, Metric(naming.self_path(None, "graphite_dropped"),
                        sum(g.dropped for g in self.graphite), ts),
                 Metric(naming.self_path(None, "graphite_buffered"),
                        sum(g.buffered for g in self.graphite), ts)]
@@ -520,6 +538,7 @@ class Supervisor:
 
     def _restart_workers(self, instances: int) -> None:
         """Replace every worker (they carry the configuration they were forked with)."""
+        self.tags.clear()  # read under the old settings (hostname metadata path, ...)
         for slot in self.slots:
             if slot.pid:
                 self._kill(slot, hung=True)  # respawn at once, replay its tick
