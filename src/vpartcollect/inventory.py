@@ -181,6 +181,7 @@ class Inventory:
             if dom is not None:
                 current[key] = dom
         self._known = current
+        self._warned &= {uuid for uuid, _id in current}  # warn again if it comes back
         return self.known()
 
     def known(self) -> list[Domain]:

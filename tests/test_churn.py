@@ -1,0 +1,79 @@
+"""10,000 short-lived domains through a running collector: nothing per domain is kept.
+
+The domains are libvirt test-driver domains served by the suite's private libvirtd
+(test+unix://), so they can be created and destroyed from outside while the
+collector watches, as on a host where VMs come and go.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import libvirt
+import pytest
+from conftest import cli_popen, no_traceback, parse_lines
+from harness import PrivateLibvirtd
+from nodes import domain_xml
+from test_worker_kills import children
+
+pytestmark = pytest.mark.libvirtd
+
+CHURNED = 10_000
+LIVE = 300  # domains alive at any time: each lives about two seconds
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd) -> None:
+    uri = f"test+unix:///default?socket={libvirtd.base}/sock/libvirt-sock"
+    conn = libvirt.open(uri)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = cli_popen("run", "--connect", uri, "--instances", "4", "--interval", "1",
+                         "--log-level", "info", stdout=out, stderr=err)
+        try:
+            time.sleep(4)
+            pids = [proc.pid, *children(proc.pid)]
+            before = {pid: rss_kib(pid) for pid in pids}
+            live: deque[libvirt.virDomain] = deque()
+            started = time.monotonic()
+            for i in range(CHURNED):
+                tag = f"virt-{i % 4}" if i % 5 else None
+                live.append(conn.createXML(domain_xml(f"churn-{i:05d}", 0x10000 + i, tag), 0))
+                if len(live) > LIVE:
+                    live.popleft().destroy()
+                # ~150 a second: every domain is sampled about twice before it goes
+                time.sleep(max(0.0, started + (i + 1) / 150 - time.monotonic()))
+            while live:
+                live.popleft().destroy()
+            peak = {pid: rss_kib(pid) for pid in pids}
+            time.sleep(75)  # past the 60 s after which an unsampled domain is forgotten
+            after = {pid: rss_kib(pid) for pid in pids}
+            workers_now = children(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            conn.close()
+        out.seek(0)
+        err.seek(0)
+        lines, stderr = parse_lines(out.read()), err.read()
+    no_traceback(stderr)
+    churned = {p.split(".")[0] for p, _, _ in lines if p.startswith("churn-")}
+    assert len(churned) >= 0.95 * CHURNED  # they really went through the collector
+    tracked = [v for p, v, _ in lines if p.endswith("vpartcollect.tracked_domains")]
+    print(f"tracked_domains peak {max(tracked):.0f}, last {tracked[-1]:.0f}; "
+          f"RSS KiB before/peak/after: {before} {peak} {after}")
+    assert max(tracked) > 1000  # a minute of churn is held...
+    assert tracked[-1] <= 1  # ...and forgotten: only the driver's own "test" domain is left
+    assert "forgot " in stderr
+    assert workers_now == pids[1:]  # same workers all along: none was restarted
+    for pid in pids:  # memory came back down to where it started, give or take
+        assert after[pid] - before[pid] < 16 * 1024, (pid, before, peak, after)
