@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from vpartcollect.partition import TAG_NS
@@ -147,7 +148,14 @@ class PrivateLibvirtd:
         return pids
 
     # -- domains ------------------------------------------------------------
-    def domain_xml(self, name: str, tag: str | None, nic: str, image: Path) -> str:
+    def domain_xml(self, name: str, tag: str | None, nic: str, image: Path,
+                   extra_disks: Sequence[tuple[str, str, Path]] = ()) -> str:
+        extra = "".join(f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='{fmt}'/>
+      <source file='{path}'/>
+      <target dev='{dev}' bus='virtio'/>
+    </disk>""" for dev, fmt, path in extra_disks)
         meta = (f'<metadata><ovirtmap:tag xmlns:ovirtmap="{TAG_NS}">{tag}</ovirtmap:tag>'
                 "</metadata>" if tag else "")
         return f"""<domain type='{self.kind}'>
@@ -162,7 +170,7 @@ class PrivateLibvirtd:
       <driver name='qemu' type='qcow2'/>
       <source file='{image}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+    </disk>{extra}
     <interface type='ethernet'>
       <target dev='{nic}' managed='yes'/>
       <model type='virtio'/>
@@ -172,8 +180,10 @@ class PrivateLibvirtd:
 </domain>"""
 
     def create(self, name: str, tag: str | None = None, nic: str | None = None,
-               image_dir: Path | None = None) -> None:
-        """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC.
+               image_dir: Path | None = None,
+               extra_disks: Sequence[tuple[str, str, Path]] = ()) -> None:
+        """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC, and
+        ``extra_disks`` given as (target, format, image).
 
         Tap names are host-wide: two daemons side by side need distinct ``nic`` names.
         """
@@ -181,7 +191,8 @@ class PrivateLibvirtd:
         if not image.exists():
             _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
         xml_path = self.base / "images" / f"{name}.xml"
-        xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image))
+        xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image,
+                                            extra_disks))
         _run("virsh", "-c", self.uri, "define", str(xml_path))
         _run("virsh", "-c", self.uri, "start", name)
         self.domains.append(name)

@@ -12,6 +12,7 @@ import pytest
 from vpartcollect.autotag import Mount
 from vpartcollect.datastores import Probes, datastores
 from vpartcollect.guard import Abandoned, Guard
+from vpartcollect.libvirt_stats import as_block_info
 from vpartcollect.qemu_proc import QemuProcesses, cmdline_uuid, looks_frozen, thread_state
 from vpartcollect.triage import Route, route
 
@@ -96,13 +97,13 @@ def test_datastores_are_mounts_of_file_images() -> None:
               Mount("stallfs", "/mnt/nfs/fuse", "fuse")]
     got = datastores(["/mnt/nfs/a.qcow2", "/mnt/nfs/b.qcow2", "/mnt/nfs/fuse/c.img",
                       "/var/lib/d.img", "/dev/sdb", "pool/vol", ""], mounts)
-    assert got == {"/mnt/nfs": "/mnt/nfs/a.qcow2", "/mnt/nfs/fuse": "/mnt/nfs/fuse/c.img",
-                   "/": "/var/lib/d.img"}
+    assert got == {"/mnt/nfs": ["/mnt/nfs/a.qcow2", "/mnt/nfs/b.qcow2"],
+                   "/mnt/nfs/fuse": ["/mnt/nfs/fuse/c.img"], "/": ["/var/lib/d.img"]}
 
 
 def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
     probes = Probes(timeout=0.5)
-    probes.start({"/": str(tmp_path), "/gone": str(tmp_path / "missing")})
+    probes.start({"/": [str(tmp_path)], "/gone": [str(tmp_path / "missing")]})
     probes.settle()
     assert probes.dead() == set()  # "no such file" is an answer too
     # A store that does not answer, shown with a FIFO: opening one waits for a writer.
@@ -116,10 +117,10 @@ def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
             Path(path).read_bytes()
 
     probes = Probes(timeout=0.2, look=look)
-    probes.start({"/dead": str(fifo), "/fine": str(tmp_path)})
+    probes.start({"/dead": [str(fifo)], "/fine": [str(tmp_path)]})
     probes.settle()
     assert probes.dead() == {"/dead"}
-    probes.start({"/dead": str(fifo), "/fine": str(tmp_path)})
+    probes.start({"/dead": [str(fifo)], "/fine": [str(tmp_path)]})
     probes.settle()
     assert looks.count(str(fifo)) == 1  # still out: never a second probe of that store
     assert looks.count(str(tmp_path)) == 2
@@ -127,7 +128,7 @@ def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
         pass  # the store answers
     time.sleep(0.1)
     assert probes.dead() == set()
-    probes.start({"/dead": str(fifo)})
+    probes.start({"/dead": [str(fifo)]})
     assert looks.count(str(fifo)) == 2
     with open(fifo, "w"):
         pass  # let that probe go too
@@ -166,3 +167,40 @@ def test_guard_passes_exceptions_through() -> None:
 
     with pytest.raises(ValueError, match="libvirt said no"):
         Guard().run("stats", [], 1.0, boom)
+
+
+def test_probes_read_the_size_of_every_image_of_a_store(tmp_path: Path) -> None:
+    sparse, full = tmp_path / "sparse.img", tmp_path / "full.img"
+    with open(sparse, "wb") as fh:
+        fh.truncate(1 << 20)
+    full.write_bytes(b"x" * 8192)
+    probes = Probes(timeout=1.0)
+    probes.start({"/": [str(sparse), str(full), str(tmp_path / "missing")]})
+    probes.settle()
+    assert probes.sizes[str(sparse)] == (1 << 20, os.stat(sparse).st_blocks * 512)
+    assert probes.sizes[str(full)][0] == 8192 and probes.sizes[str(full)][1] >= 8192
+    assert str(tmp_path / "missing") not in probes.sizes
+    probes.start({"/": [str(full)]})  # an image no disk uses any more is forgotten
+    probes.settle()
+    assert list(probes.sizes) == [str(full)]
+
+
+def test_block_info_meaning_for_file_images_only() -> None:
+    # Values measured on libvirt 9.0 for a fresh qcow2 file and a block device.
+    stats: dict[str, int | float | str] = {
+        "block.count": 3,
+        "block.0.name": "vda", "block.0.path": "/var/lib/images/a.qcow2",
+        "block.0.capacity": 67108864, "block.0.allocation": 0, "block.0.physical": 200704,
+        "block.1.name": "vdb", "block.1.path": "/dev/loop0",
+        "block.1.capacity": 33554432, "block.1.allocation": 0, "block.1.physical": 33554432,
+        "block.2.name": "vdc", "block.2.path": "/var/lib/images/unprobed.img",
+        "block.2.capacity": 1, "block.2.allocation": 1, "block.2.physical": 1}
+    as_block_info(stats, {"/var/lib/images/a.qcow2": (196616, 200704)})
+    # collectd (virDomainGetBlockInfo): allocation = space taken, physical = file size
+    assert (stats["block.0.allocation"], stats["block.0.physical"]) == (200704, 196616)
+    assert stats["block.0.capacity"] == 67108864
+    # a device node: both APIs agree already
+    assert (stats["block.1.allocation"], stats["block.1.physical"]) == (0, 33554432)
+    # a file whose size is not known: left out, never sent with the other meaning
+    assert "block.2.allocation" not in stats and "block.2.physical" not in stats
+    assert stats["block.2.capacity"] == 1

@@ -7,11 +7,17 @@ it, the monitor. So before asking a domain for block info, a worker knows
 whether the filesystems of its images answer: every cycle it stats one image
 per mount on a thread of its own. A probe stuck in the kernel stays the only
 one for its datastore until it returns; while it is out, that datastore is dead.
+
+The same thread then stats the datastore's other images: their size and the
+space they take are what virDomainGetBlockInfo (and so collectd) reports as a
+file-backed disk's physical size and allocation, and the bulk stats do not
+carry them (see libvirt_stats.as_block_info).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,31 +25,45 @@ from collections.abc import Callable, Iterable, Sequence
 from vpartcollect.autotag import Mount, mount_of
 
 
-def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount]) -> dict[str, str]:
-    """{mount point: an image on it} for file-backed disks (device nodes and network
+def is_file_image(source: str) -> bool:
+    """Whether a disk source is an image file (not a device node, not a network disk)."""
+    return source.startswith("/") and not source.startswith("/dev/")
+
+
+def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount]) -> dict[str, list[str]]:
+    """{mount point: its images} for file-backed disks (device nodes and network
     disks are not stat()ed by QEMU to report their size)."""
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for source in disk_sources:
-        if not source.startswith("/") or source.startswith("/dev/"):
+        if not is_file_image(source):
             continue
         mount = mount_of(source, mounts)
-        if mount is not None:
-            out.setdefault(mount.target, source)
+        if mount is not None and source not in out.get(mount.target, []):
+            out.setdefault(mount.target, []).append(source)
     return out
 
 
+Sizes = dict[str, tuple[int, int]]  # image -> (st_size, st_blocks * 512)
+
+
 class _Probe:
-    def __init__(self, path: str, look: Callable[[str], object]) -> None:
+    def __init__(self, paths: Sequence[str], look: Callable[[str], object],
+                 sizes: Sizes) -> None:
         self.started = time.monotonic()
         self.done = threading.Event()
-        threading.Thread(target=self._look, args=(path, look), name="datastore-probe",
-                         daemon=True).start()
+        threading.Thread(target=self._look, args=(paths, look, sizes),
+                         name="datastore-probe", daemon=True).start()
 
-    def _look(self, path: str, look: Callable[[str], object]) -> None:
+    def _look(self, paths: Sequence[str], look: Callable[[str], object], sizes: Sizes) -> None:
         try:
-            look(path)
-        except (OSError, ValueError):
-            pass  # an answer, even "no such file": the filesystem responds
+            for path in paths:
+                try:
+                    st = look(path)
+                except (OSError, ValueError):
+                    sizes.pop(path, None)  # an answer, even "no such file": it responds
+                    continue
+                if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
+                    sizes[path] = (st.st_size, st.st_blocks * 512)
         finally:
             self.done.set()
 
@@ -56,17 +76,22 @@ class Probes:
         self.look = look  # what QEMU does to an image when asked for its size
         self._probes: dict[str, _Probe] = {}
         self._round: list[_Probe] = []
+        self.sizes: Sizes = {}  # written by the probe threads, one key at a time
 
-    def start(self, paths: dict[str, str]) -> None:
-        """Probe each datastore of ``paths`` ({datastore: path}) unless a probe is still out."""
+    def start(self, paths: dict[str, list[str]]) -> None:
+        """Probe each datastore of ``paths`` ({datastore: its images}) unless a probe is
+        still out; the first image tells whether it answers, all get their sizes read."""
         self._round = []
         for store in [s for s, p in self._probes.items() if s not in paths and p.done.is_set()]:
             del self._probes[store]
-        for store, path in paths.items():
+        wanted = {path for images in paths.values() for path in images}
+        for path in [p for p in self.sizes if p not in wanted]:
+            del self.sizes[path]
+        for store, images in paths.items():
             running = self._probes.get(store)
             if running is not None and not running.done.is_set():
                 continue  # stuck in the kernel: never a second one
-            probe = self._probes[store] = _Probe(path, self.look)
+            probe = self._probes[store] = _Probe(images, self.look, self.sizes)
             self._round.append(probe)
 
     def settle(self) -> None:

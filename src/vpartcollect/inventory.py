@@ -42,7 +42,7 @@ class Domain:
     # Read for the domains this worker samples only (None: not read yet).
     disks: list[tuple[str, str]] | None = None  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
-    stores: dict[str, str] | None = None  # {datastore: image on it}, worked out when needed
+    stores: dict[str, list[str]] | None = None  # {datastore: its images}, when needed
 
 
 def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:

@@ -12,11 +12,12 @@ domain at all, so the probe itself can never wait on a QEMU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import libvirt
 
+from vpartcollect.datastores import is_file_image
 from vpartcollect.inventory import Domain
 from vpartcollect.wire import Stats
 
@@ -43,6 +44,32 @@ _MEMSTAT_KEYS = {"actual": "current", "last_update": "last-update"}
 # bulk cpu-total, vcpu, balloon and block take the monitor job and block. Per-domain
 # info(), vcpus() and getCPUStats() read cgroups and /proc and return at once.
 FROZEN_BULK = ("state", "interface")
+
+
+def as_block_info(stats: Stats, sizes: Mapping[str, tuple[int, int]]) -> None:
+    """Give bulk ``block.N.allocation``/``physical`` of file images the meaning of
+    virDomainGetBlockInfo, which collectd reports as disk_allocation/disk_physical.
+
+    Measured on libvirt 9.0: for an image file, GetBlockInfo's allocation is the
+    space the file takes (st_blocks * 512) and its physical size the file's size
+    (st_size); the bulk group gives the highest written offset as allocation, and
+    as physical the space taken for qcow2 but the file size for raw. Neither can
+    be rebuilt from the other, so the image's own stat (``sizes``: path ->
+    (st_size, st_blocks * 512), read by the datastore probe) gives both; without
+    one, the two are left out rather than sent with the other meaning. Device
+    nodes and network disks: both APIs agree (measured), nothing changes.
+    """
+    count = stats.get("block.count")
+    for i in range(count if type(count) is int else 0):
+        path = stats.get(f"block.{i}.path")
+        if not isinstance(path, str) or not is_file_image(path):
+            continue
+        size = sizes.get(path)
+        if size is None:
+            stats.pop(f"block.{i}.allocation", None)
+            stats.pop(f"block.{i}.physical", None)
+        else:
+            stats[f"block.{i}.physical"], stats[f"block.{i}.allocation"] = size
 
 
 def monitor_answered(stats: Stats) -> bool:
@@ -93,6 +120,12 @@ class StatsReader:
             self.bulk_bits |= GROUPS[name]
         self.fallback = list(fallback)
         self._unsupported: set[str] = set()  # per-domain calls this driver refuses
+
+    @property
+    def block_in_bulk(self) -> bool:
+        """Whether block stats come from the bulk call (else from per-domain calls,
+        whose blockInfo already has GetBlockInfo's meaning)."""
+        return bool(self.bulk_bits & GROUPS["block"])
 
     @property
     def needs_devices(self) -> bool:

@@ -29,6 +29,7 @@ from vpartcollect.guard import Abandoned, Guard
 from vpartcollect.inventory import Domain, Inventory
 from vpartcollect.libvirt_stats import (
     StatsReader,
+    as_block_info,
     monitor_answered,
     open_readonly,
     probe_bulk_groups,
@@ -200,7 +201,7 @@ class Worker:
         return (assign(dom.tag, self.cfg.instances).instance == self.index
                 and self.cfg.wants(dom.name))
 
-    def _stores(self, dom: Domain) -> dict[str, str]:
+    def _stores(self, dom: Domain) -> dict[str, list[str]]:
         if dom.disks is None:
             return {}  # not read yet: nothing known to probe
         if dom.stores is None:
@@ -255,8 +256,11 @@ class Worker:
                 call.late(call.value())
         self._refresh_mounts()
         # Off the sampling path: the probes run while the listing and /proc checks do.
-        self.probes.start({store: path for d in self.last_domains
-                           for store, path in self._stores(d).items()})
+        images: dict[str, list[str]] = {}
+        for d in self.last_domains:
+            for store, paths in self._stores(d).items():
+                images.setdefault(store, []).extend(paths)
+        self.probes.start(images)
         domains = self.mine(set(tick.skip))
         self.last_domains = domains
         self.names = {d.uuid: d.name for d in domains}
@@ -322,6 +326,11 @@ class Worker:
                     value: tuple[dict[str, wire.Stats], set[str]],
                     sampled: float | None = None) -> None:
         raw, stuck = value
+        assert self.reader is not None
+        if self.reader.block_in_bulk:
+            for d in chunk:
+                if d.uuid in raw:
+                    as_block_info(raw[d.uuid], self.probes.sizes)
         self.send(wire.Results(ts, time.time() if sampled is None else sampled, [
             wire.DomainSample(d.uuid, d.name, d.tag, d.uuid in stuck, clean_stats(raw[d.uuid]),
                               d.label)
