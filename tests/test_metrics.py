@@ -87,13 +87,13 @@ def test_raw_counters_when_rates_are_off() -> None:
 
 def test_rate_tracker_never_spikes() -> None:
     r = RateTracker()
-    assert r.rate("k", 10.0, 100) is None  # first
-    assert r.rate("k", 20.0, 200) == 10.0
-    assert r.rate("k", 20.0, 300) is None  # same timestamp (replayed tick)
-    assert r.rate("k", 20.01, 300) is None  # a burst, too close to be a rate
-    assert r.rate("k", 15.0, 300) is None  # older
-    assert r.rate("k", 30.0, 50) is None  # counter reset: VM rebooted
-    assert r.rate("k", 40.0, 150) == 10.0  # and the next one is a normal rate again
+    assert r.rate("d", "k", 10.0, 100) is None  # first
+    assert r.rate("d", "k", 20.0, 200) == 10.0
+    assert r.rate("d", "k", 20.0, 300) is None  # same timestamp (replayed tick)
+    assert r.rate("d", "k", 20.01, 300) is None  # a burst, too close to be a rate
+    assert r.rate("d", "k", 15.0, 300) is None  # older
+    assert r.rate("d", "k", 30.0, 50) is None  # counter reset: VM rebooted
+    assert r.rate("d", "k", 40.0, 150) == 10.0  # and the next one is a normal rate again
     assert r.forget_older_than(35.0) == 0
     assert r.forget_older_than(45.0) == 1
 
@@ -159,4 +159,4 @@ def test_domains_that_went_away_leave_nothing_behind() -> None:
     gone = builder.forget_older_than(150.0)
     assert len(gone) == 10_000 and "keep" not in gone
     assert len(builder._plans) == 1 and set(builder.last_seen) == {"keep"}
-    assert all(key[0] == "keep" for key in builder.rates._last)  # type: ignore[index]
+    assert list(builder.rates._last) == ["keep"]

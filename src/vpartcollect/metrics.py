@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -221,28 +222,41 @@ class RateTracker:
     MIN_GAP = 0.05
 
     def __init__(self) -> None:
-        self._last: dict[object, tuple[float, float]] = {}
+        # domain -> counter -> (ts, value): nested, so a domain's counters cost no key
+        # tuple each and are forgotten together.
+        self._last: dict[str, dict[str, tuple[float, float]]] = {}
 
-    def rate(self, key: object, ts: float, value: float) -> float | None:
-        """Record ``value`` at ``ts`` for ``key``; return the rate since the previous one."""
-        prev = self._last.get(key)
+    def rate(self, domain: str, what: str, ts: float, value: float) -> float | None:
+        """Record ``value`` at ``ts`` for counter ``what`` of ``domain``; return the rate
+        since the previous one."""
+        counters = self._last.get(domain)
+        if counters is None:
+            counters = self._last[domain] = {}
+        prev = counters.get(what)
         if prev is not None and ts < prev[0] + self.MIN_GAP:
             return None
-        self._last[key] = (ts, value)
+        counters[what] = (ts, value)
         if prev is None or value < prev[1]:
             return None
         return (value - prev[1]) / (ts - prev[0])
 
     def domains(self) -> int:
-        """How many domains have rate state (keys are (uuid, what))."""
-        return len({key[0] if isinstance(key, tuple) else key for key in self._last})
+        """How many domains have rate state."""
+        return len(self._last)
 
     def forget_older_than(self, ts: float) -> int:
-        """Drop state last updated before ``ts`` (domains that went away); return how many."""
-        stale = [k for k, (t, _) in self._last.items() if t < ts]
-        for key in stale:
-            del self._last[key]
-        return len(stale)
+        """Drop the counters last updated before ``ts``, and domains left with none;
+        return how many counters went."""
+        dropped = 0
+        for domain in list(self._last):
+            counters = self._last[domain]
+            stale = [what for what, (t, _) in counters.items() if t < ts]
+            for what in stale:
+                del counters[what]
+            dropped += len(stale)
+            if not counters:
+                del self._last[domain]
+        return dropped
 
 
 class Metric(NamedTuple):
@@ -281,8 +295,12 @@ class MetricBuilder:
         if plan is None:
             if len(self._plans) > 100_000:  # domains come and go; never grow without bound
                 self._plans.clear()
-            steps = [(src.key, self.naming.value_suffix(src), src.counter, src.scale,
-                      src.key == "cpu.time") for src in collectd_sources(stats)]
+            # Interned: thousands of domains share one copy of each key and suffix instead
+            # of keeping the strings of their first frame (most of a plan's memory).
+            key = (uuid, name, label, tuple(sys.intern(k) for k in stats))
+            steps = [(sys.intern(src.key), sys.intern(self.naming.value_suffix(src)),
+                      src.counter, src.scale, src.key == "cpu.time")
+                     for src in collectd_sources(stats)]
             plan = self._plans[key] = (self.naming.domain_prefix(name, uuid, label), steps)
         return plan
 
@@ -307,12 +325,12 @@ class MetricBuilder:
             if scale != 1:
                 value = value * scale
             if is_cpu:
-                util = rate((uuid, "cpu_util"), sampled, value)
+                util = rate(uuid, "cpu_util", sampled, value)
                 if util is not None and ncpus > 0:
                     out.append(Metric(head + "percent-virt_cpu_total",
                                       util * 100 / (ncpus * 1e9), ts, name, uuid, tag, instance))
             if counter and self.store_rates:
-                per_second = rate((uuid, suffix), sampled, value)
+                per_second = rate(uuid, suffix, sampled, value)
                 if per_second is not None:
                     out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
                 continue

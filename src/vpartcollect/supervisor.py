@@ -22,7 +22,7 @@ from typing import Any
 
 from vpartcollect import wire
 from vpartcollect.config import Config, ConfigError
-from vpartcollect.daemon import sd_notify
+from vpartcollect.daemon import release_memory, sd_notify
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.partition import instance_name
 from vpartcollect.sinks.graphite import GraphiteSink
@@ -40,6 +40,7 @@ STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
 # nothing may grow without bound. A domain back after that only misses one rate.
 PRUNE_SECONDS = 60.0
 PRUNE_INTERVALS = 10
+RELEASE_AFTER = 100  # domains forgotten at once before freed memory is handed back
 
 
 @dataclass
@@ -214,6 +215,8 @@ class Supervisor:
         if gone:
             log.info("forgot %d domain(s) not sampled for %.0f s; tracking %d", len(gone),
                      time.time() - before, self.tracked())
+        if len(gone) >= RELEASE_AFTER:
+            release_memory()
 
     def tracked(self) -> int:
         """Domains held in the largest per-domain table (self-metric tracked_domains)."""
