@@ -190,7 +190,7 @@ def test_random_worker_frames_are_handled_or_refused(tmp_path: Path) -> None:
     def emit(metrics: Sequence[Metric]) -> None:  # what the sinks would write, formatted
         lines.extend(format_line(m.path, m.value, m.ts) for m in metrics)
 
-    sup.emit = emit  # type: ignore[method-assign]
+    sup.publisher.emit = emit  # type: ignore[method-assign]
     refused = handled = 0
     for case in range(CASES):
         slot = sup.slots[case % 2]

@@ -10,7 +10,7 @@ from vpartcollect.metrics import (
     MetricBuilder,
     Naming,
     RateTracker,
-    collectd_values,
+    collectd_sources,
     escape_part,
     format_line,
     format_number,
@@ -129,9 +129,8 @@ def test_naming_options() -> None:
     assert meta.domain_prefix("vm1", "u", None) == "vm1.virt."  # no such metadata: the name
 
 
-def test_collectd_values_ignore_missing_and_non_numeric() -> None:
-    vals = collectd_values({"cpu.time": "oops", "block.count": 1, "block.0.name": "vda"})
-    assert vals == []
+def test_sources_ignore_missing_and_non_numeric() -> None:
+    assert collectd_sources({"cpu.time": "oops", "block.count": 1, "block.0.name": "vda"}) == []
 
 
 @pytest.mark.parametrize(("value", "text"), [(5, "5"), (5.0, "5"), (0.1, "0.1"),

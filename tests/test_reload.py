@@ -1,4 +1,4 @@
-"""SIGHUP: what a reload keeps (queued Graphite lines) and what it applies (every key)."""
+"""SIGHUP applies every key to a running collector (what it keeps: tests/test_publisher.py)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,6 @@ from pathlib import Path
 
 from conftest import cli_popen, no_traceback, parse_lines
 from nodes import domain_xml, write_node
-
-from vpartcollect.config import build
-from vpartcollect.metrics import Metric
-from vpartcollect.supervisor import Supervisor
-
-
-def test_reload_keeps_queued_graphite_lines_when_bounds_change() -> None:
-    cfg = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 1000})  # nobody listens
-    sup = Supervisor(cfg)
-    sink = sup.graphite[0]
-    sink.write([Metric(f"a.m{i}", float(i), 1700000000 + i) for i in range(500)])
-    bigger = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 5000,
-                    "graphite_resend_seconds": 60})
-    sup._reopen_outputs(cfg, bigger)
-    assert sup.graphite == [sink] and sink.buffered == 500 and sink.dropped == 0
-    assert (sink.max_lines, sink.resend_seconds) == (5000, 60)
-    smaller = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 200})
-    sup._reopen_outputs(bigger, smaller)
-    assert sink.buffered == 200 and sink.dropped == 300  # the oldest, counted
-    sup._reopen_outputs(smaller, build({"graphite": ["127.0.0.1:10"]}))
-    assert sup.graphite[0] is not sink  # a destination that is gone is closed
 
 
 def test_reload_applies_hostname_format(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_garbage_on_a_worker_pipe_kills_that_worker(
 
 def test_every_per_domain_table_is_pruned() -> None:
     sup = Supervisor(build({"connect": DEMO_URI, "instances": 2, "stdout": False}))
-    sup.emit = lambda metrics: None  # type: ignore[method-assign]
+    sup.publisher.emit = lambda metrics: None  # type: ignore[method-assign]
     for i in range(1000):
         slot = sup.slots[i % 2]
         slot.current = wire.Tick(1000.0)
@@ -87,10 +87,11 @@ def test_every_per_domain_table_is_pruned() -> None:
                              "block.0.rd.bytes": i}
         sup.handle(slot, wire.Results(1000.0, 1000.0, [
             wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats)]))
-        slot.suspects.add(f"u{i}")
+        sup.roster.suspect(i % 2, [f"u{i}"])
     assert sup.tracked() == 1000
     sup.handle(sup.slots[0], wire.Results(1100.0, 1100.0, [
         wire.DomainSample("u0", "vm0", None, False, {"state.state": 1})]))
     sup._prune(1050.0)
     assert sup.tracked() == 1  # u0 was sampled again; the 999 others are gone everywhere
-    assert sup.tags.keys() == {"u0"} and sum(len(s.names) for s in sup.slots) == 1
+    assert sup.roster.tags.keys() == {"u0"} and sup.roster.names.keys() == {"u0"}
+    assert sup.roster.suspects_of(0) == [] and sup.roster.suspects_of(1) == []

@@ -11,13 +11,10 @@ filesystem is not).
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
-
+from vpartcollect import safexml
 from vpartcollect.partition import instance_name
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "glusterfs", "fuse.glusterfs", "ceph",
@@ -77,8 +74,8 @@ def _block_backend(dev: str) -> str | None:
 def storage_backends(domain_xml: str, mounts: Sequence[Mount]) -> set[str]:
     """The network storage backends a domain's disks use (empty: local storage only)."""
     try:
-        root = SafeET.fromstring(domain_xml, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException):
+        root = safexml.parse(domain_xml)
+    except safexml.XMLRefused:
         return set()
     keys: set[str] = set()
     for disk in root.iterfind("./devices/disk"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vpartcollect.metrics import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
+from vpartcollect.partition import Assignment, assign
 
 MAX_INSTANCES = 64
 # Upper bounds: beyond them a value is a typo, and some would overflow a timer or a loop.
@@ -90,6 +91,11 @@ class Config:
         if self.include and not any(re.search(p, domain) for p in self.include):
             return False
         return not any(re.search(p, domain) for p in self.exclude)
+
+    def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
+        """Which instance samples this domain, and why (None: include/exclude leave it
+        out). The one rule the workers and ``plan`` share."""
+        return assign(tag, self.instances) if self.wants(name) else None
 
 
 _KEYS = {f.name for f in fields(Config)}

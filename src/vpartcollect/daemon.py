@@ -7,9 +7,11 @@ import ctypes
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -25,6 +27,46 @@ class OneLineFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return printable(super().formatMessage(record))
+
+
+class SignalPipe:
+    """Signals turned into something a selector loop can wait on.
+
+    The handler only notes the signal (and calls ``urgent``, which must be safe in a
+    handler); the loop wakes on the pipe and acts on ``pending()`` outside it.
+    """
+
+    def __init__(self, signals: Sequence[int],
+                 urgent: Callable[[int], None] = lambda _s: None) -> None:
+        self._noted: list[int] = []
+        self._urgent = urgent
+        self.fd, self._w = os.pipe()
+        for fd in (self.fd, self._w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._w)
+        for sig in signals:
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self._noted.append(signum)
+        self._urgent(signum)
+
+    def drain(self) -> None:
+        """Empty the pipe (its bytes only wake the loop)."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def pending(self) -> list[int]:
+        """The signals noted since the last look, oldest first."""
+        noted, self._noted = self._noted, []
+        return noted
+
+    def close(self) -> None:
+        """Stop writing to the pipe on signals."""
+        signal.set_wakeup_fd(-1)
 
 
 def release_memory() -> None:

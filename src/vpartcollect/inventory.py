@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import defusedxml.ElementTree as SafeET
 import libvirt
-from defusedxml import DefusedXmlException
 
+from vpartcollect import safexml
 from vpartcollect.partition import TAG_NS, TagError, is_valid_tag, parse_tag
 
 log = logging.getLogger(__name__)
@@ -72,9 +70,8 @@ def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:
 def read_label(dom: Any, ns: str, path: str) -> str | None:
     """Text at ``path`` in the domain's metadata element of namespace ``ns``, if any."""
     try:
-        root = SafeET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ns),
-                                 forbid_dtd=True)
-    except (libvirt.libvirtError, ET.ParseError, DefusedXmlException):
+        root = safexml.parse(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ns))
+    except (libvirt.libvirtError, safexml.XMLRefused):
         return None
     node = root if path in ("", ".") else root.find(path)
     text = "".join(node.itertext()).strip() if node is not None else ""
@@ -95,8 +92,8 @@ def _warn_once(warned: set[str], key: str, fmt: str, *args: object) -> None:
 def parse_devices(xml: str) -> tuple[list[tuple[str, str]], list[str]]:
     """Disk (target, source) pairs and interface target names from a domain's XML."""
     try:
-        root = SafeET.fromstring(xml, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException):
+        root = safexml.parse(xml)
+    except safexml.XMLRefused:
         return [], []
     disks = []
     for disk in root.iterfind("./devices/disk"):

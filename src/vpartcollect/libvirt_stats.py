@@ -19,7 +19,7 @@ import libvirt
 
 from vpartcollect.datastores import is_file_image
 from vpartcollect.inventory import Domain
-from vpartcollect.wire import Stats
+from vpartcollect.samples import Stats
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vpartcollect.wire import DomainSample, Stats, StatValue
+from vpartcollect.samples import DomainSample, Stats, StatValue
 
 PLUGIN = "virt"
 
@@ -43,17 +43,6 @@ class Source:
     ds: str | None  # None: single-source type, the path has no ds suffix
     counter: bool  # DERIVE in collectd's types.db: sent as a rate when store_rates is on
     scale: float = 1
-
-
-@dataclass(frozen=True)
-class Value:
-    """One collectd data source value of one domain."""
-
-    type: str
-    type_instance: str
-    ds: str | None
-    value: float
-    counter: bool
 
 
 # bulk-stats suffix -> (collectd type, ds, counter)
@@ -150,12 +139,6 @@ def collectd_sources(stats: Stats) -> list[Source]:
     return out
 
 
-def collectd_values(stats: Stats) -> list[Value]:
-    """Map one domain's raw stats to collectd's virt values."""
-    return [Value(s.type, s.type_instance, s.ds, float(stats[s.key]) * s.scale, s.counter)
-            for s in collectd_sources(stats)]
-
-
 @dataclass(frozen=True)
 class Naming:
     """How paths are built; defaults are collectd's virt + write_graphite defaults."""
@@ -184,7 +167,7 @@ class Naming:
             plugin = f"{PLUGIN}-{escape_part(inst, self.escape)}"
         return f"{self.prefix}{host}{self.postfix}.{plugin}."
 
-    def value_suffix(self, value: Value | Source) -> str:
+    def value_suffix(self, value: Source) -> str:
         """``<type>[-<type_instance>][.<ds>]`` with the instance escaped."""
         name = value.type
         if value.type_instance:

@@ -9,11 +9,9 @@ range. The tag is the stripped text of ``{TAG_NS}tag`` in the domain's
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
+from vpartcollect import safexml
 
 TAG_NS = "http://ovirt.org/ovirtmap/tag/1.0"
 TAG_PREFIX = "ovirtmap"
@@ -57,8 +55,8 @@ def parse_tag(xml: str | None) -> str | None:
     if xml is None or not xml.strip():
         return None
     try:
-        root = SafeET.fromstring(xml, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException) as exc:
+        root = safexml.parse(xml)
+    except safexml.XMLRefused as exc:
         raise TagError(f"unreadable tag metadata: {exc}") from None
     node = root if root.tag in (_TAG_ELEMENT, "tag") else root.find(f".//{_TAG_ELEMENT}")
     if node is None:

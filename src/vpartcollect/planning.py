@@ -11,7 +11,6 @@ from vpartcollect.config import Config
 from vpartcollect.daemon import printable
 from vpartcollect.inventory import Inventory
 from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
-from vpartcollect.partition import assign
 from vpartcollect.preflight import PreflightError
 
 REASON_EXCLUDED = "excluded by include/exclude"
@@ -36,11 +35,11 @@ def rows_for(domains: list[tuple[str, str, str | None]], cfg: Config) -> list[Pl
     """Plan rows for (name, uuid, tag) triples: pure, so the rule is tested without libvirt."""
     rows = []
     for name, uuid, tag in domains:
-        if not cfg.wants(name):
+        owner = cfg.sampled_by(name, tag)
+        if owner is None:
             rows.append(PlanRow(name, uuid, tag, None, REASON_EXCLUDED))
-            continue
-        owner = assign(tag, cfg.instances)
-        rows.append(PlanRow(name, uuid, tag, owner.instance, owner.reason))
+        else:
+            rows.append(PlanRow(name, uuid, tag, owner.instance, owner.reason))
     return rows
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from vpartcollect.backoff import backoff
+
 # Measured: bulk NOWAIT stats cost 6-7 ms per QEMU domain here; allow ~8x that so a
 # large healthy chunk on a loaded host is never mistaken for a hung one.
 PER_DOMAIN_SECONDS = 0.05
@@ -33,7 +35,7 @@ def respawn_delay(failures: int) -> float:
     """Backoff before respawning a worker that died ``failures`` times in a row, unhung."""
     if failures <= 1:
         return 0.0
-    return min(RESPAWN_MAX, RESPAWN_MIN * float(2 ** (failures - 2)))
+    return backoff(failures - 2, RESPAWN_MIN, RESPAWN_MAX)
 
 
 def backlog_limit(interval: float, timeout: float, chunk_size: int) -> int:

@@ -13,13 +13,27 @@ from typing import Any
 
 import msgpack
 
+from vpartcollect.samples import DomainSample, Stats
+
+__all__ = [
+    "Busy",
+    "DomainSample",
+    "Done",
+    "FrameDecoder",
+    "Hello",
+    "Idle",
+    "Message",
+    "Results",
+    "Stats",
+    "Tick",
+    "WireError",
+    "decode",
+    "encode",
+]
+
 # A frame larger than this is a broken or hostile worker, not a big partition:
 # a 64-domain chunk of full QEMU stats packs to well under 1 MiB.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
-
-StatValue = int | float | str
-Stats = dict[str, StatValue]
-
 
 class WireError(ValueError):
     """Bytes on a pipe that are not a valid message."""
@@ -50,18 +64,6 @@ class Idle:
     """The worker left a blocking call without a result (e.g. connect failed)."""
 
     why: str
-
-
-@dataclass(frozen=True)
-class DomainSample:
-    """One domain's raw statistics for one tick, keyed like virConnectGetAllDomainStats."""
-
-    uuid: str
-    name: str
-    tag: str | None
-    unresponsive: bool
-    stats: Stats
-    label: str | None = None  # the metadata value a hostname_format may name
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import libvirt
 
 from vpartcollect import wire
 from vpartcollect.autotag import Mount, read_mounts
+from vpartcollect.backoff import backoff
 from vpartcollect.config import Config
 from vpartcollect.daemon import OneLineFormatter
 from vpartcollect.datastores import Probes, datastores
@@ -35,7 +36,7 @@ from vpartcollect.libvirt_stats import (
     probe_bulk_groups,
     quiet_libvirt,
 )
-from vpartcollect.partition import assign, instance_name
+from vpartcollect.partition import instance_name
 from vpartcollect.qemu_proc import QemuProcesses
 from vpartcollect.triage import Route, route
 from vpartcollect.watchdog import call_deadline
@@ -109,9 +110,7 @@ class Worker:
     def next_tick(self) -> wire.Tick | None:
         """Block until the supervisor sends a tick; None when it closed the pipe."""
         while True:
-            for msg in self.decoder.feed(b""):
-                if isinstance(msg, wire.Tick):
-                    return msg
+            # The supervisor sends a tick only to an idle worker: one at a time.
             data = os.read(self.ctl_fd, 65536)
             if not data:
                 return None
@@ -122,7 +121,7 @@ class Worker:
     # -- libvirt --------------------------------------------------------
     def connect(self) -> None:
         """Open a read-only connection, retrying with capped backoff; announce each try."""
-        delay = RECONNECT_MIN
+        failures = 0
         last_error = ""
         while True:
             self.send(wire.Busy("connect", []))
@@ -137,8 +136,8 @@ class Worker:
                                 self.cfg.connect, message, RECONNECT_MAX)
                     last_error = message
                 self.send(wire.Idle("connect failed"))
-                time.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
+                time.sleep(backoff(failures, RECONNECT_MIN, RECONNECT_MAX))
+                failures += 1
         if last_error:
             log.warning("connected to %s again", self.cfg.connect)
         self.conn = conn
@@ -198,8 +197,8 @@ class Worker:
         return [d for d in domains if self._owns(d) and d.uuid not in skip]
 
     def _owns(self, dom: Domain) -> bool:
-        return (assign(dom.tag, self.cfg.instances).instance == self.index
-                and self.cfg.wants(dom.name))
+        owner = self.cfg.sampled_by(dom.name, dom.tag)
+        return owner is not None and owner.instance == self.index
 
     def _stores(self, dom: Domain) -> dict[str, list[str]]:
         if dom.disks is None:

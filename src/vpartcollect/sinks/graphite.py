@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
 from vpartcollect.metrics import Metric, format_line
 from vpartcollect.resolve import Address, Lookup, numeric
@@ -57,7 +58,7 @@ class GraphiteSink:
         self.addresses: list[Address] = []  # addresses still to try in this attempt
         self.attempt_until = 0.0  # when the connect in progress is given up
         self.next_attempt = 0.0
-        self.backoff = BACKOFF_MIN
+        self.failures = 0  # connection attempts failed in a row
         self.dropped = 0
         self._episode_dropped = 0
         self._down_logged = False
@@ -224,7 +225,7 @@ class GraphiteSink:
 
     def _connected(self) -> None:
         self.connecting = False
-        self.backoff = BACKOFF_MIN
+        self.failures = 0
         if self._down_logged:
             log.warning("%s: connected again", self)
             self._down_logged = False
@@ -309,5 +310,5 @@ class GraphiteSink:
         self.queue.extendleft(reversed(self.inflight))
         self.inflight.clear()
         self.out = b""
-        self.next_attempt = self.clock() + self.backoff
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        self.next_attempt = self.clock() + backoff(self.failures, BACKOFF_MIN, BACKOFF_MAX)
+        self.failures += 1

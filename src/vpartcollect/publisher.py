@@ -1,0 +1,166 @@
+"""The data path: what workers sampled in, metrics (names, rates) out to stdout and Graphite.
+
+The supervisor (the control plane) hands over samples, a finished tick's
+counters and the start of each tick; the publisher owns the MetricBuilder, whose
+rate state outlives any worker, the sinks and their selector registrations. It
+never forks and never waits on Graphite; only stdout is written blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from vpartcollect import wire
+from vpartcollect.config import Config
+from vpartcollect.metrics import Metric, MetricBuilder
+from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
+
+__all__ = ["OutputClosed", "Publisher"]
+
+OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Builds metrics from samples and writes them to every output."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates)
+        self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
+        self.graphite = [GraphiteSink(ep, cfg.graphite_buffer, cfg.graphite_resend_seconds)
+                         for ep in cfg.graphite]
+        self.flush_timeout = cfg.flush_timeout
+        self._registered: dict[int, tuple[Any, int] | None] = {}
+
+    # -- samples in -------------------------------------------------------
+    def samples(self, instance: int, msg: wire.Results, ncpus: int,
+                silent: bool = False) -> None:
+        """Metrics of one Results frame; ``silent`` only primes the rates (--once)."""
+        out: list[Metric] = []
+        for d in msg.domains:
+            out += self.builder.domain_metrics(instance, msg.tick, msg.sampled, d, ncpus)
+        if not silent:
+            self.emit(out)
+
+    def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
+        """The collector's own metrics of one instance for a finished tick."""
+        naming = self.builder.naming
+        self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
+                   for k, v in values.items()])
+
+    def new_tick(self, ts: float, tracked: int) -> None:
+        """A tick begins: the collector-wide metrics (``tracked`` per-domain entries)."""
+        naming = self.builder.naming
+        out = [Metric(naming.self_path(None, "tracked_domains"), tracked, ts)]
+        if self.graphite:
+            out += [Metric(naming.self_path(None, "graphite_dropped"),
+                           sum(g.dropped for g in self.graphite), ts),
+                    Metric(naming.self_path(None, "graphite_buffered"),
+                           sum(g.buffered for g in self.graphite), ts)]
+        self.emit(out)
+
+    def forget_older_than(self, ts: float) -> set[str]:
+        """Drop the state of domains not sampled since ``ts``; return their uuids."""
+        return self.builder.forget_older_than(ts)
+
+    def tracked(self) -> int:
+        """Domains held in the largest of the publisher's per-domain tables."""
+        return self.builder.tracked()
+
+    def emit(self, metrics: Sequence[Metric]) -> None:
+        """Hand a batch to every output (stdout may raise OutputClosed)."""
+        if not metrics:
+            return
+        for sink in self.graphite:
+            sink.write(metrics)
+        if self.stdout is not None:
+            self.stdout.write(metrics)
+
+    # -- the supervisor's loop --------------------------------------------
+    def next_wakeup(self) -> float | None:
+        """Monotonic time the outputs next need the loop (a reconnect, a time limit)."""
+        return min((w for g in self.graphite if (w := g.next_wakeup()) is not None),
+                   default=None)
+
+    def register(self, selector: selectors.BaseSelector) -> None:
+        """Before every wait: let disconnected destinations try again, and register what
+        each wants to wait for (its socket or its name lookup) with ``selector``."""
+        for sink in self.graphite:
+            sink.poll()
+            want = sink.interest()
+            had = self._registered.get(id(sink))
+            if had is not None and (want is None or had[0] != want[0]):
+                selector.unregister(had[0])
+                had = None
+            if want is not None:
+                if had is None:
+                    selector.register(want[0], want[1], ("graphite", sink))
+                elif had[1] != want[1]:
+                    selector.modify(want[0], want[1], ("graphite", sink))
+            self._registered[id(sink)] = want
+
+    @staticmethod
+    def on_ready(sink: GraphiteSink, mask: int) -> None:
+        """A destination's socket (or lookup) is ready."""
+        sink.on_ready(mask)
+
+    def unregister(self, selector: selectors.BaseSelector, sink: GraphiteSink) -> None:
+        """Take one destination out of ``selector``."""
+        had = self._registered.pop(id(sink), None)
+        if had is not None:
+            selector.unregister(had[0])
+
+    # -- reload and exit ----------------------------------------------------
+    def reconfigure(self, old: Config, new: Config, selector: selectors.BaseSelector) -> None:
+        """SIGHUP: naming and rates settings; reopen changed outputs. An unchanged Graphite
+        destination keeps its connection and what it has queued."""
+        self.builder.naming, self.builder.store_rates = new.naming(), new.store_rates
+        self.flush_timeout = new.flush_timeout
+        if (new.use_stdout, new.format) != (old.use_stdout, old.format):
+            self.stdout = StdoutSink(new.format) if new.use_stdout else None
+        keep = {sink.endpoint: sink for sink in self.graphite}
+        for sink in self.graphite:
+            if sink.endpoint in new.graphite:
+                sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
+            else:
+                self.unregister(selector, sink)
+                if sink.buffered:
+                    log.warning("SIGHUP: %s removed with %d lines not sent", sink,
+                                sink.buffered)
+                sink.close()
+        self.graphite = [keep.get(ep) or GraphiteSink(ep, new.graphite_buffer,
+                                                      new.graphite_resend_seconds)
+                         for ep in new.graphite]
+
+    def stop_writes(self) -> None:
+        """A stop was asked: a stdout write in progress finishes if read, but not forever."""
+        if self.stdout is not None:
+            self.stdout.stopping = True
+
+    def drop_stdout(self) -> None:
+        """Nobody reads stdout any more."""
+        self.stdout = None
+
+    def finish(self, selector: selectors.BaseSelector) -> None:
+        """At exit: send what Graphite destinations hold, for ``flush_timeout`` at most,
+        and wait for each to confirm; then close them."""
+        limit = time.monotonic() + self.flush_timeout
+        while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
+            self.register(selector)
+            for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
+                kind, obj = key.data
+                if kind == "graphite":
+                    obj.on_ready(mask)
+        for sink in self.graphite:
+            if sink.buffered:
+                log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
+            elif not sink.finish(limit):
+                log.warning("%s: did not confirm the last lines before exit", sink)
+            self.unregister(selector, sink)
+            sink.close()

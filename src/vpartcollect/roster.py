@@ -1,0 +1,64 @@
+"""What the supervisor knows of each domain between ticks, and forgets with it.
+
+Names (for log lines), tags and labels (handed to a new worker so it need not
+read every domain's metadata again) and suspects (domains whose call hung and
+that have not been seen healthy since; sent with each tick so the worker checks
+their monitor). Everything here is pruned together with the rate state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vpartcollect.samples import DomainSample
+
+Seed = dict[str, tuple[str | None, str | None]]  # uuid -> (tag, label)
+
+
+class Roster:
+    """Per-domain knowledge of the supervisor, keyed by uuid."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.tags: Seed = {}
+        self.suspects: dict[int, set[str]] = {}  # instance -> its suspects
+
+    def seen(self, instance: int, sample: DomainSample) -> None:
+        """A worker delivered this domain's sample."""
+        self.names[sample.uuid] = sample.name
+        self.tags[sample.uuid] = (sample.tag, sample.label)
+        if not sample.unresponsive:
+            self.suspects.get(instance, set()).discard(sample.uuid)
+
+    def suspect(self, instance: int, uuids: Iterable[str]) -> None:
+        """These domains were in a call that hung."""
+        self.suspects.setdefault(instance, set()).update(uuids)
+
+    def suspects_of(self, instance: int) -> list[str]:
+        """The suspects of one instance, sorted (as a tick carries them)."""
+        return sorted(self.suspects.get(instance, ()))
+
+    def name(self, uuid: str) -> str:
+        """The domain's name if known, else its uuid."""
+        return self.names.get(uuid, uuid)
+
+    def seed(self) -> Seed:
+        """What a new worker starts from."""
+        return self.tags
+
+    def forget_tags(self) -> None:
+        """The tags were read under settings that changed (a reload)."""
+        self.tags = {}
+
+    def forget(self, gone: set[str]) -> None:
+        """Domains not sampled for long: drop them everywhere."""
+        for table in (self.names, self.tags):
+            for uuid in gone & table.keys():
+                del table[uuid]
+        for suspects in self.suspects.values():
+            suspects -= gone
+
+    def size(self) -> int:
+        """Domains held in the largest table."""
+        return max(len(self.names), len(self.tags),
+                   sum(len(s) for s in self.suspects.values()))

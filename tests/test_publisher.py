@@ -1,0 +1,97 @@
+"""The data path without any fork: samples in, lines out; reload and exit of the outputs."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+import pytest
+
+from vpartcollect import wire
+from vpartcollect.config import build
+from vpartcollect.metrics import Metric
+from vpartcollect.publisher import Publisher
+
+STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
+                     "block.0.rd.bytes": 0, "balloon.current": 1024}
+
+
+def results(tick: float, cpu: int, rd: int) -> wire.Results:
+    stats = {**STATS, "cpu.time": cpu, "block.0.rd.bytes": rd}
+    return wire.Results(tick, tick, [wire.DomainSample("u1", "vm1", "virt-0", False, stats)])
+
+
+def test_samples_become_lines_with_rates_from_the_second(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    pub = Publisher(build({"hostname": "h"}))
+    pub.samples(0, results(100.0, 0, 0), ncpus=2)
+    first = capfd.readouterr().out
+    assert "vm1.virt.memory-total 1048576 100\n" in first
+    assert "disk_octets" not in first  # a counter's first sample gives no rate
+    pub.samples(0, results(102.0, 2 * 10**9, 4096), ncpus=2)
+    second = capfd.readouterr().out
+    assert "vm1.virt.disk_octets-vda.read 2048 102\n" in second
+    assert "vm1.virt.virt_cpu_total 1000000000 102\n" in second
+    assert "vm1.virt.percent-virt_cpu_total 50 102\n" in second
+
+
+def test_silent_samples_prime_rates_and_write_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    pub = Publisher(build({"hostname": "h"}))
+    pub.samples(0, results(100.0, 0, 0), ncpus=1, silent=True)
+    assert capfd.readouterr().out == ""
+    pub.samples(0, results(101.0, 0, 100), ncpus=1)
+    assert "vm1.virt.disk_octets-vda.read 100 101\n" in capfd.readouterr().out
+
+
+def test_own_metrics_and_forgetting(capfd: pytest.CaptureFixture[str]) -> None:
+    pub = Publisher(build({"hostname": "h"}))
+    pub.samples(1, results(100.0, 0, 0), ncpus=1)
+    pub.instance_done(1, 100.0, {"domains": 1, "blocked_calls": 0})
+    pub.new_tick(101.0, pub.tracked())
+    out = capfd.readouterr().out
+    assert "h.vpartcollect-virt-1.domains 1 100\n" in out
+    assert "h.vpartcollect.tracked_domains 1 101\n" in out
+    assert pub.forget_older_than(200.0) == {"u1"} and pub.tracked() == 0
+
+
+def test_reload_keeps_queued_graphite_lines_when_bounds_change() -> None:
+    cfg = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 1000})  # nobody listens
+    pub, sel = Publisher(cfg), selectors.DefaultSelector()
+    sink = pub.graphite[0]
+    sink.write([Metric(f"a.m{i}", float(i), 1700000000 + i) for i in range(500)])
+    bigger = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 5000,
+                    "graphite_resend_seconds": 60})
+    pub.reconfigure(cfg, bigger, sel)
+    assert pub.graphite == [sink] and sink.buffered == 500 and sink.dropped == 0
+    assert (sink.max_lines, sink.resend_seconds) == (5000, 60)
+    smaller = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 200})
+    pub.reconfigure(bigger, smaller, sel)
+    assert sink.buffered == 200 and sink.dropped == 300  # the oldest, counted
+    pub.reconfigure(smaller, build({"graphite": ["127.0.0.1:10"]}), sel)
+    assert pub.graphite[0] is not sink  # a destination that is gone is closed
+
+
+def test_finish_sends_everything_then_closes() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    got = bytearray()
+
+    def receive() -> None:  # a plain reader standing in for carbon: it only reads
+        conn, _ = server.accept()
+        while chunk := conn.recv(65536):
+            got.extend(chunk)
+        conn.close()
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    pub = Publisher(build({"graphite": [f"127.0.0.1:{port}"], "stdout": False,
+                           "flush_timeout": 5}))
+    pub.emit([Metric(f"a.m{i}", float(i), 1700000000) for i in range(1000)])
+    pub.finish(selectors.DefaultSelector())
+    reader.join(5)
+    server.close()
+    lines = bytes(got).decode().splitlines()
+    assert len(lines) == 1000 and lines[-1] == "a.m999 999 1700000000"
+    assert pub.graphite[0].sock is None
+
