@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 from harness import PrivateLibvirtd
 
 DEMO_NODE = Path(__file__).parent.parent / "src" / "vpartcollect" / "data" / "demo-node.xml"
 DEMO_URI = f"test://{DEMO_NODE.resolve()}"
+T = TypeVar("T")
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -32,6 +35,28 @@ def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
     return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
                             stdout=stdout, stderr=stderr, start_new_session=True,
                             env={**os.environ, **(env or {})})
+
+
+def run_during(args: Sequence[str], during: Callable[[subprocess.Popen[str]], T],
+               ) -> tuple[list[tuple[str, float, float]], str, T]:
+    """Run ``vpartcollect ARGS``; call ``during(proc)`` while it runs, then SIGTERM it.
+
+    Returns its stdout as Graphite lines, its stderr (checked: no traceback, exit 0)
+    and what ``during`` returned.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = cli_popen(*args, stdout=out, stderr=err)
+        try:
+            result = during(proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        lines, stderr = parse_lines(out.read()), err.read()
+    no_traceback(stderr)
+    assert proc.returncode == 0, stderr  # a stop is a clean exit
+    return lines, stderr, result
 
 
 def parse_lines(text: str) -> list[tuple[str, float, float]]:

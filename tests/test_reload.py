@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import signal
-import tempfile
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import cli_popen, no_traceback, parse_lines
+from conftest import run_during
 from nodes import domain_xml, write_node
 
 
@@ -16,21 +16,14 @@ def test_reload_applies_hostname_format(tmp_path: Path) -> None:
         domain_xml("vm-1", 1, metadata='<app:i xmlns:app="urn:app"><host>web.01</host></app:i>')])
     conf = tmp_path / "c.toml"
     conf.write_text(f'connect = "{uri}"\ninterval = 0.5\n')
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = cli_popen("run", "-c", str(conf), stdout=out, stderr=err)
-        try:
-            time.sleep(2.5)
-            conf.write_text(f'connect = "{uri}"\ninterval = 0.5\nhostname_format = ["metadata"]\n'
-                            'hostname_metadata_ns = "urn:app"\nhostname_metadata_path = "host"\n')
-            proc.send_signal(signal.SIGHUP)
-            time.sleep(3)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
-        out.seek(0)
-        err.seek(0)
-        lines, stderr = parse_lines(out.read()), err.read()
-    assert proc.returncode == 0, stderr
-    no_traceback(stderr)
+
+    def reload(proc: subprocess.Popen[str]) -> None:
+        time.sleep(2.5)
+        conf.write_text(f'connect = "{uri}"\ninterval = 0.5\nhostname_format = ["metadata"]\n'
+                        'hostname_metadata_ns = "urn:app"\nhostname_metadata_path = "host"\n')
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(3)
+
+    lines, _stderr, _ = run_during(["run", "-c", str(conf)], reload)
     hosts = [p.split(".")[0] for p, _, _ in lines if ".virt." in p]
     assert hosts[0] == "vm-1" and hosts[-1] == "web_01"

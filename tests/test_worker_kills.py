@@ -6,13 +6,13 @@ import os
 import random
 import re
 import signal
-import tempfile
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines
+from conftest import DEMO_URI, run_during
 from harness import PrivateLibvirtd
 
 KILL_EVERY = 2.0
@@ -34,28 +34,23 @@ def kill_workers(uri: str) -> tuple[int, dict[str, int], int, str]:
     Returns (kills, ticks seen per domain during the killing, ticks in that window, stderr).
     """
     rng = random.Random(7)
-    kills = 0
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = cli_popen("run", "--connect", uri, "--instances", "4", "--interval", "1",
-                         stdout=out, stderr=err)
-        try:
-            time.sleep(3)
-            first = time.time()
-            while time.time() - first < KILLING:
-                workers = children(proc.pid)
-                if workers:
-                    os.kill(rng.choice(workers), signal.SIGKILL)
-                    kills += 1
-                time.sleep(KILL_EVERY)
-            last = time.time()
-            time.sleep(3)  # let the last replay land
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        out.seek(0)
-        err.seek(0)
-        lines, stderr = parse_lines(out.read()), err.read()
-    no_traceback(stderr)
+
+    def kill(proc: subprocess.Popen[str]) -> tuple[int, float, float]:
+        kills = 0
+        time.sleep(3)
+        first = time.time()
+        while time.time() - first < KILLING:
+            workers = children(proc.pid)
+            if workers:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                kills += 1
+            time.sleep(KILL_EVERY)
+        last = time.time()
+        time.sleep(3)  # let the last replay land
+        return kills, first, last
+
+    lines, stderr, (kills, first, last) = run_during(
+        ["run", "--connect", uri, "--instances", "4", "--interval", "1"], kill)
     ticks = range(int(first) + 1, int(last))
     seen: dict[str, set[int]] = defaultdict(set)
     for path, _value, ts in lines:
