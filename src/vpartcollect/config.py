@@ -92,6 +92,12 @@ class Config:
             return False
         return not any(re.search(p, domain) for p in self.exclude)
 
+    def worker_settings(self) -> tuple[object, ...]:
+        """What a worker is forked with: a reload that changes it replaces the workers."""
+        return (self.connect, self.instances, self.refresh_interval, self.call_timeout,
+                self.chunk_size, self.include, self.exclude, self.log_level,
+                self.hostname_format, self.hostname_metadata_ns, self.hostname_metadata_path)
+
     def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
         """Which instance samples this domain, and why (None: include/exclude leave it
         out). The one rule the workers and ``plan`` share."""

@@ -6,14 +6,21 @@ Plus the small process helpers the supervisor needs around a fork.
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import selectors
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from vpartcollect import wire
 from vpartcollect.partition import instance_name
+from vpartcollect.watchdog import respawn_delay
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,7 +52,91 @@ class Slot:
 
     @property
     def name(self) -> str:
+        """``virt-N``."""
         return instance_name(self.index)
+
+    # -- the process --------------------------------------------------------
+    def start(self, child: Callable[[int, int], NoReturn],
+              selector: selectors.BaseSelector) -> None:
+        """Fork a worker with a control pipe (to it) and a result pipe (from it); the
+        child runs ``child(ctl_r, out_w)``."""
+        ctl_r, ctl_w = os.pipe()
+        out_r, out_w = os.pipe()
+        # Objects the child inherits stay shared: the child's GC must not touch (and so
+        # copy) every page of them.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            keep_only_fds({ctl_r, out_w})
+            child(ctl_r, out_w)
+        os.close(ctl_r)
+        os.close(out_w)
+        os.set_blocking(out_r, False)
+        self.pid, self.ctl, self.out = pid, ctl_w, out_r
+        self.decoder = wire.FrameDecoder()
+        self.ready, self.respawn_now, self.busy, self.deadline = False, False, None, None
+        if self.spawned:
+            log.info("%s: worker respawned as pid %d", self.name, pid)
+        self.spawned += 1
+        selector.register(out_r, selectors.EVENT_READ, ("worker", self))
+
+    def read(self, selector: selectors.BaseSelector) -> list[wire.Message]:
+        """The messages in what the worker wrote; on bytes that are not frames, the
+        worker is killed (with backoff: it misbehaves, it did not hang)."""
+        try:
+            data = os.read(self.out, 1 << 20)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.close_out(selector)  # it exited; reaping does the rest
+            return []
+        try:
+            return self.decoder.feed(data)
+        except wire.WireError as exc:
+            log.error("%s: worker pid %d sent a bad frame (%s); killing it", self.name,
+                      self.pid, exc)
+            self.kill(hung=False)
+            return []
+
+    def kill(self, hung: bool) -> None:
+        """SIGKILL the worker; only a hang earns an immediate respawn."""
+        self.respawn_now, self.deadline = hung, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def close_out(self, selector: selectors.BaseSelector) -> None:
+        """Close the pipe the worker writes its results to."""
+        if self.out >= 0:
+            selector.unregister(self.out)
+            os.close(self.out)
+            self.out = -1
+
+    def exited(self, status: int, stopping: bool, now: float) -> None:
+        """The worker is gone: requeue what it did not deliver, schedule its successor."""
+        if self.ctl >= 0:
+            os.close(self.ctl)
+        self.pid, self.ctl, self.ready, self.deadline = 0, -1, False, None
+        if self.current is not None:
+            # Sample what it did not deliver; NOWAIT makes the hung domain answer at once.
+            self.pending.appendleft(wire.Tick(self.current.ts, sorted(self.delivered)))
+            self.current = None
+        if stopping:
+            return
+        if self.respawn_now:
+            self.spawn_at = 0.0
+            return
+        self.failures += 1
+        delay = respawn_delay(self.failures)
+        self.spawn_at = now + delay
+        if self.failures == 1 or delay != respawn_delay(self.failures - 1):
+            log.warning("%s: worker exited (%s); restarting in %.1f s", self.name,
+                        describe_status(status), delay)
+
+    def overdue(self, now: float) -> bool:
+        """Whether the worker is in a call past its deadline."""
+        return bool(self.pid) and self.deadline is not None and now > self.deadline
 
 
 def keep_only_fds(keep: set[int]) -> None:

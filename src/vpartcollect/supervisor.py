@@ -1,14 +1,15 @@
-"""The parent: forks one worker per instance, feeds them ticks, enforces deadlines, emits.
+"""The control plane: forks one worker per instance, feeds it ticks, enforces deadlines.
 
 Shaped like gunicorn's arbiter: one single-threaded loop whose every pass
 waits (selectors), reads frames, reaps, murders overdue workers, spawns the
-missing ones and hands out ticks. The parent never holds a libvirt connection.
+missing ones and hands out ticks. It never touches a sample's content: what
+workers send goes to the publisher (the data path). The parent never holds a
+libvirt connection.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import selectors
@@ -21,9 +22,9 @@ from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, release_memory, sd_notify
 from vpartcollect.publisher import OutputClosed, Publisher
 from vpartcollect.roster import Roster
-from vpartcollect.slot import Slot, describe_status, keep_only_fds, readable
+from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule, queue_tick
-from vpartcollect.watchdog import backlog_limit, kill_deadline, respawn_delay
+from vpartcollect.watchdog import backlog_limit, kill_deadline
 from vpartcollect.worker import few, worker_main
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ class Supervisor:
         self.exit_code = 0
         self.backlog = backlog_limit(cfg.interval, cfg.call_timeout, cfg.chunk_size)
         self.schedule = Schedule(cfg.interval, time.time(), once, cfg.store_rates)
-        # uuid -> (tag, label) of every domain a worker reported: handed to new workers
-        # so a respawn does not read every domain's metadata again.
-        self.roster = Roster()
+        self.roster = Roster()  # names, tags (for new workers), suspects
         self.signals: SignalPipe | None = None
         self._pruned = time.time()
 
@@ -173,47 +172,14 @@ class Supervisor:
                 self.spawn(slot)
 
     def spawn(self, slot: Slot) -> None:
-        """Fork one worker with a control pipe (to it) and a result pipe (from it)."""
-        ctl_r, ctl_w = os.pipe()
-        out_r, out_w = os.pipe()
-        parent = os.getpid()
-        # Objects the child inherits stay shared: the child's GC must not touch (and so
-        # copy) every page of them.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:  # child
-            keep_only_fds({ctl_r, out_w})
-            worker_main(slot.index, self.cfg, ctl_r, out_w, parent, self.roster.seed())
-        os.close(ctl_r)
-        os.close(out_w)
-        os.set_blocking(out_r, False)
-        slot.pid, slot.ctl, slot.out = pid, ctl_w, out_r
-        slot.decoder = wire.FrameDecoder()
-        slot.ready, slot.respawn_now, slot.busy, slot.deadline = False, False, None, None
-        if slot.spawned:
-            log.info("%s: worker respawned as pid %d", slot.name, pid)
-        slot.spawned += 1
-        self.selector.register(out_r, selectors.EVENT_READ, ("worker", slot))
+        """Fork one worker for ``slot``, starting from the tags the supervisor knows."""
+        parent, seed = os.getpid(), self.roster.seed()
+        slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
+                   self.selector)
 
     def read_worker(self, slot: Slot) -> None:
-        """Read what a worker sent; kill it if the bytes are not valid frames."""
-        try:
-            data = os.read(slot.out, 1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_out(slot)  # it exited; reap() does the rest
-            return
-        try:
-            messages = slot.decoder.feed(data)
-        except wire.WireError as exc:
-            log.error("%s: worker pid %d sent a bad frame (%s); killing it", slot.name,
-                      slot.pid, exc)
-            self._kill(slot, hung=False)
-            return
-        for msg in messages:
+        """Act on what a worker sent (a worker sending garbage is killed)."""
+        for msg in slot.read(self.selector):
             self.handle(slot, msg)
 
     def handle(self, slot: Slot, msg: wire.Message) -> None:
@@ -277,31 +243,15 @@ class Supervisor:
                 self._exited(slot, status)
 
     def _exited(self, slot: Slot, status: int) -> None:
-        self._drain(slot)
-        self._close_out(slot)
-        if slot.ctl >= 0:
-            os.close(slot.ctl)
-        slot.pid, slot.ctl, slot.ready, slot.deadline = 0, -1, False, None
-        if slot.current is not None:
-            # Sample what it did not deliver; NOWAIT makes the hung domain answer at once.
-            slot.pending.appendleft(wire.Tick(slot.current.ts, sorted(slot.delivered)))
-            slot.current = None
-        if self.stopping:
-            return
-        if slot.respawn_now:
-            slot.spawn_at = 0.0
-            return
-        slot.failures += 1
-        delay = respawn_delay(slot.failures)
-        slot.spawn_at = time.monotonic() + delay
-        if slot.failures == 1 or delay != respawn_delay(slot.failures - 1):
-            log.warning("%s: worker exited (%s); restarting in %.1f s", slot.name,
-                        describe_status(status), delay)
+        while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
+            self.read_worker(slot)
+        slot.close_out(self.selector)
+        slot.exited(status, self.stopping, time.monotonic())
 
     def murder_overdue(self) -> None:
         """SIGKILL every worker stuck in a call past its deadline."""
         for slot in self.slots:
-            if slot.pid and slot.deadline is not None and time.monotonic() > slot.deadline:
+            if slot.overdue(time.monotonic()):
                 # The answer may already sit in the pipe (the loop was slow): read it first.
                 if slot.out >= 0 and readable(slot.out):
                     self.read_worker(slot)
@@ -313,28 +263,7 @@ class Supervisor:
                 slot.kills += 1
                 if slot.busy in ("stats", "frozen"):  # a hung tag read says nothing of QEMU
                     self.roster.suspect(slot.index, slot.busy_uuids)
-                self._kill(slot, hung=True)
-
-    def _kill(self, slot: Slot, hung: bool) -> None:
-        # Only a hang earns an immediate respawn; a misbehaving worker gets backoff.
-        slot.respawn_now, slot.deadline = hung, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(slot.pid, signal.SIGKILL)
-
-    def _drain(self, slot: Slot) -> None:
-        """Read every frame a dead worker left in its pipe."""
-        while slot.out >= 0:
-            before = slot.out
-            self.read_worker(slot)
-            if slot.out == before and not readable(slot.out):
-                break
-
-    def _close_out(self, slot: Slot) -> None:
-        """Close the pipe the worker writes its results to."""
-        if slot.out >= 0:
-            self.selector.unregister(slot.out)
-            os.close(slot.out)
-            slot.out = -1
+                slot.kill(hung=True)
 
     # -- signals and stopping ---------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -365,7 +294,7 @@ class Supervisor:
         self.publisher.reconfigure(old, new, self.selector)
         self.backlog = backlog_limit(new.interval, new.call_timeout, new.chunk_size)
         self.schedule.reinterval(new.interval, time.time())
-        if _worker_settings(old) != _worker_settings(new):
+        if old.worker_settings() != new.worker_settings():
             self._restart_workers(new.instances)
         log.info("SIGHUP: configuration reloaded (%d instance(s))", new.instances)
         sd_notify("READY=1")
@@ -375,9 +304,9 @@ class Supervisor:
         self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
         for slot in self.slots:
             if slot.pid:
-                self._kill(slot, hung=True)  # respawn at once, replay its tick
+                slot.kill(hung=True)  # respawn at once, replay its tick
         for slot in self.slots[instances:]:
-            self._close_out(slot)
+            slot.close_out(self.selector)
             if slot.ctl >= 0:
                 os.close(slot.ctl)
                 slot.ctl = -1
@@ -410,9 +339,3 @@ class Supervisor:
         if self.signals is not None:
             self.signals.close()
 
-
-def _worker_settings(cfg: Config) -> tuple[object, ...]:
-    """What a worker was forked with: a change means new workers."""
-    return (cfg.connect, cfg.instances, cfg.refresh_interval, cfg.call_timeout, cfg.chunk_size,
-            cfg.include, cfg.exclude, cfg.log_level, cfg.hostname_format,
-            cfg.hostname_metadata_ns, cfg.hostname_metadata_path)
