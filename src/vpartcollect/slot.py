@@ -55,6 +55,13 @@ class Slot:
         """``virt-N``."""
         return instance_name(self.index)
 
+    def counters(self, done: wire.Done) -> dict[str, float]:
+        """The instance's own metrics for a finished tick."""
+        return {"cycle_seconds": round(done.seconds, 6), "domains": done.domains,
+                "watchdog_kills": self.kills, "respawns": max(0, self.spawned - 1),
+                "unresponsive_domains": self.unresponsive, "missed_ticks": self.missed_ticks,
+                "blocked_calls": self.blocked}
+
     # -- the process --------------------------------------------------------
     def start(self, child: Callable[[int, int], NoReturn],
               selector: selectors.BaseSelector) -> None:

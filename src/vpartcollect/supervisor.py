@@ -222,11 +222,7 @@ class Supervisor:
             log.warning("%s: caught up; %d tick(s) were skipped", slot.name, slot.missing)
             slot.missing = 0
         if self.schedule.written(msg.tick):
-            self.publisher.instance_done(slot.index, msg.tick, {
-                "cycle_seconds": round(msg.seconds, 6), "domains": msg.domains,
-                "watchdog_kills": slot.kills, "respawns": max(0, slot.spawned - 1),
-                "unresponsive_domains": slot.unresponsive, "missed_ticks": slot.missed_ticks,
-                "blocked_calls": slot.blocked})
+            self.publisher.instance_done(slot.index, msg.tick, slot.counters(msg))
         self.feed(slot)
 
     def reap(self) -> None:
