@@ -47,6 +47,9 @@ _PR_SET_PDEATHSIG = 1
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
 PROBE_SECONDS = 1.0  # a datastore slower than this to stat() one image counts as dead
+# A domain held back no longer than this many intervals (its call was slow, not hung)
+# is sampled late for the ticks it missed; one held longer just has a gap.
+REPLAY_INTERVALS = 2
 T = TypeVar("T")
 
 
@@ -99,6 +102,9 @@ class Worker:
         self.last_domains: list[Domain] = []
         self.names: dict[str, str] = {}
         self.holding: set[str] = set()  # domains held back (logged once per episode)
+        # uuid -> ticks it only got a flag for, held back behind a call of ours that was
+        # merely slow: asked for them, late, once it is asked again (REPLAY_INTERVALS).
+        self.held_ticks: dict[str, list[float]] = {}
 
     # -- plumbing -------------------------------------------------------
     def send(self, msg: wire.Message) -> None:
@@ -273,14 +279,28 @@ class Worker:
         # While a call of ours is blocked in libvirtd, one domain per call: a second hang
         # then names its culprit instead of taking a whole chunk with it.
         size = 1 if self.guard.outstanding() else self.cfg.chunk_size
+        self._replay_held(tick.ts, routes[Route.NORMAL], suspects)
         for chunk in chunks(routes[Route.NORMAL], size):
             self._stats(tick.ts, chunk, suspects)
         for rt in (Route.FROZEN, Route.NO_BLOCK):
             for chunk in chunks(routes[rt], self.cfg.chunk_size):
                 self._careful(tick.ts, chunk, rt)
         self._flag_only(tick.ts, routes[Route.HOLD])
+        for d in routes[Route.HOLD]:
+            self.held_ticks.setdefault(d.uuid, []).append(tick.ts)
         self.send(wire.Done(tick.ts, time.monotonic() - started, len(domains),
                             len(self.guard.outstanding())))
+
+    def _replay_held(self, ts: float, askable: Sequence[Domain], suspects: set[str]) -> None:
+        """Domains asked again after being held back get the recent ticks they missed
+        (sampled now, stamped with those ticks, as a replay after a kill is)."""
+        horizon = ts - REPLAY_INTERVALS * self.cfg.interval
+        for d in askable:
+            for old in self.held_ticks.pop(d.uuid, []):
+                if old >= horizon:
+                    self._stats(old, [d], suspects)
+        for uuid in [u for u, held in self.held_ticks.items() if held[-1] < horizon]:
+            del self.held_ticks[uuid]  # held for long, or gone: nothing recent to replay
 
     def _stats(self, ts: float, chunk: Sequence[Domain], suspects: set[str]) -> None:
         """Every group of one chunk (NOWAIT); on a hang, its domains one by one."""
