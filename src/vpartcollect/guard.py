@@ -21,9 +21,10 @@ T = TypeVar("T")
 class Call(Generic[T]):
     """One libvirt call running on its own thread."""
 
-    def __init__(self, what: str, uuids: Iterable[str]) -> None:
+    def __init__(self, what: str, uuids: Iterable[str], conn: object = None) -> None:
         self.what = what
         self.uuids = frozenset(uuids)
+        self.conn = conn  # the connection it runs on (left alone while it is stuck)
         self.started = time.monotonic()
         self.done = threading.Event()
         self.finished = 0.0
@@ -68,9 +69,12 @@ class Guard:
     def __init__(self) -> None:
         self._abandoned: list[Call[object]] = []
 
-    def run(self, what: str, uuids: Iterable[str], timeout: float, fn: Callable[[], T]) -> T:
-        """``fn()``'s result, or Abandoned when it takes longer than ``timeout`` seconds."""
-        call: Call[T] = Call(what, uuids)
+    def run(self, what: str, uuids: Iterable[str], timeout: float, fn: Callable[[], T],
+            conn: object = None) -> T:
+        """``fn()``'s result, or Abandoned when it takes longer than ``timeout`` seconds.
+
+        ``conn``: the connection ``fn`` uses, remembered with the call."""
+        call: Call[T] = Call(what, uuids, conn)
         threading.Thread(target=call.run, args=(fn,), name=f"libvirt-{what}", daemon=True).start()
         if not call.done.wait(timeout):
             self._abandoned.append(call)  # type: ignore[arg-type]
@@ -86,6 +90,10 @@ class Guard:
         back = [c for c in self._abandoned if c.done.is_set()]
         self._abandoned = [c for c in self._abandoned if not c.done.is_set()]
         return [(c, c.finished - c.started) for c in back]
+
+    def in_use(self, conn: object) -> bool:
+        """Whether an abandoned call still runs on connection ``conn``."""
+        return any(c.conn is conn for c in self.outstanding())
 
     def busy_with(self, what: str) -> bool:
         """Whether an abandoned call of kind ``what`` has not returned yet."""

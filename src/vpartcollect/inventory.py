@@ -163,6 +163,8 @@ class Inventory:
             key = _key(handle)
             try:
                 dom = self._known.get(key)
+                if dom is not None:
+                    dom.handle = handle  # of the connection that listed it (it may be new)
                 if key[0] in todo:
                     if dom is None:
                         dom = self._new(handle, now)

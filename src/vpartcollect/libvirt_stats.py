@@ -139,13 +139,15 @@ class StatsReader:
         which hangs QEMU on a datastore that does not answer.
         """
         bits = self.bulk_bits if block else self.bulk_bits & ~GROUPS["block"]
-        return self._collect(domains, bits, [g for g in self.fallback if block or g != "block"])
+        return self._collect(self._bind(domains), bits,
+                             [g for g in self.fallback if block or g != "block"])
 
     def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Stats]:
         """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
         bits = 0
         for group in FROZEN_BULK:
             bits |= GROUPS[group] & self.bulk_bits
+        domains = self._bind(domains)
         out = self._collect(domains, bits, [g for g in self.fallback if g in FROZEN_BULK])
         for dom in domains:
             stats = out.setdefault(dom.uuid, {})
@@ -167,6 +169,21 @@ class StatsReader:
                     continue
                 log.debug("%s: stats of a frozen domain failed: %s", dom.name, exc)
         return {uuid: stats for uuid, stats in out.items() if stats}
+
+    def _bind(self, domains: Sequence[Domain]) -> list[Domain]:
+        """The domains, each with a handle of this reader's connection: looked up again
+        (one call each) after the worker moved to a new connection; gone ones left out."""
+        out = []
+        for dom in domains:
+            if dom.handle.connect() is not self.conn:
+                try:
+                    dom.handle = self.conn.lookupByUUIDString(dom.uuid)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+            out.append(dom)
+        return out
 
     def _collect(self, domains: Sequence[Domain], bits: int,
                  fallback: Sequence[str]) -> dict[str, Stats]:

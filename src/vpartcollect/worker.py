@@ -8,6 +8,7 @@ it (Busy) so the supervisor can hold it to a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -92,6 +93,9 @@ class Worker:
         self.out_fd = out_fd
         self.decoder = wire.FrameDecoder()
         self.conn: Any = None
+        # Connections left to a call stuck in them, closed once it returns: on a
+        # connection with a stuck call, libvirt's client can stall other calls.
+        self.parked: list[Any] = []
         self.inventory: Inventory | None = None
         self.reader: StatsReader | None = None
         self.guard = Guard()
@@ -170,8 +174,35 @@ class Worker:
         under its deadline (or Abandoned)."""
         uuids = [d if isinstance(d, str) else d.uuid for d in domains]
         self.send(wire.Busy(what, uuids))
-        return self.guard.run(what, uuids, call_deadline(self.cfg.call_timeout, len(uuids), what),
-                              fn)
+        try:
+            return self.guard.run(what, uuids,
+                                  call_deadline(self.cfg.call_timeout, len(uuids), what), fn,
+                                  conn=self.conn)
+        except Abandoned:
+            self._park()
+            raise
+
+    def _park(self) -> None:
+        """Leave the current connection to the call stuck in it; go on with a new one.
+
+        Measured on libvirt 9.0: while a call is stuck on a connection, a third of the
+        getCPUStats and vcpus calls made on the same connection stall in the client
+        library (libvirtd is not even asked), though a second connection answers every
+        one at once. Domain handles follow lazily (StatsReader looks them up again).
+        """
+        assert self.reader is not None and self.inventory is not None
+        self.send(wire.Busy("connect", []))
+        conn = open_readonly(self.cfg.connect)  # a failure is handled as a lost connection
+        self.parked.append(self.conn)
+        self.conn = self.reader.conn = self.inventory.conn = conn
+
+    def _close_parked(self) -> None:
+        """Close the parked connections whose stuck calls have all returned."""
+        for conn in [c for c in self.parked if not self.guard.in_use(c)]:
+            self.parked.remove(conn)
+            with contextlib.suppress(libvirt.libvirtError, Abandoned):
+                # A close needs libvirtd; should it hang, it is counted like any call.
+                self.guard.run("close", [], self.cfg.call_timeout, conn.close, conn=conn)
 
     def mine(self, skip: set[str]) -> list[Domain]:
         """This instance's domains (partition rule and include/exclude), minus ``skip``.
@@ -259,6 +290,7 @@ class Worker:
                      call.what, f" of {names}" if names else "", took)
             if call.late is not None and not call.failed:
                 call.late(call.value())
+        self._close_parked()
         self._refresh_mounts()
         # Off the sampling path: the probes run while the listing and /proc checks do.
         images: dict[str, list[str]] = {}
