@@ -149,10 +149,11 @@ class PrivateLibvirtd:
 
     # -- domains ------------------------------------------------------------
     def domain_xml(self, name: str, tag: str | None, nic: str, image: Path,
-                   extra_disks: Sequence[tuple[str, str, Path]] = ()) -> str:
+                   extra_disks: Sequence[tuple[str, str, Path]] = (),
+                   extra_driver: str = "") -> str:
         extra = "".join(f"""
     <disk type='file' device='disk'>
-      <driver name='qemu' type='{fmt}'/>
+      <driver name='qemu' type='{fmt}'{extra_driver}/>
       <source file='{path}'/>
       <target dev='{dev}' bus='virtio'/>
     </disk>""" for dev, fmt, path in extra_disks)
@@ -181,9 +182,11 @@ class PrivateLibvirtd:
 
     def create(self, name: str, tag: str | None = None, nic: str | None = None,
                image_dir: Path | None = None,
-               extra_disks: Sequence[tuple[str, str, Path]] = ()) -> None:
+               extra_disks: Sequence[tuple[str, str, Path]] = (),
+               extra_driver: str = "") -> None:
         """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC, and
-        ``extra_disks`` given as (target, format, image).
+        ``extra_disks`` given as (target, format, image), whose driver element gets
+        ``extra_driver`` (attributes, e.g. `` io='native' cache='none'``).
 
         Tap names are host-wide: two daemons side by side need distinct ``nic`` names.
         """
@@ -192,7 +195,7 @@ class PrivateLibvirtd:
             _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
         xml_path = self.base / "images" / f"{name}.xml"
         xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image,
-                                            extra_disks))
+                                            extra_disks, extra_driver))
         _run("virsh", "-c", self.uri, "define", str(xml_path))
         _run("virsh", "-c", self.uri, "start", name)
         self.domains.append(name)

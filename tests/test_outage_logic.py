@@ -13,7 +13,16 @@ from vpartcollect.autotag import Mount
 from vpartcollect.datastores import Probes, datastores
 from vpartcollect.guard import Abandoned, Guard
 from vpartcollect.libvirt_stats import as_block_info
-from vpartcollect.qemu_proc import QemuProcesses, cmdline_uuid, looks_frozen, thread_state
+from vpartcollect.qemu_proc import (
+    FS_WAIT_SECONDS,
+    IO_WAIT_SECONDS,
+    STOPPED_SECONDS,
+    QemuProcesses,
+    cmdline_uuid,
+    looks_frozen,
+    stuck_for,
+    thread_state,
+)
 from vpartcollect.triage import Route, route
 
 HEALTHY = {"frozen": False, "stalled": False, "seen": True, "in_hung_call": False,
@@ -60,6 +69,16 @@ def test_looks_frozen(state: str, wchan: str, frozen: bool) -> None:
     assert looks_frozen(state, wchan) is frozen
 
 
+def test_how_long_each_kind_of_stuck_must_last() -> None:
+    # Stopped: at once; a dead network/FUSE filesystem: 250 ms; other D (a busy disk
+    # holds a healthy QEMU there up to ~0.5 s, measured): 1 s.
+    assert stuck_for("T", "do_signal_stop") == STOPPED_SECONDS < FS_WAIT_SECONDS
+    assert stuck_for("D", "rpc_wait_bit_killable") == FS_WAIT_SECONDS
+    assert stuck_for("S", "request_wait_answer") == FS_WAIT_SECONDS
+    assert stuck_for("D", "folio_wait_bit") == IO_WAIT_SECONDS > FS_WAIT_SECONDS
+    assert stuck_for("S", "poll_schedule_timeout") is None
+
+
 def test_cmdline_uuid() -> None:
     line = b"/usr/bin/qemu\0-name\0guest=a,debug-threads=on\0-uuid\0ABCD-1\0-S\0"
     assert cmdline_uuid(line) == "abcd-1"
@@ -76,14 +95,34 @@ def test_qemu_of_this_very_process_is_found_and_judged(tmp_path: Path) -> None:
     (proc / str(pid) / "cmdline").write_bytes(b"qemu\0-uuid\0u-1\0")
     (task / "stat").write_text(f"{pid} (qemu-system-x86) S 1 2 3")
     (task / "wchan").write_text("poll_schedule_timeout")
+    (task / "status").write_text("voluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t2\n")
     pids = tmp_path / "run"
     pids.mkdir()
     (pids / "vm.pid").write_text(f"{pid}\n")
-    qemu = QemuProcesses(proc, pids)
+    qemu = QemuProcesses(proc, pids, longest=0.2)
     assert qemu.pid("U-1", "vm") == pid
     assert qemu.frozen([("u-1", "vm")]) == set()
     (task / "stat").write_text(f"{pid} (qemu-system-x86) T 1 2 3")
     assert qemu.frozen([("u-1", "vm")]) == {"u-1"}
+    # In D on both reads but scheduled between them (I/O that completes): busy, not frozen.
+    (task / "stat").write_text(f"{pid} (qemu-system-x86) D 1 2 3")
+    (task / "wchan").write_text("folio_wait_bit")
+    stop = threading.Event()
+
+    def switching() -> None:
+        n = 10
+        while not stop.wait(0.005):
+            n += 1
+            (task / "status").write_text(f"voluntary_ctxt_switches:\t{n}\n")
+
+    worker = threading.Thread(target=switching)
+    worker.start()
+    try:
+        assert qemu.frozen([("u-1", "vm")]) == set()
+    finally:
+        stop.set()
+        worker.join()
+    assert qemu.frozen([("u-1", "vm")]) == {"u-1"}  # not scheduled any more: frozen
     (pids / "vm.pid").unlink()
     fresh = QemuProcesses(proc, pids)  # no pid file: the command line finds it
     assert fresh.pid("u-1", "other-name") == pid
@@ -159,6 +198,19 @@ def test_guard_counts_abandoned_calls_until_they_return() -> None:
     stats.late(stats.value())  # what the worker does: the answer, late, not lost
     assert late == [True]
     assert guard.outstanding() == [] and not guard.busy_with("list")
+
+
+def test_guard_knows_which_connection_a_stuck_call_holds() -> None:
+    guard = Guard()
+    old, new = object(), object()
+    release = threading.Event()
+    with pytest.raises(Abandoned):
+        guard.run("stats", ["a"], 0.05, release.wait, conn=old)
+    assert guard.run("stats", ["b"], 1.0, lambda: 1, conn=new) == 1
+    assert guard.in_use(old) and not guard.in_use(new)
+    release.set()
+    time.sleep(0.05)
+    assert not guard.in_use(old)  # the worker may close it now
 
 
 def test_guard_passes_exceptions_through() -> None:

@@ -4,8 +4,20 @@ QEMU's main thread serves the monitor. When it is stopped (``T``: SIGSTOP), in
 uninterruptible sleep (``D``: a hard NFS mount) or asleep waiting on a
 filesystem request (``S`` with a FUSE/NFS wchan: a stat() of a dead image),
 every monitor-bound libvirt call on that domain blocks, and each blocked call
-holds one libvirtd worker thread. Two reads a few tens of milliseconds apart must
-agree, so a passing D-state blip under normal I/O does not count.
+holds one libvirtd worker thread.
+
+Looking stuck twice is not enough: under heavy disk I/O a healthy main thread is
+in D on 8 % of reads, and on 6 % of pairs of reads 30 ms apart (measured by
+bench/false_frozen.py). What tells a frozen thread from a busy one is progress:
+a frozen thread is never scheduled, so its context switch counts do not move,
+while one waiting on I/O switches each time it wakes. How long it must stay stuck
+and unscheduled depends on where it sleeps (``stuck_for``): a stopped thread is
+frozen for sure; one waiting on a network or FUSE filesystem for 250 ms; one in
+D anywhere else (block I/O: a busy local disk, or a SAN LUN that died) for 1 s,
+since with Linux AIO (``io='native'``) and a saturated disk one submission kept
+it there, unscheduled, for up to 0.5-1 s (at 1 s: no false flag in 2,000
+checks). A thread is looked at every RECHECK_SECONDS and let go at the first
+look that sees it move, so only a frozen one costs the whole wait.
 
 Finding the process: libvirt's pid file ``/run/libvirt/qemu/<name>.pid``, else
 the process whose command line carries ``-uuid <uuid>``. Without a pid (no
@@ -21,7 +33,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PID_DIR = Path("/run/libvirt/qemu")
-RECHECK_SECONDS = 0.03  # the second look that tells a frozen thread from a passing blip
+RECHECK_SECONDS = 0.02  # between two looks at the threads that seem stuck
+STOPPED_SECONDS = 0.03  # T: stopped (SIGSTOP) never passes on its own
+FS_WAIT_SECONDS = 0.25  # asleep on a network or FUSE filesystem request
+IO_WAIT_SECONDS = 1.0  # D elsewhere: a saturated disk holds a thread there up to ~0.5 s
 RESCAN_SECONDS = 10.0  # how often /proc is scanned again for domains without a pid
 
 # Kernel functions a thread sleeps in while waiting on a filesystem that may be dead.
@@ -34,11 +49,30 @@ def thread_state(stat_text: str) -> str:
     return stat_text.rsplit(")", 1)[1].split()[0]
 
 
+def stuck_for(state: str, wchan: str) -> float | None:
+    """How long a main thread in ``state`` sleeping in ``wchan`` must stay so, never
+    scheduled, to count as frozen; None when it is not stuck at all."""
+    if state in ("T", "t"):
+        return STOPPED_SECONDS
+    if state in ("S", "D") and _FS_WAIT.match(wchan):
+        return FS_WAIT_SECONDS
+    if state == "D":
+        return IO_WAIT_SECONDS
+    return None
+
+
 def looks_frozen(state: str, wchan: str) -> bool:
-    """Whether a main thread in ``state`` sleeping in ``wchan`` cannot serve its monitor."""
-    if state in ("T", "t", "D"):
-        return True
-    return state == "S" and bool(_FS_WAIT.match(wchan))
+    """Whether a main thread in ``state`` sleeping in ``wchan`` cannot serve its monitor now."""
+    return stuck_for(state, wchan) is not None
+
+
+def context_switches(status_text: str) -> int:
+    """Voluntary plus involuntary context switches, from a /proc/.../status text."""
+    total = 0
+    for line in status_text.splitlines():
+        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+            total += int(line.split(":", 1)[1])
+    return total
 
 
 def cmdline_uuid(cmdline: bytes) -> str | None:
@@ -53,8 +87,10 @@ def cmdline_uuid(cmdline: bytes) -> str | None:
 class QemuProcesses:
     """QEMU pids of running domains, found once and checked each cycle."""
 
-    def __init__(self, proc: Path = Path("/proc"), pid_dir: Path = PID_DIR) -> None:
+    def __init__(self, proc: Path = Path("/proc"), pid_dir: Path = PID_DIR,
+                 longest: float = IO_WAIT_SECONDS) -> None:
         self.proc = proc
+        self.longest = longest  # no look takes longer (a worker keeps it within its timeout)
         self.pid_dir = pid_dir
         self._pids: dict[str, int] = {}  # uuid -> pid
         self._scanned = -RESCAN_SECONDS
@@ -79,30 +115,51 @@ class QemuProcesses:
         self._pids = {u: p for u, p in self._pids.items() if u in keep}
 
     def frozen(self, domains: Iterable[tuple[str, str]]) -> set[str]:
-        """The uuids, among (uuid, name) pairs, whose QEMU main thread is frozen now."""
-        pairs = list(domains)
-        first = [(uuid, name) for uuid, name in pairs if self._check(uuid, name)]
-        if not first:
-            return set()
-        time.sleep(RECHECK_SECONDS)
-        return {uuid for uuid, name in first if self._check(uuid, name)}
+        """The uuids, among (uuid, name) pairs, whose QEMU main thread is frozen now:
+        it looks stuck and is not scheduled once for as long as ``stuck_for`` says."""
+        started = time.monotonic()
+        pending = {(uuid, name): seen for uuid, name in domains
+                   if (seen := self._check(uuid, name)) is not None}
+        frozen: set[str] = set()
+        while pending:
+            time.sleep(RECHECK_SECONDS)
+            elapsed = time.monotonic() - started
+            still = {}
+            for key, (switches, wait) in pending.items():
+                now = self._check(*key)
+                if now is None or now[0] != switches:
+                    continue  # it moved: busy, not frozen
+                if elapsed >= min(wait, self.longest):
+                    frozen.add(key[0])
+                else:
+                    still[key] = (switches, wait)
+            pending = still
+        return frozen
 
     # -- /proc --------------------------------------------------------------
-    def _check(self, uuid: str, name: str) -> bool:
+    def _check(self, uuid: str, name: str) -> tuple[int, float] | None:
+        """(context switches of the main thread, how long it must stay so) if it looks
+        stuck now, else None."""
         pid = self.pid(uuid, name)
         if pid is None:
-            return False
+            return None
         task = self.proc / str(pid) / "task" / str(pid)
         try:
             state = thread_state((task / "stat").read_text())
         except (OSError, IndexError):
             self._pids.pop(uuid.lower(), None)  # gone (a restart): found again next time
-            return False
+            return None
         try:
             wchan = (task / "wchan").read_text()
         except OSError:  # not root: the state letter alone still tells T and D
             wchan = ""
-        return looks_frozen(state, wchan)
+        wait = stuck_for(state, wchan)
+        if wait is None:
+            return None
+        try:
+            return context_switches((task / "status").read_text()), wait
+        except (OSError, ValueError):
+            return None
 
     def _is_qemu_of(self, pid: int, uuid: str) -> bool:
         try:

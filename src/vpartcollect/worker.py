@@ -38,7 +38,7 @@ from vpartcollect.libvirt_stats import (
     quiet_libvirt,
 )
 from vpartcollect.partition import instance_name
-from vpartcollect.qemu_proc import QemuProcesses
+from vpartcollect.qemu_proc import IO_WAIT_SECONDS, QemuProcesses
 from vpartcollect.triage import Route, route
 from vpartcollect.watchdog import call_deadline
 
@@ -99,7 +99,8 @@ class Worker:
         self.inventory: Inventory | None = None
         self.reader: StatsReader | None = None
         self.guard = Guard()
-        self.qemu = QemuProcesses()
+        # Confirming a frozen QEMU never takes longer than a call may.
+        self.qemu = QemuProcesses(longest=min(IO_WAIT_SECONDS, cfg.call_timeout))
         self.probes = Probes(min(PROBE_SECONDS, cfg.call_timeout / 2))
         self.mounts: list[Mount] = []
         self.mounts_read = -math.inf
