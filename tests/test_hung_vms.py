@@ -53,6 +53,16 @@ class Outcome:
         path = f"{domain}.virt.{metric}"
         return {int(ts): v for p, v, ts in self.lines if p == path}
 
+    def blocked_calls(self) -> dict[int, int]:
+        """The most calls each instance said it had left blocked in libvirtd, by instance
+        (its own ``vpartcollect-virt-N.blocked_calls`` metric)."""
+        worst: dict[int, int] = {}
+        for path, value, _ in self.lines:
+            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
+                n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
+                worst[n] = max(worst.get(n, 0), int(value))
+        return worst
+
     def window(self) -> range:
         """Every tick from the second to the last-but-one (the first and last may be cut)."""
         stamps = sorted({int(ts) for _, _, ts in self.lines})

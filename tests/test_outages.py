@@ -149,11 +149,13 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     state = share(out, frozen, "domain_state.state", during)
     flags = [flagged_after(out, n, ev["freeze"]) for n in frozen]
     flagged = [f for f in flags if f is not None]
-    report("21 frozen", threads=threads, client_max_s=round(max(client.seconds), 2),
+    report("21 frozen", threads=threads, blocked_calls=out.blocked_calls(),
+           client_max_s=round(max(client.seconds), 2),
            healthy=f"{healthy:.0%}", healthy_disk=f"{healthy_disk:.0%}",
            frozen_cpu=f"{cpu:.0%}", frozen_state=f"{state:.0%}",
            flagged=f"{len(flagged)}/{len(frozen)}", flagged_within_s=max(flagged, default=-1))
     assert threads <= 3
+    assert max(out.blocked_calls().values()) <= 1  # the cap, as each instance counts it
     assert client.seconds and max(client.seconds) < 1.0, client.seconds
     assert healthy == 1.0 and healthy_disk == 1.0
     assert cpu >= 0.9 and state >= 0.9
@@ -189,10 +191,12 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     cpu = share(out, part(3), "virt_cpu_total", during)
     flags = [flagged_after(out, n, ev["stall"]) for n in part(3)]
     flagged = [f for f in flags if f is not None]
-    report("FUSE stall", threads=threads, client_max_s=round(max(client.seconds), 2),
+    report("FUSE stall", threads=threads, blocked_calls=out.blocked_calls(),
+           client_max_s=round(max(client.seconds), 2),
            healthy=f"{got:.0%}", stalled_cpu=f"{cpu:.0%}",
            flagged=f"{len(flagged)}/{len(part(3))}", flagged_within_s=max(flagged, default=-1))
     assert threads <= 1
+    assert max(out.blocked_calls().values()) <= 1
     assert client.seconds and max(client.seconds) < 1.0, client.seconds
     assert got == 1.0
     assert cpu >= 0.9
@@ -261,6 +265,7 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     early = out.held_threads(10 + 4, 10 + WEDGE / 2)
     late = out.held_threads(10 + WEDGE / 2, end)
     report("wedged lock", dump_alone=dump_only, held_first_half=early, held_second_half=late,
+           blocked_calls=out.blocked_calls(),
            others=f"{got:.0%}", wedge_s=WEDGE)
     Path(os.environ.get("VPARTCOLLECT_WEDGE_LOG", os.devnull)).write_text(out.stderr)
     assert got == 1.0, (ev, missing(out, others, "memory-total", ticks(out)))
@@ -268,6 +273,10 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     # the culprit in its partition; flat over time, never growing with every cycle.
     assert late <= dump_only + 4 + 1
     assert late <= early
+    # Each instance: its listing; the owner of the wedged domain also the call that
+    # found it (which domain's lock is wedged cannot be known without asking it).
+    blocked = sorted(out.blocked_calls().values())
+    assert blocked[-1] <= 2 and all(b <= 1 for b in blocked[:-1]), out.blocked_calls()
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
     assert any(v == 1 for t, v in flag.items() if ev["wedge"] + 2 * INTERVAL < t < ev["release"])
