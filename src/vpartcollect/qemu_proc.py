@@ -44,6 +44,16 @@ _FS_WAIT = re.compile(r"request_wait_answer|fuse_|nfs|rpc_|__rpc_|cifs|smb2?_|ce
                       r"|wait_for_response")
 
 
+def _read(path: str) -> str:
+    """A small /proc file as text: one open and one read (pathlib costs several times that,
+    and this runs for every domain every cycle)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def thread_state(stat_text: str) -> str:
     """The state letter of a /proc/<pid>/task/<tid>/stat line (the name may hold ')')."""
     return stat_text.rsplit(")", 1)[1].split()[0]
@@ -143,21 +153,23 @@ class QemuProcesses:
         pid = self.pid(uuid, name)
         if pid is None:
             return None
-        task = self.proc / str(pid) / "task" / str(pid)
+        task = f"{self.proc}/{pid}/task/{pid}/"
         try:
-            state = thread_state((task / "stat").read_text())
+            state = thread_state(_read(task + "stat"))
         except (OSError, IndexError):
             self._pids.pop(uuid.lower(), None)  # gone (a restart): found again next time
             return None
+        if state not in ("T", "t", "S", "D"):
+            return None  # running: nothing more to read (this runs per domain per cycle)
         try:
-            wchan = (task / "wchan").read_text()
+            wchan = _read(task + "wchan")
         except OSError:  # not root: the state letter alone still tells T and D
             wchan = ""
         wait = stuck_for(state, wchan)
         if wait is None:
             return None
         try:
-            return context_switches((task / "status").read_text()), wait
+            return context_switches(_read(task + "status")), wait
         except (OSError, ValueError):
             return None
 
