@@ -258,10 +258,12 @@ class Worker:
             for dom in self.last_domains:
                 dom.stores = None
 
-    def triage(self, domains: Sequence[Domain]) -> dict[Route, list[Domain]]:
-        """Route every domain (see triage.py) from /proc, the datastore probes and the
-        calls still blocked in libvirtd."""
-        frozen = self.qemu.frozen((d.uuid, d.name) for d in domains)
+    def triage(self, domains: Sequence[Domain],
+               frozen: set[str] | None = None) -> dict[Route, list[Domain]]:
+        """Route every domain (see triage.py) from /proc (``frozen``, when it was just
+        looked at), the datastore probes and the calls still blocked in libvirtd."""
+        if frozen is None:
+            frozen = self.qemu.frozen((d.uuid, d.name) for d in domains)
         self.probes.settle()
         dead = self.probes.dead()
         # A hung listing or tag read involves no domain's monitor: it holds none back.
@@ -362,9 +364,11 @@ class Worker:
 
             # The call holds the culprit's monitor job, so NOWAIT answers at once for it
             # and for the others: ask them one at a time, each routed afresh (a second
-            # hang changes the route of those after it).
+            # hang changes the route of those after it). Their QEMUs are watched once, all
+            # together: confirming a frozen one can take up to a call's timeout.
+            frozen = self.qemu.frozen((d.uuid, d.name) for d in chunk)
             for d in chunk:
-                rt = next(r for r, doms in self.triage([d]).items() if doms)
+                rt = next(r for r, doms in self.triage([d], frozen).items() if doms)
                 if rt is Route.NORMAL:
                     self._stats(ts, [d], suspects | {d.uuid})
                 elif rt is Route.HOLD:
