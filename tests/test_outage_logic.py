@@ -173,6 +173,31 @@ def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
         pass  # let that probe go too
 
 
+def test_a_store_that_dies_after_its_probe_is_seen_by_a_recheck(tmp_path: Path) -> None:
+    """A call hung: the worker asks the stores of its domains again, keeping the rest."""
+    dead = threading.Event()
+    release = threading.Event()
+    image, other = tmp_path / "a.img", tmp_path / "b.img"
+    image.write_bytes(b"x" * 100)
+    other.write_bytes(b"y" * 10)
+
+    def look(path: str) -> os.stat_result:
+        if dead.is_set() and path == str(image):
+            release.wait(5)  # the store stopped answering
+        return os.stat(path)
+
+    probes = Probes(timeout=0.2, look=look)
+    probes.start({"/nfs": [str(image)], "/local": [str(other)]})
+    probes.settle()
+    assert probes.dead() == set() and set(probes.sizes) == {str(image), str(other)}
+    dead.set()  # it dies after this cycle's probe answered
+    probes.recheck({"/nfs": [str(image)]})
+    probes.settle()
+    assert probes.dead() == {"/nfs"}
+    assert probes.sizes[str(other)][0] == 10  # the other store's sizes are kept
+    release.set()
+
+
 def test_guard_counts_abandoned_calls_until_they_return() -> None:
     guard = Guard()
     assert guard.run("stats", ["a"], 1.0, lambda: 42) == 42

@@ -280,3 +280,43 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
     assert any(v == 1 for t, v in flag.items() if ev["wedge"] + 2 * INTERVAL < t < ev["release"])
+
+
+def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
+    """A frozen VM keeps its cpu while its instance has a call stuck on a wedged lock.
+
+    o-5 and o-9 are both virt-1's. With o-5's lock wedged, virt-1 has calls stuck in
+    libvirtd; o-9 frozen is then asked what libvirtd answers without its monitor. On the
+    connection holding the stuck calls, libvirt's client stalls a third of those calls
+    (measured on 9.0), so the worker must ask on a fresh one.
+    """
+    fifo = lab.dir / "dump2.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    ev: dict[str, float] = {}
+    dump: list[subprocess.Popen[bytes]] = []
+
+    def wedge() -> None:
+        dump.append(subprocess.Popen(["virsh", "-c", lab.libvirtd.uri, "dump", "o-5",
+                                      str(fifo)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL))
+
+    def freeze() -> None:
+        ev["freeze"] = time.time()
+        lab.libvirtd.freeze("o-9")
+
+    def thaw() -> None:
+        ev["thaw"] = time.time()
+        lab.libvirtd.thaw("o-9")
+        _release(fifo, dump[0])
+
+    out = soak(lab.libvirtd, ARGS, [at(8, wedge), at(12, freeze), at(34, thaw)], seconds=46)
+    during = ticks(out, ev["freeze"] + INTERVAL, ev["thaw"])
+    cpu = share(out, ["o-9"], "virt_cpu_total", during)
+    others = [n for n in NAMES if n not in ("o-5", "o-9")]
+    got = share(out, others, "memory-total", ticks(out))
+    report("frozen beside wedged", frozen_cpu=f"{cpu:.0%}", others=f"{got:.0%}",
+           blocked_calls=out.blocked_calls())
+    assert cpu >= 0.9, missing(out, ["o-9"], "virt_cpu_total", during)
+    assert got == 1.0, missing(out, others, "memory-total", ticks(out))
+    assert all(out.values("o-9", "unresponsive").get(t) == 1 for t in during)

@@ -87,6 +87,11 @@ class Probes:
         wanted = {path for images in paths.values() for path in images}
         for path in [p for p in self.sizes if p not in wanted]:
             del self.sizes[path]
+        self.recheck(paths)
+
+    def recheck(self, paths: dict[str, list[str]]) -> None:
+        """Probe these datastores again now, unless a probe is still out, forgetting
+        nothing of the others (a call that hung may mean one just died)."""
         for store, images in paths.items():
             running = self._probes.get(store)
             if running is not None and not running.done.is_set():

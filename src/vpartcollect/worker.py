@@ -245,6 +245,14 @@ class Worker:
             dom.stores = datastores((src for _, src in dom.disks), self.mounts)
         return dom.stores
 
+    def _images(self, domains: Sequence[Domain]) -> dict[str, list[str]]:
+        """{datastore: its images} over ``domains``."""
+        images: dict[str, list[str]] = {}
+        for d in domains:
+            for store, paths in self._stores(d).items():
+                images.setdefault(store, []).extend(paths)
+        return images
+
     def _refresh_mounts(self) -> None:
         if time.monotonic() - self.mounts_read < self.cfg.refresh_interval:
             return
@@ -296,11 +304,7 @@ class Worker:
         self._close_parked()
         self._refresh_mounts()
         # Off the sampling path: the probes run while the listing and /proc checks do.
-        images: dict[str, list[str]] = {}
-        for d in self.last_domains:
-            for store, paths in self._stores(d).items():
-                images.setdefault(store, []).extend(paths)
-        self.probes.start(images)
+        self.probes.start(self._images(self.last_domains))
         domains = self.mine(set(tick.skip))
         self.last_domains = domains
         self.names = {d.uuid: d.name for d in domains}
@@ -365,7 +369,10 @@ class Worker:
             # The call holds the culprit's monitor job, so NOWAIT answers at once for it
             # and for the others: ask them one at a time, each routed afresh (a second
             # hang changes the route of those after it). Their QEMUs are watched once, all
-            # together: confirming a frozen one can take up to a call's timeout.
+            # together: confirming a frozen one can take up to a call's timeout. Their
+            # datastores are probed again meanwhile: one that died since this cycle's
+            # probe hangs each QEMU that is asked for block info next.
+            self.probes.recheck(self._images(chunk))
             frozen = self.qemu.frozen((d.uuid, d.name) for d in chunk)
             for d in chunk:
                 rt = next(r for r, doms in self.triage([d], frozen).items() if doms)
