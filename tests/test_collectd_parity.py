@@ -45,7 +45,6 @@ DIFFERENCES = {
 # (an idle guest's BIOS rereads its disk now and then), so most such pairs, not all.
 PAIRED_EQUAL = 0.75
 MEMORY_TOLERANCE = 0.02  # memory-rss and the like move a little between two samplings
-PERCENT_TOLERANCE = 0.25  # percent-virt_cpu_total: means of a rate over each side's times
 EXTRA_STATS = ("cpu_util disk disk_err domain_state pcpu vcpupin disk_allocation "
                "disk_capacity disk_physical memory")
 EXACT = re.compile(r"disk_(allocation|capacity|physical)-.*|domain_state\..*|memory-total|"
@@ -185,11 +184,6 @@ def test_same_paths_same_values_as_collectd(lab: PrivateLibvirtd, tmp_path: Path
                       f"ours {b[-1][1] if b else None}")
             if not a or not b or a[-1][1] != b[-1][1]:
                 unequal.append(f"{path}: collectd {a[-1:]}, ours {b[-1:]}")
-            continue
-        if rest.startswith("percent-"):  # collectd's is coarse (0.25 steps): compare means
-            ma, mb = (sum(v for _, v in x) / max(1, len(x)) for x in (a, b))
-            if not a or not b or abs(ma - mb) > PERCENT_TOLERANCE * max(ma, mb):
-                unequal.append(f"{path}: mean collectd {ma:.3g}, ours {mb:.3g}")
             continue
         pairs = paired(a, b)
         tolerance = MEMORY_TOLERANCE if rest.startswith("memory-") else 0.0
