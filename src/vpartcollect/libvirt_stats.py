@@ -85,6 +85,15 @@ def monitor_answered(stats: Stats) -> bool:
     return False
 
 
+def monitor_skipped(stats: Stats) -> bool:
+    """True when NOWAIT skipped what only QEMU's monitor gives: the domain has disks
+    (or a balloon) but no I/O counters (no balloon.rss). Unlike ``not
+    monitor_answered``, a domain with neither says nothing here."""
+    if "block.0.name" in stats:
+        return "block.0.rd.reqs" not in stats
+    return "balloon.current" in stats and "balloon.rss" not in stats
+
+
 def probe_bulk_groups(conn: Any) -> tuple[list[str], list[str]]:
     """Split GROUPS into (answered in bulk, needing per-domain fallback) for this connection."""
     bulk, fallback = [], []
