@@ -40,10 +40,13 @@ class FakeReader:
 
 
 class Handle:
-    """controlInfo of an idle monitor: the domain is not stuck."""
+    """controlInfo of an idle monitor (or of one occupied for ``busy_ms``)."""
+
+    def __init__(self, busy_ms: int | None = None) -> None:
+        self.busy_ms = busy_ms
 
     def controlInfo(self) -> list[int]:  # libvirt spells it so
-        return [0, 0, 0]
+        return [0, 0, 0] if self.busy_ms is None else [2, 0, self.busy_ms]
 
 
 @pytest.fixture
@@ -64,8 +67,8 @@ def samples(fd: int) -> list[tuple[str, bool]]:
             for f in frames if isinstance(f, wire.Results) for d in f.domains]
 
 
-def dom(name: str) -> Domain:
-    return Domain(Handle(), f"uuid-{name}", name, "virt-0", 0.0)
+def dom(name: str, busy_ms: int | None = None) -> Domain:
+    return Domain(Handle(busy_ms), f"uuid-{name}", name, "virt-0", 0.0)
 
 
 def test_a_skipped_monitor_part_is_asked_again_and_sent_once(
@@ -98,3 +101,27 @@ def test_a_full_answer_or_a_suspect_is_not_asked_again(worker: tuple[Worker, int
     wk._ask_partial_again()
     assert wk.reader.asked == [["a", "s"]]  # type: ignore[union-attr]
     assert sorted(samples(out)) == [("a", True), ("s", False)]
+
+
+def test_a_monitor_libvirt_reports_stuck_is_not_asked_again(worker: tuple[Worker, int]) -> None:
+    wk, out = worker
+    b = dom("b", busy_ms=5000)  # its job held for 5 s: no passing collision
+    wk.reader = FakeReader([{b.uuid: dict(SKIPPED)}])  # type: ignore[assignment]
+    wk._stats(100.0, [b], set())
+    wk._ask_partial_again()
+    assert wk.reader.asked == [["b"]]  # type: ignore[union-attr]
+    assert samples(out) == [("b", False)]
+
+
+def test_a_domain_whose_store_died_meanwhile_is_not_asked_again(
+        worker: tuple[Worker, int]) -> None:
+    """FAKE, too: the probes say the store is dead (a real stall is test_outages')."""
+    wk, out = worker
+    b = dom("b")
+    b.disks, b.stores = [("vda", "/s/b.img")], {"/s": ["/s/b.img"]}
+    wk.reader = FakeReader([{b.uuid: dict(SKIPPED)}])  # type: ignore[assignment]
+    wk._stats(100.0, [b], set())
+    wk.probes.dead = lambda: {"/s"}  # type: ignore[method-assign]
+    wk._ask_partial_again()
+    assert wk.reader.asked == [["b"]]  # type: ignore[union-attr]
+    assert samples(out) == [("b", False)]

@@ -410,7 +410,9 @@ class Worker:
                 else:
                     self._careful(ts, [d], rt)
             return
-        again = [d for d in chunk if d.uuid in raw and d.uuid not in suspects
+        # Not a suspect, nor stuck by libvirt's account: a job held for long is no moment.
+        settled = suspects | stuck
+        again = [d for d in chunk if d.uuid in raw and d.uuid not in settled
                  and monitor_skipped(raw[d.uuid])]
         if again:
             self.partial.append(Partial(ts, again, raw, stuck, sampled, time.monotonic()))
@@ -425,21 +427,26 @@ class Worker:
             return
         time.sleep(max(0.0, pending[-1].at + ASK_AGAIN_AFTER - time.monotonic()))
         for p in pending:
-            sampled = time.time()
-            try:
-                raw, stuck = self._call("stats", p.domains,
-                                        functools.partial(self._collect, p.domains, set()))
-            except Abandoned:
-                log.warning("stats of %s, asked again, outlived the deadline; left to libvirtd",
-                            few([d.name for d in p.domains]))
-                self._send_stats(p.ts, p.domains, (p.raw, p.stuck), p.sampled)
-                continue
-            better = [d for d in p.domains if d.uuid in raw and not monitor_skipped(raw[d.uuid])]
+            # Routed afresh: one that froze, or whose store died, since is not asked again.
+            ask = self.triage(p.domains)[Route.NORMAL]
+            better: list[Domain] = []
+            if ask:
+                sampled = time.time()
+                try:
+                    raw, stuck = self._call("stats", ask,
+                                            functools.partial(self._collect, ask, set()))
+                except Abandoned:
+                    log.warning("stats of %s, asked again, outlived the deadline; left to "
+                                "libvirtd", few([d.name for d in ask]))
+                else:
+                    better = [d for d in ask
+                              if d.uuid in raw and not monitor_skipped(raw[d.uuid])]
+                    log.debug("asked again without the monitor's part: %s; fuller now: %s",
+                              few([d.name for d in ask]),
+                              few([d.name for d in better]) or "none")
+                    if better:
+                        self._send_stats(p.ts, better, (raw, stuck), sampled)
             worse = [d for d in p.domains if d not in better]
-            log.debug("asked again without the monitor's part: %s; fuller now: %s",
-                      few([d.name for d in p.domains]), few([d.name for d in better]) or "none")
-            if better:
-                self._send_stats(p.ts, better, (raw, stuck), sampled)
             if worse:
                 self._send_stats(p.ts, worse, (p.raw, p.stuck), p.sampled)
 
