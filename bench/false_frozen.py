@@ -29,7 +29,7 @@ from pathlib import Path
 from common import REPO  # noqa: F401  (puts tests/ on the path)
 from harness import PrivateLibvirtd
 
-from vpartcollect.qemu_proc import IO_WAIT_SECONDS, QemuProcesses, looks_frozen, thread_state
+from vpartcollect.worker.qemu_proc import IO_WAIT_SECONDS, QemuProcesses, looks_frozen, thread_state
 
 
 def copy_loop(daemon: PrivateLibvirtd, name: str, dest: Path, stop: threading.Event,

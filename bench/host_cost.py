@@ -27,7 +27,7 @@ from harness import PrivateLibvirtd
 
 FLOOR = """
 import sys, time, libvirt
-from vpartcollect.libvirt_stats import GROUPS
+from vpartcollect.worker.libvirt_stats import GROUPS
 conn = libvirt.openReadOnly(sys.argv[1])
 bits = 0
 for bit in GROUPS.values():
@@ -46,9 +46,9 @@ while time.time() < end:
 CHECKS = """
 import sys, time, libvirt
 from pathlib import Path
-from vpartcollect.autotag import read_mounts
-from vpartcollect.datastores import Probes, datastores
-from vpartcollect.qemu_proc import QemuProcesses
+from vpartcollect.mounts import read_mounts
+from vpartcollect.worker.datastores import Probes, datastores
+from vpartcollect.worker.qemu_proc import QemuProcesses
 conn = libvirt.openReadOnly(sys.argv[1])
 doms = [(d.UUIDString(), d.name()) for d in
         conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]

@@ -1,83 +1,19 @@
-"""Shared helpers: run the real CLI as a subprocess, find leftover processes."""
+"""Fixtures shared by the tests: the demo node, and one private libvirtd per session."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import IO, TypeVar
+from collections.abc import Iterator
 
+import libvirt
 import pytest
 from harness import PrivateLibvirtd
-
-DEMO_NODE = Path(__file__).parent.parent / "src" / "vpartcollect" / "data" / "demo-node.xml"
-DEMO_URI = f"test://{DEMO_NODE.resolve()}"
-T = TypeVar("T")
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``vpartcollect ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "vpartcollect", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
-              stderr: IO[str] | int = subprocess.PIPE,
-              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``vpartcollect ARGS`` in its own session (so leftovers can be found).
-
-    A long run must get files for stdout/stderr: nobody reads a pipe until the end.
-    """
-    return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
-                            stdout=stdout, stderr=stderr, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-
-
-def run_during(args: Sequence[str], during: Callable[[subprocess.Popen[str]], T],
-               ) -> tuple[list[tuple[str, float, float]], str, T]:
-    """Run ``vpartcollect ARGS``; call ``during(proc)`` while it runs, then SIGTERM it.
-
-    Returns its stdout as Graphite lines, its stderr (checked: no traceback, exit 0)
-    and what ``during`` returned.
-    """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = cli_popen(*args, stdout=out, stderr=err)
-        try:
-            result = during(proc)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        out.seek(0)
-        err.seek(0)
-        lines, stderr = parse_lines(out.read()), err.read()
-    no_traceback(stderr)
-    assert proc.returncode == 0, stderr  # a stop is a clean exit
-    return lines, stderr, result
-
-
-def parse_lines(text: str) -> list[tuple[str, float, float]]:
-    """Graphite plaintext lines -> (path, value, timestamp); asserts the format."""
-    out = []
-    for line in text.splitlines():
-        path, value, ts = line.split(" ")
-        out.append((path, float(value), float(ts)))
-    return out
-
-
-def no_traceback(stderr: str) -> None:
-    """Fail if a Python traceback reached the operator."""
-    assert "Traceback" not in stderr, stderr
+from nodes import domain_xml
+from runner import DEMO_URI
 
 
 @pytest.fixture
 def demo_uri() -> str:
     return DEMO_URI
-
-
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +27,20 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvir
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def testdriver(libvirtd: PrivateLibvirtd) -> Iterator[tuple[str, list[str]]]:
+    """libvirt's test driver inside the session's libvirtd, with td-0..5 tagged
+    virt-0,1,2,0,1,2 besides its own "test" domain: (URI, names). Its cpu time is the
+    wall clock, an oracle for every rate; a dump into a FIFO wedges a domain's lock."""
+    conn = libvirt.open(libvirtd.test_uri)
+    names = [f"td-{i}" for i in range(6)]
+    try:
+        running = {d.name() for d in conn.listAllDomains(0)}
+        for i, name in enumerate(names):
+            if name not in running:
+                conn.createXML(domain_xml(name, 200 + i, f"virt-{i % 3}"), 0)
+        yield libvirtd.test_uri, ["test", *names]
+    finally:
+        conn.close()

@@ -65,6 +65,12 @@ class PrivateLibvirtd:
         return f"qemu:///system?socket={self.base}/sock/libvirt-sock"
 
     @property
+    def test_uri(self) -> str:
+        """libvirt's test driver served by this libvirtd: real RPC, real locks, and cpu
+        time that is the wall clock (so every cpu rate must be 1e9 ns/s)."""
+        return f"test+unix:///default?socket={self.base}/sock/libvirt-sock"
+
+    @property
     def admin_uri(self) -> str:
         return f"libvirtd:///system?socket={self.base}/sock/libvirt-admin-sock"
 
@@ -216,6 +222,39 @@ class PrivateLibvirtd:
         except (ProcessLookupError, FileNotFoundError):
             pass
         self.frozen.discard(name)
+
+    def wedge(self, name: str, fifo: Path) -> subprocess.Popen[bytes]:
+        """Dump test-driver domain ``name`` into a FIFO nobody reads: libvirtd holds the
+        domain's lock until the FIFO is read (``release``), as a stuck call would."""
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        return subprocess.Popen(["virsh", "-q", "-c", self.test_uri, "dump", name, str(fifo)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @staticmethod
+    def release(fifo: Path, dump: subprocess.Popen[bytes]) -> None:
+        """Read the FIFO: the dump finishes and the domain's lock is free again."""
+        with open(fifo, "rb") as fh:
+            fh.read()
+        dump.wait(timeout=30)
+
+    def drop_clients(self, pids: set[int]) -> int:
+        """Disconnect every libvirtd client of these processes (virt-admin), as a network
+        blip or a libvirtd that closes a connection would; return how many."""
+        listing = _run("virt-admin", "-c", self.admin_uri, "srv-clients-list", "libvirtd")
+        dropped = 0
+        for line in listing.splitlines():
+            fields = line.split()
+            if not fields or not fields[0].isdigit():
+                continue
+            info = _run("virt-admin", "-c", self.admin_uri, "client-info", "libvirtd",
+                        fields[0])
+            pid = re.search(r"unix_process_id\s*:\s*(\d+)", info)
+            if pid and int(pid.group(1)) in pids:
+                subprocess.run(["virt-admin", "-c", self.admin_uri, "client-disconnect",
+                                "libvirtd", fields[0]], capture_output=True, check=False)
+                dropped += 1
+        return dropped
 
     def busy_workers(self) -> int:
         """libvirtd worker threads busy now (nWorkers - freeWorkers)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vpartcollect.autotag import Mount, propose, read_mounts, storage_backends
+from vpartcollect.autotag import propose, storage_backends
+from vpartcollect.mounts import read_mounts
 
 MOUNTS = read_mounts(
     "/dev/vda1 / ext4 rw 0 0\n"
@@ -13,10 +14,6 @@ MOUNTS = read_mounts(
 
 def disks(*xml: str) -> str:
     return f"<domain><devices>{''.join(xml)}</devices></domain>"
-
-
-def test_mounts_are_unescaped() -> None:
-    assert Mount("nfs1:/export/vms", "/mnt/nfs a", "nfs4") in MOUNTS
 
 
 def test_file_disks_by_mount() -> None:
@@ -60,3 +57,12 @@ def test_domains_sharing_storage_share_a_partition_and_groups_balance() -> None:
 
 def test_one_instance_tags_everything_virt_0() -> None:
     assert {p.tag for p in propose([("a", {"k"}), ("b", set())], 1)} == {"virt-0"}
+
+
+def test_automounted_nfs_is_the_nfs_backend() -> None:
+    """An x-systemd.automount share: autofs first on the mount point, then the real nfs4."""
+    mounts = read_mounts("/dev/vda1 / ext4 rw 0 0\n"
+                         "systemd-1 /mnt/vms autofs rw,fd=45 0 0\n"
+                         "nas:/export/vms /mnt/vms nfs4 rw 0 0\n")
+    nfs = disks("<disk type='file'><source file='/mnt/vms/x.qcow2'/></disk>")
+    assert storage_backends(nfs, mounts) == {"nfs4:nas:/export/vms"}

@@ -10,9 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import run_during
 from nodes import tagged_node
-from test_worker_kills import children
+from runner import children, run_during
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import cli_popen, no_traceback, parse_lines
 from harness import PrivateLibvirtd
 from nodes import domain_xml
-from test_worker_kills import children
+from runner import children, cli_popen, no_traceback, parse_lines
 
 pytestmark = pytest.mark.libvirtd
 

@@ -9,10 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import cli, cli_popen, no_traceback, parse_lines
 from harness import session_members
 from nodes import domain_xml, tagged_node, write_node
-from test_partition import SEED_EXAMPLES
+from runner import cli, cli_popen, no_traceback, parse_lines
+from seed_tables import SEED_EXAMPLES
 
 DOMAINS = [f"domain-{c}" for c in "ABCDEFGHIJ"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 from carbon import PrivateCarbon
-from conftest import cli_popen, no_traceback
 from harness import PrivateLibvirtd, _run
+from runner import cli_popen, no_traceback
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.carbon,
               pytest.mark.skipif(not shutil.which("collectd"),

@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines
 from harness import session_members
+from runner import DEMO_URI, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.daemon import RepeatFilter
 

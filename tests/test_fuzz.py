@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import cli, no_traceback
+from runner import cli, no_traceback
 
 from vpartcollect import wire
 from vpartcollect.config import _KEYS, Config, ConfigError, load
@@ -166,10 +166,10 @@ def frame(rng: random.Random) -> list[Any]:
     elif kind == "results":
         rows = [[pick(f"u{rng.randrange(5)}"), pick(rng.choice(STRINGS)),
                  pick(rng.choice(["virt-0", None, "virt-²"])), pick(rng.random() < 0.2),
-                 pick(stats(rng)), pick(rng.choice([None, "lbl"]))]
+                 pick(stats(rng)), pick(1_800_000_000.5 + rng.random()),
+                 pick(rng.choice([None, "lbl"]))]
                 for _ in range(rng.randrange(6))]
-        body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(1_800_000_000.5),
-                pick(rows)]
+        body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(rows)]
     elif kind == "done":
         body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(0.1), pick(3), pick(0)]
     elif kind == "tick":

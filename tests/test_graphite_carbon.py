@@ -9,12 +9,13 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from carbon import PrivateCarbon, free_port
-from conftest import DEMO_URI, cli_popen, no_traceback, parse_lines
 from nodes import tagged_node
+from runner import DEMO_URI, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import Endpoint
 from vpartcollect.metrics import Metric
@@ -39,7 +40,7 @@ def drive(sink: GraphiteSink, until: float, done: object = None) -> None:
     sel.close()
 
 
-def run_collector(args: list[str], seconds: float, actions: dict[float, object],
+def run_collector(args: list[str], seconds: float, actions: dict[float, Callable[[], object]],
                   uri: str = DEMO_URI) -> tuple[list[tuple[str, float, float]], str]:
     """Run the CLI on test-driver domains for ``seconds``; call actions at their offsets."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -49,7 +50,7 @@ def run_collector(args: list[str], seconds: float, actions: dict[float, object],
         todo = sorted(actions.items(), key=lambda a: a[0])
         while time.monotonic() - start < seconds:
             while todo and todo[0][0] <= time.monotonic() - start:
-                todo.pop(0)[1]()  # type: ignore[operator]
+                todo.pop(0)[1]()
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from carbon import PrivateCarbon
-from conftest import DEMO_URI, no_traceback, parse_lines
+from runner import DEMO_URI, no_traceback, parse_lines
 
 pytestmark = [
     pytest.mark.carbon,

@@ -10,145 +10,23 @@ libvirtd has no worker thread busy on our account and the watchdog kills nobody.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO
 
 import libvirt
 import pytest
-from conftest import cli_popen, no_traceback, parse_lines
 from harness import PrivateLibvirtd
+from runner import cli_popen
+from soak import SOAK, Action, Outcome, freeze, soak, thaw
 
 pytestmark = pytest.mark.libvirtd
 
-SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "60"))
 FREEZE_AT = 12.0
 FREEZE_FOR = min(30.0, SOAK - FREEZE_AT - 12)
 ALL = [f"lab-{i}" for i in range(6)]
-
-Action = tuple[float, Callable[[], None]]
-
-
-@dataclass
-class Outcome:
-    """What one run wrote, and how busy libvirtd was meanwhile."""
-
-    lines: list[tuple[str, float, float]]
-    stderr: str
-    busy: list[tuple[float, int]]  # (seconds since start, busy libvirtd workers above baseline)
-    started: float
-    events: dict[str, float] = field(default_factory=dict)  # name -> wall time
-
-    def stamps(self, domain: str, metric: str) -> set[int]:
-        """Timestamps at which ``<domain>.virt.<metric>`` was written."""
-        path = f"{domain}.virt.{metric}"
-        return {int(ts) for p, _, ts in self.lines if p == path}
-
-    def values(self, domain: str, metric: str) -> dict[int, float]:
-        path = f"{domain}.virt.{metric}"
-        return {int(ts): v for p, v, ts in self.lines if p == path}
-
-    def blocked_calls(self) -> dict[int, int]:
-        """The most calls each instance said it had left blocked in libvirtd, by instance
-        (its own ``vpartcollect-virt-N.blocked_calls`` metric)."""
-        worst: dict[int, int] = {}
-        for path, value, _ in self.lines:
-            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
-                n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
-                worst[n] = max(worst.get(n, 0), int(value))
-        return worst
-
-    def window(self) -> range:
-        """Every tick from the second to the last-but-one (the first and last may be cut)."""
-        stamps = sorted({int(ts) for _, _, ts in self.lines})
-        return range(stamps[1], stamps[-1])
-
-    def held_threads(self, start: float, end: float) -> int:
-        """Most libvirtd workers held throughout any 2 s between start and end.
-
-        A single reading also counts requests that happen to be in flight; a thread
-        held by a hung call stays busy across the whole window.
-        """
-        worst = 0
-        t = start
-        while t + 2 <= end:
-            inside = [b for at, b in self.busy if t <= at < t + 2]
-            if inside:
-                worst = max(worst, min(inside))
-            t += 0.5
-        return worst
-
-
-def soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action],
-         seconds: float = SOAK) -> Outcome:
-    """Run the collector for ``seconds``, doing ``actions`` at their offsets."""
-    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
-        return _soak(libvirtd, args, actions, seconds, out_file, err_file)
-
-
-def _soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action], seconds: float,
-          out_file: IO[str], err_file: IO[str]) -> Outcome:
-    baseline = libvirtd.busy_workers()
-    proc = cli_popen("run", "--connect", libvirtd.uri, "--interval", "1", *args,
-                     stdout=out_file, stderr=err_file)
-    started = time.monotonic()
-    busy: list[tuple[float, int]] = []
-    todo = sorted(actions, key=lambda a: a[0])
-    try:
-        while (now := time.monotonic() - started) < seconds:
-            while todo and todo[0][0] <= now:
-                todo.pop(0)[1]()
-            try:
-                busy.append((now, libvirtd.busy_workers() - baseline))
-            except Exception:
-                pass  # libvirtd down in the restart scenario
-            time.sleep(0.2)
-        for _, action in todo:
-            action()
-        assert proc.poll() is None, "the collector exited on its own"
-    finally:
-        for name in list(libvirtd.frozen):
-            libvirtd.thaw(name)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        out_file.seek(0)
-        err_file.seek(0)
-        out, err = out_file.read(), err_file.read()
-    assert proc.returncode == 0, err
-    no_traceback(err)
-    return Outcome(parse_lines(out), err, busy, started)
-
-
-def freeze(libvirtd: PrivateLibvirtd, name: str, events: dict[str, float],
-           between_cycles: bool = True) -> Callable[[], None]:
-    """SIGSTOP ``name``'s QEMU; ``between_cycles``: half-way between two 1 s ticks.
-
-    A cycle asks libvirt for 20-60 ms after each tick (measured on this 2-core
-    machine), so a freeze at a random moment lands in a call in flight 2-6 % of the
-    time, and that call stays in libvirtd until the thaw: no collector can avoid
-    it, and the scenarios that assert nothing was left blocked would fail by luck.
-    Those freeze half-way between ticks; test_vm_freezing_mid_cycle_again_and_again
-    freezes at every phase on purpose."""
-    def act() -> None:
-        if between_cycles:
-            time.sleep((0.5 - time.time() % 1.0) % 1.0)
-        events[f"freeze {name}"] = time.time()
-        libvirtd.freeze(name)
-    return act
-
-
-def thaw(libvirtd: PrivateLibvirtd, name: str, events: dict[str, float]) -> Callable[[], None]:
-    def act() -> None:
-        events[f"thaw {name}"] = time.time()
-        libvirtd.thaw(name)
-    return act
 
 
 def assert_complete(out: Outcome, domains: list[str], metric: str) -> None:

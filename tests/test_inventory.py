@@ -7,7 +7,7 @@ from pathlib import Path
 import libvirt
 from nodes import tagged_node
 
-from vpartcollect.inventory import Domain, Inventory
+from vpartcollect.worker.inventory import Domain, Inventory
 
 
 def open_node(tmp_path: Path, tags: list[str | None]) -> libvirt.virConnect:
@@ -51,10 +51,22 @@ def test_a_domain_that_becomes_ours_gets_its_devices_read(tmp_path: Path) -> Non
 def test_the_supervisors_seed_replaces_reading_the_tag(tmp_path: Path) -> None:
     conn = open_node(tmp_path, ["virt-1", "virt-1"])
     uuid_a = conn.lookupByName("domain-A").UUIDString()
-    inv = Inventory(conn, 60.0, False, seed={uuid_a: ("virt-2", None)})
+    inv = Inventory(conn, 60.0, False, seed={uuid_a: ("domain-A", "virt-2", None)})
     doms = by_name(inv.running())
     assert (doms["domain-A"].tag, doms["domain-B"].tag) == ("virt-2", "virt-1")
     # The seed is used once: a refresh reads the domain's own metadata again.
-    fresh = Inventory(conn, 0.0, False, seed={uuid_a: ("virt-2", None)})
+    fresh = Inventory(conn, 0.0, False, seed={uuid_a: ("domain-A", "virt-2", None)})
     fresh.running()
     assert by_name(fresh.running())["domain-A"].tag == "virt-1"
+
+
+def test_before_any_listing_the_seed_names_the_domains(tmp_path: Path) -> None:
+    """A worker respawned while every listing hangs (a wedged lock) still knows what to
+    sample: the supervisor's seed, without handles (the stats call looks them up)."""
+    conn = open_node(tmp_path, ["virt-1"])
+    uuid_a = conn.lookupByName("domain-A").UUIDString()
+    inv = Inventory(conn, 60.0, False, seed={uuid_a: ("domain-A", "virt-1", None)})
+    seeded = inv.known_or_seeded()
+    assert [(d.name, d.tag, d.handle) for d in seeded] == [("domain-A", "virt-1", None)]
+    listed = by_name(inv.running())  # once a listing returns, it is the truth again
+    assert listed["domain-A"].handle is not None and len(inv.known()) == 1

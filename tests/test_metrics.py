@@ -9,7 +9,6 @@ import pytest
 from vpartcollect.metrics import (
     MetricBuilder,
     Naming,
-    RateTracker,
     collectd_sources,
     escape_part,
     format_line,
@@ -41,10 +40,10 @@ def qemu_stats(k: int = 0) -> Stats:
 
 
 def two_samples(builder: MetricBuilder, name: str = "lab-7") -> dict[str, float]:
-    builder.domain_metrics(0, 100.0, 100.0, DomainSample("uuid-7", name, None, False,
-                                                         qemu_stats(0)), 2)
-    got = builder.domain_metrics(0, 110.0, 110.0, DomainSample("uuid-7", name, None, False,
-                                                               qemu_stats(10)), 2)
+    builder.domain_metrics(0, 100.0, DomainSample("uuid-7", name, None, False,
+                                                  qemu_stats(0), 100.0), 2)
+    got = builder.domain_metrics(0, 110.0, DomainSample("uuid-7", name, None, False,
+                                                        qemu_stats(10), 110.0), 2)
     return {m.path: m.value for m in got}
 
 
@@ -73,7 +72,7 @@ def test_counters_become_rates_from_sample_times() -> None:
 
 def test_first_sample_sends_no_counter_and_no_nan() -> None:
     got = MetricBuilder(Naming()).domain_metrics(
-        0, 100.0, 100.0, DomainSample("u", "lab-7", None, False, qemu_stats()), 2)
+        0, 100.0, DomainSample("u", "lab-7", None, False, qemu_stats(), 100.0), 2)
     paths = {m.path for m in got}
     assert "lab-7.virt.memory-rss" in paths
     assert "lab-7.virt.virt_cpu_total" not in paths
@@ -83,19 +82,6 @@ def test_first_sample_sends_no_counter_and_no_nan() -> None:
 def test_raw_counters_when_rates_are_off() -> None:
     values = two_samples(MetricBuilder(Naming(), store_rates=False))
     assert values["lab-7.virt.if_octets-lt7.rx"] == 2000
-
-
-def test_rate_tracker_never_spikes() -> None:
-    r = RateTracker()
-    assert r.rate("d", "k", 10.0, 100) is None  # first
-    assert r.rate("d", "k", 20.0, 200) == 10.0
-    assert r.rate("d", "k", 20.0, 300) is None  # same timestamp (replayed tick)
-    assert r.rate("d", "k", 20.01, 300) is None  # a burst, too close to be a rate
-    assert r.rate("d", "k", 15.0, 300) is None  # older
-    assert r.rate("d", "k", 30.0, 50) is None  # counter reset: VM rebooted
-    assert r.rate("d", "k", 40.0, 150) == 10.0  # and the next one is a normal rate again
-    assert r.forget_older_than(35.0) == 0
-    assert r.forget_older_than(45.0) == 1
 
 
 @pytest.mark.parametrize(("name", "escaped"), [
@@ -150,10 +136,10 @@ def test_domains_that_went_away_leave_nothing_behind() -> None:
     stats: Stats = {"cpu.time": 1, "balloon.current": 1024, "block.count": 1,
                     "block.0.name": "vda", "block.0.rd.bytes": 5}
     for i in range(10_000):
-        sample = DomainSample(f"u{i}", f"vm{i}", None, False, stats)
-        builder.domain_metrics(0, 100.0, 100.0 + i * 0.001, sample, 2)
-    keep = DomainSample("keep", "keep", None, False, stats)
-    builder.domain_metrics(0, 200.0, 200.0, keep, 2)
+        sample = DomainSample(f"u{i}", f"vm{i}", None, False, stats, 100.0 + i * 0.001)
+        builder.domain_metrics(0, 100.0, sample, 2)
+    keep = DomainSample("keep", "keep", None, False, stats, 200.0)
+    builder.domain_metrics(0, 200.0, keep, 2)
     assert len(builder._plans) == 10_001 and len(builder.last_seen) == 10_001
     gone = builder.forget_older_than(150.0)
     assert len(gone) == 10_000 and "keep" not in gone

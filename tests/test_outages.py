@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from harness import PrivateLibvirtd, StallStore
-from test_hung_vms import Outcome, soak
+from soak import Outcome, soak
 
 pytestmark = pytest.mark.libvirtd
 

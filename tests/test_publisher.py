@@ -19,7 +19,7 @@ STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0
 
 def results(tick: float, cpu: int, rd: int) -> wire.Results:
     stats = {**STATS, "cpu.time": cpu, "block.0.rd.bytes": rd}
-    return wire.Results(tick, tick, [wire.DomainSample("u1", "vm1", "virt-0", False, stats)])
+    return wire.Results(tick, [wire.DomainSample("u1", "vm1", "virt-0", False, stats, tick)])
 
 
 def test_samples_become_lines_with_rates_from_the_second(

@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import cli, no_traceback, parse_lines
 from harness import PrivateLibvirtd
+from runner import cli, no_traceback, parse_lines
 
 pytestmark = pytest.mark.libvirtd
 

@@ -7,8 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import run_during
 from nodes import domain_xml, write_node
+from runner import run_during
 
 
 def test_reload_applies_hostname_format(tmp_path: Path) -> None:

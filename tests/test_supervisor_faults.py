@@ -15,7 +15,7 @@ import time
 from typing import NoReturn
 
 import pytest
-from conftest import DEMO_URI
+from runner import DEMO_URI
 
 from vpartcollect import supervisor, wire
 from vpartcollect.config import build
@@ -85,12 +85,12 @@ def test_every_per_domain_table_is_pruned() -> None:
         stats: wire.Stats = {"state.state": 1, "cpu.time": i, "block.count": 1,
                              "block.0.name": "vda",
                              "block.0.rd.bytes": i}
-        sup.handle(slot, wire.Results(1000.0, 1000.0, [
-            wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats)]))
+        sup.handle(slot, wire.Results(1000.0, [
+            wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats, 1000.0)]))
         sup.roster.suspect(i % 2, [f"u{i}"])
     assert sup.tracked() == 1000
-    sup.handle(sup.slots[0], wire.Results(1100.0, 1100.0, [
-        wire.DomainSample("u0", "vm0", None, False, {"state.state": 1})]))
+    sup.handle(sup.slots[0], wire.Results(1100.0, [
+        wire.DomainSample("u0", "vm0", None, False, {"state.state": 1}, 1100.0)]))
     sup._prune(1050.0)
     assert sup.tracked() == 1  # u0 was sampled again; the 999 others are gone everywhere
     assert sup.roster.tags.keys() == {"u0"} and sup.roster.names.keys() == {"u0"}

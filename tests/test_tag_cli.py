@@ -7,8 +7,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import cli
 from nodes import write_node
+from runner import cli
 
 from vpartcollect.cli import main
 from vpartcollect.partition import TAG_NS

@@ -6,15 +6,17 @@ import msgpack
 import pytest
 
 from vpartcollect import wire
+from vpartcollect.calls import CallKind
 
 MESSAGES: list[wire.Message] = [
     wire.Hello(2, 1234, 16, "QEMU", ["state", "block"], []),
-    wire.Busy("stats", ["u1", "u2"]),
+    wire.Busy(CallKind.STATS, ["u1", "u2"]),
     wire.Idle("connect failed"),
-    wire.Results(1700000000.0, 1700000000.25, [
+    wire.Results(1700000000.0, [
         wire.DomainSample("u1", "vm-1", "virt-2", False,
-                          {"cpu.time": 2**63 + 5, "block.0.name": "vda", "x": 0.5}),
-        wire.DomainSample("u2", "vm 2", None, True, {}, "web-2"),
+                          {"cpu.time": 2**63 + 5, "block.0.name": "vda", "x": 0.5},
+                          1700000000.25),
+        wire.DomainSample("u2", "vm 2", None, True, {}, 1700000000.5, "web-2"),
     ]),
     wire.Done(1700000000.0, 0.125, 2),
     wire.Done(1700000000.0, 0.125, 2, 1),
@@ -78,6 +80,6 @@ def test_invalid_utf8_is_rejected() -> None:
 
 def test_oversized_frame_is_rejected_without_buffering_it_all() -> None:
     decoder = wire.FrameDecoder(max_frame=1024)
-    big = wire.encode(wire.Busy("stats", ["u" * 100] * 50))
+    big = wire.encode(wire.Busy(CallKind.STATS, ["u" * 100] * 50))
     with pytest.raises(wire.WireError):
         decoder.feed(big)

@@ -9,23 +9,13 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
-from conftest import DEMO_URI, run_during
 from harness import PrivateLibvirtd
+from runner import DEMO_URI, children, run_during
 
 KILL_EVERY = 2.0
 KILLING = 30.0
-
-
-def children(pid: int) -> list[int]:
-    """The supervisor's live children: its workers."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
 
 
 def kill_workers(uri: str) -> tuple[int, dict[str, int], int, str]:

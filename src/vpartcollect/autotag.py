@@ -15,42 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vpartcollect import safexml
+from vpartcollect.mounts import Mount, mount_of
 from vpartcollect.partition import instance_name
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "glusterfs", "fuse.glusterfs", "ceph",
               "fuse.ceph", "ocfs2", "gfs2", "lustre", "9p"}
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/mounts: what is mounted where, and its type."""
-
-    source: str
-    target: str
-    fstype: str
-
-
-def read_mounts(text: str) -> list[Mount]:
-    """Parse /proc/self/mounts (octal escapes like \\040 decoded)."""
-    def unescape(s: str) -> str:
-        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-    mounts = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            mounts.append(Mount(unescape(parts[0]), unescape(parts[1]), parts[2]))
-    return mounts
-
-
-def mount_of(path: str, mounts: Sequence[Mount]) -> Mount | None:
-    """The mount a file lives on: the longest mount point that is a prefix of ``path``."""
-    best: Mount | None = None
-    for m in mounts:
-        prefix = m.target.rstrip("/") + "/"
-        if (path.startswith(prefix) or m.target == "/") and (
-                best is None or len(m.target) > len(best.target)):
-            best = m
-    return best
 
 
 def _file_backend(path: str, mounts: Sequence[Mount]) -> str | None:

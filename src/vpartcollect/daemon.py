@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+_PR_SET_PDEATHSIG = 1
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -20,6 +21,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def printable(text: str) -> str:
     """``text`` with control characters as escapes: a domain name cannot add a line."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def few(names: Sequence[str], most: int = 5) -> str:
+    """Names for a log line: the first ``most``, then how many more."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
 class OneLineFormatter(logging.Formatter):
@@ -67,6 +74,16 @@ class SignalPipe:
     def close(self) -> None:
         """Stop writing to the pipe on signals."""
         signal.set_wakeup_fd(-1)
+
+
+def die_with_parent() -> None:
+    """In a forked child: be SIGKILLed when the parent dies, even by SIGKILL, so no
+    child outlives the supervisor holding libvirt calls or a lookup. Linux only; a
+    no-op where prctl is missing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def release_memory() -> None:

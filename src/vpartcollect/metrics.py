@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from vpartcollect.rates import RateTracker
 from vpartcollect.samples import DomainSample, Stats, StatValue
 
 PLUGIN = "virt"
@@ -194,54 +195,6 @@ def format_line(path: str, value: float, ts: float) -> str:
     return f"{path} {format_number(value)} {stamp}\n"
 
 
-class RateTracker:
-    """Counter -> per-second rate from two samples' own timestamps (collectd's StoreRates).
-
-    A first sample, a repeated or older timestamp, or a counter that went
-    backwards (reboot, re-plugged device) yields None, never a spike.
-    """
-
-    # Samples closer than this (a backlog collected in one burst) give noise, not a rate.
-    MIN_GAP = 0.05
-
-    def __init__(self) -> None:
-        # domain -> counter -> (ts, value): nested, so a domain's counters cost no key
-        # tuple each and are forgotten together.
-        self._last: dict[str, dict[str, tuple[float, float]]] = {}
-
-    def rate(self, domain: str, what: str, ts: float, value: float) -> float | None:
-        """Record ``value`` at ``ts`` for counter ``what`` of ``domain``; return the rate
-        since the previous one."""
-        counters = self._last.get(domain)
-        if counters is None:
-            counters = self._last[domain] = {}
-        prev = counters.get(what)
-        if prev is not None and ts < prev[0] + self.MIN_GAP:
-            return None
-        counters[what] = (ts, value)
-        if prev is None or value < prev[1]:
-            return None
-        return (value - prev[1]) / (ts - prev[0])
-
-    def domains(self) -> int:
-        """How many domains have rate state."""
-        return len(self._last)
-
-    def forget_older_than(self, ts: float) -> int:
-        """Drop the counters last updated before ``ts``, and domains left with none;
-        return how many counters went."""
-        dropped = 0
-        for domain in list(self._last):
-            counters = self._last[domain]
-            stale = [what for what, (t, _) in counters.items() if t < ts]
-            for what in stale:
-                del counters[what]
-            dropped += len(stale)
-            if not counters:
-                del self._last[domain]
-        return dropped
-
-
 class Metric(NamedTuple):
     """One output point with the identity a JSON consumer wants."""
 
@@ -265,12 +218,24 @@ class MetricBuilder:
     keys) and reused every cycle: the per-value work is a lookup and a rate.
     """
 
-    def __init__(self, naming: Naming, store_rates: bool = True) -> None:
-        self.naming = naming
+    def __init__(self, naming: Naming, store_rates: bool = True, min_gap: float = 0.5) -> None:
+        self._naming = naming
         self.store_rates = store_rates
-        self.rates = RateTracker()
+        self.rates = RateTracker(min_gap)
         self._plans: dict[tuple[str, str, str | None, tuple[str, ...]], tuple[str, _Plan]] = {}
-        self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was taken
+        self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was read
+
+    @property
+    def naming(self) -> Naming:
+        """How paths are built."""
+        return self._naming
+
+    @naming.setter
+    def naming(self, naming: Naming) -> None:
+        # Plans hold finished paths: new naming rules (a reload) apply from the next sample.
+        if naming != self._naming:
+            self._plans.clear()
+        self._naming = naming
 
     def _plan(self, uuid: str, name: str, label: str | None, stats: Stats) -> tuple[str, _Plan]:
         key = (uuid, name, label, tuple(stats))
@@ -287,15 +252,16 @@ class MetricBuilder:
             plan = self._plans[key] = (self.naming.domain_prefix(name, uuid, label), steps)
         return plan
 
-    def domain_metrics(self, instance: int, ts: float, sampled: float, sample: DomainSample,
+    def domain_metrics(self, instance: int, ts: float, sample: DomainSample,
                        ncpus: int) -> list[Metric]:
-        """All metrics of one domain sample stamped ``ts``, taken at ``sampled``.
+        """All metrics of one domain sample stamped ``ts``.
 
-        Rates divide by the time between the samples as taken, so a sample
-        collected late (after a watchdog respawn) cannot fake a spike.
+        Rates divide by the time between the samples as read (``sample.read_at``), so
+        a sample collected late (after a watchdog respawn) cannot fake a spike.
         """
         uuid, name, tag, stats = sample.uuid, sample.name, sample.tag, sample.stats
-        self.last_seen[uuid] = sampled
+        sampled = sample.read_at
+        self.last_seen[uuid] = max(sampled, self.last_seen.get(uuid, sampled))
         head, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
         rate = self.rates.rate

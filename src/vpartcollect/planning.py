@@ -9,9 +9,9 @@ import libvirt
 
 from vpartcollect.config import Config
 from vpartcollect.daemon import printable
-from vpartcollect.inventory import Inventory
-from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
+from vpartcollect.libvirt_conn import error_text, open_readonly, quiet_libvirt
 from vpartcollect.preflight import PreflightError
+from vpartcollect.worker.inventory import Inventory
 
 REASON_EXCLUDED = "excluded by include/exclude"
 
@@ -54,7 +54,7 @@ def plan_rows(cfg: Config) -> list[PlanRow]:
             conn.close()
     except libvirt.libvirtError as exc:
         raise PreflightError(f"cannot read domains from {cfg.connect}: "
-                             f"{' '.join(str(exc.get_error_message() or exc).split())}") from None
+                             f"{error_text(exc)}") from None
     return rows_for([(d.name, d.uuid, d.tag) for d in running], cfg)
 
 

@@ -27,7 +27,7 @@ def check_libvirt(uri: str, timeout: float = PREFLIGHT_TIMEOUT) -> None:
             os.dup2(devnull, 2)
             import libvirt
 
-            from vpartcollect.libvirt_stats import quiet_libvirt
+            from vpartcollect.libvirt_conn import quiet_libvirt
 
             quiet_libvirt()
             try:

@@ -1,8 +1,9 @@
 """The data path: what workers sampled in, metrics (names, rates) out to stdout and Graphite.
 
 The supervisor (the control plane) hands over samples, a finished tick's
-counters and the start of each tick; the publisher owns the MetricBuilder, whose
-rate state outlives any worker, the sinks and their selector registrations. It
+counters and the start of each tick; the publisher owns the Ledger (one sample
+per domain and tick, whatever path made it) and the MetricBuilder, whose rate
+state outlives any worker, the sinks and their selector registrations. It
 never forks and never waits on Graphite; only stdout is written blocking.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from vpartcollect import wire
 from vpartcollect.config import Config
+from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
@@ -27,30 +29,47 @@ OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
 log = logging.getLogger(__name__)
 
 
+def rate_gap(interval: float) -> float:
+    """Reads closer than this give no rate of their own (see rates.py): half a second,
+    or half the interval when it is shorter."""
+    return min(0.5, interval / 2)
+
+
 class Publisher:
     """Builds metrics from samples and writes them to every output."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates)
+    def __init__(self, cfg: Config, keep_ticks: int = 16) -> None:
+        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates, rate_gap(cfg.interval))
+        self.ledger = Ledger(keep_ticks)
+        self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
         self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
-        self.graphite = [GraphiteSink(ep, cfg.graphite_buffer, cfg.graphite_resend_seconds)
+        self.graphite = [self._attach(GraphiteSink(ep, cfg.graphite_buffer,
+                                                   cfg.graphite_resend_seconds))
                          for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
+        self._selector: selectors.BaseSelector | None = None
 
     # -- samples in -------------------------------------------------------
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
                 silent: bool = False) -> None:
-        """Metrics of one Results frame; ``silent`` only primes the rates (--once)."""
+        """Metrics of one Results frame; ``silent`` only primes the rates (--once).
+        A domain already sampled for this tick is dropped and counted."""
         out: list[Metric] = []
         for d in msg.domains:
-            out += self.builder.domain_metrics(instance, msg.tick, msg.sampled, d, ncpus)
+            if not self.ledger.admit(d.uuid, msg.tick):
+                self.duplicates[instance] = self.duplicates.get(instance, 0) + 1
+                log.debug("virt-%d: a second sample of %s for %s dropped", instance, d.name,
+                          msg.tick)
+                continue
+            out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
         if not silent:
             self.emit(out)
 
     def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
         """The collector's own metrics of one instance for a finished tick."""
         naming = self.builder.naming
+        values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
                    for k, v in values.items()])
 
@@ -67,11 +86,13 @@ class Publisher:
 
     def forget_older_than(self, ts: float) -> set[str]:
         """Drop the state of domains not sampled since ``ts``; return their uuids."""
-        return self.builder.forget_older_than(ts)
+        gone = self.builder.forget_older_than(ts)
+        self.ledger.forget(gone)
+        return gone
 
     def tracked(self) -> int:
         """Domains held in the largest of the publisher's per-domain tables."""
-        return self.builder.tracked()
+        return max(self.builder.tracked(), self.ledger.tracked())
 
     def emit(self, metrics: Sequence[Metric]) -> None:
         """Hand a batch to every output (stdout may raise OutputClosed)."""
@@ -91,6 +112,7 @@ class Publisher:
     def register(self, selector: selectors.BaseSelector) -> None:
         """Before every wait: let disconnected destinations try again, and register what
         each wants to wait for (its socket or its name lookup) with ``selector``."""
+        self._selector = selector
         for sink in self.graphite:
             sink.poll()
             want = sink.interest()
@@ -116,11 +138,20 @@ class Publisher:
         if had is not None:
             selector.unregister(had[0])
 
+    def _attach(self, sink: GraphiteSink) -> GraphiteSink:
+        """Have ``sink`` leave the selector before it closes what is registered there."""
+        def release() -> None:
+            if self._selector is not None:
+                self.unregister(self._selector, sink)
+        sink.on_close = release
+        return sink
+
     # -- reload and exit ----------------------------------------------------
     def reconfigure(self, old: Config, new: Config, selector: selectors.BaseSelector) -> None:
         """SIGHUP: naming and rates settings; reopen changed outputs. An unchanged Graphite
         destination keeps its connection and what it has queued."""
         self.builder.naming, self.builder.store_rates = new.naming(), new.store_rates
+        self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
@@ -134,9 +165,8 @@ class Publisher:
                     log.warning("SIGHUP: %s removed with %d lines not sent", sink,
                                 sink.buffered)
                 sink.close()
-        self.graphite = [keep.get(ep) or GraphiteSink(ep, new.graphite_buffer,
-                                                      new.graphite_resend_seconds)
-                         for ep in new.graphite]
+        self.graphite = [keep.get(ep) or self._attach(GraphiteSink(
+            ep, new.graphite_buffer, new.graphite_resend_seconds)) for ep in new.graphite]
 
     def stop_writes(self) -> None:
         """A stop was asked: a stdout write in progress finishes if read, but not forever."""

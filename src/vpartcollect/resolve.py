@@ -10,7 +10,6 @@ on. A numeric address needs no lookup and is answered at once.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -20,9 +19,10 @@ from typing import Any
 
 import msgpack
 
+from vpartcollect.daemon import die_with_parent
+
 LOOKUP_SECONDS = 30.0  # a lookup still unanswered after this has failed
 _MAX_REPLY = 1 << 16
-_PR_SET_PDEATHSIG = 1
 
 Address = tuple[int, tuple[Any, ...]]  # (family, sockaddr) ready for socket.connect
 
@@ -146,8 +146,7 @@ def _lookup_child(host: str, port: int, out: int) -> None:
         signal.set_wakeup_fd(-1)  # the parent's wakeup pipe is not ours to write
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        die_with_parent()
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             reply = encode_reply([(info[0], info[4]) for info in infos

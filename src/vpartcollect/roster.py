@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from vpartcollect.samples import DomainSample
 
-Seed = dict[str, tuple[str | None, str | None]]  # uuid -> (tag, label)
+Seed = dict[str, tuple[str, str | None, str | None]]  # uuid -> (name, tag, label)
 
 
 class Roster:
@@ -20,7 +20,7 @@ class Roster:
 
     def __init__(self) -> None:
         self.names: dict[str, str] = {}
-        self.tags: Seed = {}
+        self.tags: dict[str, tuple[str | None, str | None]] = {}  # uuid -> (tag, label)
         self.suspects: dict[int, set[str]] = {}  # instance -> its suspects
 
     def seen(self, instance: int, sample: DomainSample) -> None:
@@ -43,8 +43,9 @@ class Roster:
         return self.names.get(uuid, uuid)
 
     def seed(self) -> Seed:
-        """What a new worker starts from."""
-        return self.tags
+        """What a new worker starts from: every domain's name, tag and label."""
+        return {uuid: (self.names.get(uuid, uuid), tag, label)
+                for uuid, (tag, label) in self.tags.items()}
 
     def forget_tags(self) -> None:
         """The tags were read under settings that changed (a reload)."""

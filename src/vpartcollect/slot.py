@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from vpartcollect import wire
+from vpartcollect.calls import CallKind
 from vpartcollect.partition import instance_name
 from vpartcollect.watchdog import respawn_delay
 
@@ -34,7 +35,7 @@ class Slot:
     decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
     ready: bool = False
     ncpus: int = 0
-    busy: str | None = None
+    busy: CallKind | None = None
     busy_uuids: list[str] = field(default_factory=list)
     deadline: float | None = None
     current: wire.Tick | None = None

@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 from vpartcollect import wire
 from vpartcollect.config import Config, ConfigError
-from vpartcollect.daemon import SignalPipe, release_memory, sd_notify
+from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.publisher import OutputClosed, Publisher
 from vpartcollect.roster import Roster
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule, queue_tick
 from vpartcollect.watchdog import backlog_limit, kill_deadline
-from vpartcollect.worker import few, worker_main
+from vpartcollect.worker import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ class Supervisor:
         self.once = once
         self.reload_config = reload
         self.ready = False
-        self.publisher = Publisher(cfg)
+        self.backlog = backlog_limit(cfg.interval, cfg.call_timeout, cfg.chunk_size)
+        # The ledger remembers more ticks per domain than a worker may replay.
+        self.publisher = Publisher(cfg, keep_ticks=self.backlog + 4)
         self.slots = [Slot(i) for i in range(cfg.instances)]
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
-        self.backlog = backlog_limit(cfg.interval, cfg.call_timeout, cfg.chunk_size)
         self.schedule = Schedule(cfg.interval, time.time(), once, cfg.store_rates)
         self.roster = Roster()  # names, tags (for new workers), suspects
         self.signals: SignalPipe | None = None
@@ -186,9 +187,9 @@ class Supervisor:
         """Act on one message from a worker."""
         slot.busy, slot.deadline = None, None
         if isinstance(msg, wire.Busy):
-            slot.busy, slot.busy_uuids = msg.what, msg.uuids
+            slot.busy, slot.busy_uuids = msg.kind, msg.uuids
             slot.deadline = time.monotonic() + kill_deadline(self.cfg.call_timeout,
-                                                             len(msg.uuids), msg.what)
+                                                             len(msg.uuids), msg.kind)
         elif isinstance(msg, wire.Hello):
             slot.ready, slot.ncpus = True, msg.ncpus
             if not self.ready and all(s.ready for s in self.slots):
@@ -206,10 +207,12 @@ class Supervisor:
     def _results(self, slot: Slot, msg: wire.Results) -> None:
         if msg.domains:
             slot.failures = 0  # it did work: if it dies now, it is replaced at once
+        current = slot.current is not None and msg.tick == slot.current.ts
         for d in msg.domains:
             self.roster.seen(slot.index, d)
-            slot.delivered.add(d.uuid)
-            slot.unresponsive += d.unresponsive
+            if current:  # what a successor skips if this worker dies in this tick
+                slot.delivered.add(d.uuid)
+                slot.unresponsive += d.unresponsive
         self.publisher.samples(slot.index, msg, slot.ncpus,
                                silent=not self.schedule.written(msg.tick))
 
@@ -254,10 +257,11 @@ class Supervisor:
                     if slot.deadline is None or time.monotonic() <= slot.deadline:
                         continue
                 names = few([self.roster.name(u) for u in slot.busy_uuids])
+                kind = slot.busy.value if slot.busy else "a call"
                 log.warning("%s: %s%s passed its deadline; killing worker pid %d", slot.name,
-                            slot.busy, f" of {names}" if names else "", slot.pid)
+                            kind, f" of {names}" if names else "", slot.pid)
                 slot.kills += 1
-                if slot.busy in ("stats", "frozen"):  # a hung tag read says nothing of QEMU
+                if slot.busy is not None and slot.busy.involves_qemu:
                     self.roster.suspect(slot.index, slot.busy_uuids)
                 slot.kill(hung=True)
 
@@ -289,6 +293,7 @@ class Supervisor:
         old, self.cfg = self.cfg, new
         self.publisher.reconfigure(old, new, self.selector)
         self.backlog = backlog_limit(new.interval, new.call_timeout, new.chunk_size)
+        self.publisher.ledger.keep = max(self.publisher.ledger.keep, self.backlog + 4)
         self.schedule.reinterval(new.interval, time.time())
         if old.worker_settings() != new.worker_settings():
             self._restart_workers(new.instances)

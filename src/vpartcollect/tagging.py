@@ -7,19 +7,16 @@ from typing import Any
 
 import libvirt
 
-from vpartcollect.autotag import Proposal, propose, read_mounts, storage_backends
-from vpartcollect.inventory import read_tag
-from vpartcollect.libvirt_stats import open_readonly, quiet_libvirt
+from vpartcollect.autotag import Proposal, propose, storage_backends
+from vpartcollect.libvirt_conn import error_text, open_readonly, quiet_libvirt
+from vpartcollect.mounts import read_mounts
 from vpartcollect.partition import TAG_NS, TAG_PREFIX, is_valid_tag, tag_element
 from vpartcollect.planning import render_table
+from vpartcollect.worker.inventory import read_tag
 
 
 class TagCommandError(Exception):
     """A tagging problem, worded for the operator in one line."""
-
-
-def _libvirt_message(exc: libvirt.libvirtError) -> str:
-    return " ".join(str(exc.get_error_message() or exc).split())
 
 
 def open_conn(uri: str, write: bool) -> Any:
@@ -30,7 +27,7 @@ def open_conn(uri: str, write: bool) -> Any:
     except libvirt.libvirtError as exc:
         raise TagCommandError(f"cannot connect to libvirt at {uri}"
                               f"{' read-write' if write else ''}: "
-                              f"{_libvirt_message(exc)}") from None
+                              f"{error_text(exc)}") from None
 
 
 def set_tag(conn: Any, domain: str, tag: str | None) -> None:
@@ -53,7 +50,7 @@ def set_tag(conn: Any, domain: str, tag: str | None) -> None:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             raise TagCommandError(f"no domain named {domain!r}") from None
         raise TagCommandError(f"{domain}: cannot write the tag: "
-                              f"{_libvirt_message(exc)}") from None
+                              f"{error_text(exc)}") from None
 
 
 def auto_proposals(conn: Any, instances: int, mounts_file: Path = Path("/proc/self/mounts")
@@ -67,7 +64,7 @@ def auto_proposals(conn: Any, instances: int, mounts_file: Path = Path("/proc/se
             domains.append((name, storage_backends(dom.XMLDesc(0), mounts)))
             current[name] = read_tag(dom, set())
     except libvirt.libvirtError as exc:
-        raise TagCommandError(f"cannot read domains: {_libvirt_message(exc)}") from None
+        raise TagCommandError(f"cannot read domains: {error_text(exc)}") from None
     return [(p, current[p.domain]) for p in propose(domains, instances)]
 
 

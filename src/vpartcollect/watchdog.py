@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from vpartcollect.backoff import backoff
+from vpartcollect.calls import CallKind
 
 # Measured: bulk NOWAIT stats cost 6-7 ms per QEMU domain here; allow ~8x that so a
 # large healthy chunk on a loaded host is never mistaken for a hung one.
@@ -19,16 +20,16 @@ RESPAWN_MIN = 0.5
 RESPAWN_MAX = 30.0
 
 
-def call_deadline(timeout: float, domains: int, what: str = "stats") -> float:
-    """Seconds a worker may spend in one announced call (``what``) over ``domains`` domains."""
-    if what == "connect":
+def call_deadline(timeout: float, domains: int, kind: CallKind = CallKind.STATS) -> float:
+    """Seconds a worker may spend in one announced call of ``kind`` over ``domains`` domains."""
+    if kind is CallKind.CONNECT:
         return max(timeout, CONNECT_SECONDS)
     return timeout + PER_DOMAIN_SECONDS * domains
 
 
-def kill_deadline(timeout: float, domains: int, what: str = "stats") -> float:
+def kill_deadline(timeout: float, domains: int, kind: CallKind = CallKind.STATS) -> float:
     """Seconds the supervisor lets a worker stay in one announced call before killing it."""
-    return call_deadline(timeout, domains, what) + BACKSTOP_SECONDS
+    return call_deadline(timeout, domains, kind) + BACKSTOP_SECONDS
 
 
 def respawn_delay(failures: int) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from vpartcollect.calls import CallKind
 from vpartcollect.samples import DomainSample, Stats
 
 __all__ = [
@@ -53,9 +54,9 @@ class Hello:
 
 @dataclass(frozen=True)
 class Busy:
-    """The worker starts a libvirt call that may block: ``what`` over ``uuids``."""
+    """The worker starts a libvirt call that may block: ``kind`` over ``uuids``."""
 
-    what: str
+    kind: CallKind
     uuids: list[str]
 
 
@@ -68,10 +69,9 @@ class Idle:
 
 @dataclass(frozen=True)
 class Results:
-    """Samples of one chunk of domains for the tick stamped ``tick``, taken at ``sampled``."""
+    """Samples of domains for the tick stamped ``tick`` (each with its own read time)."""
 
     tick: float
-    sampled: float  # wall-clock time of the call: rates use it, late replays stay honest
     domains: list[DomainSample]
 
 
@@ -109,13 +109,14 @@ def encode(msg: Message) -> bytes:
             msg.bulk_groups, msg.fallback_groups,
         ]
     elif isinstance(msg, Busy):
-        body = ["busy", msg.what, msg.uuids]
+        body = ["busy", msg.kind.value, msg.uuids]
     elif isinstance(msg, Idle):
         body = ["idle", msg.why]
     elif isinstance(msg, Results):
         body = [
-            "results", msg.tick, msg.sampled,
-            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.label] for d in msg.domains],
+            "results", msg.tick,
+            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.read_at, d.label]
+             for d in msg.domains],
         ]
     elif isinstance(msg, Done):
         body = ["done", msg.tick, msg.seconds, msg.domains, msg.blocked]
@@ -167,17 +168,18 @@ def _stats(value: object) -> Stats:
 
 def _sample(value: object) -> DomainSample:
     row = _need(value, list, "domain")
-    if len(row) != 6:
-        raise WireError("domain: expected 6 fields")
+    if len(row) != 7:
+        raise WireError("domain: expected 7 fields")
     tag = None if row[2] is None else _need(row[2], str, "tag")
-    label = None if row[5] is None else _need(row[5], str, "label")
+    label = None if row[6] is None else _need(row[6], str, "label")
     return DomainSample(
         _need(row[0], str, "uuid"), _need(row[1], str, "name"), tag,
-        _need(row[3], bool, "unresponsive"), _stats(row[4]), label,
+        _need(row[3], bool, "unresponsive"), _stats(row[4]), _number(row[5], "read_at"), label,
     )
 
 
-_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 4, "done": 5, "tick": 4}
+_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 3, "done": 5, "tick": 4}
+_KINDS = {k.value: k for k in CallKind}
 
 
 def decode(obj: object) -> Message:
@@ -195,13 +197,15 @@ def decode(obj: object) -> Message:
             _strings(frame[5], "bulk_groups"), _strings(frame[6], "fallback_groups"),
         )
     if kind == "busy":
-        return Busy(_need(frame[1], str, "what"), _strings(frame[2], "uuids"))
+        call = _KINDS.get(_need(frame[1], str, "kind"))
+        if call is None:
+            raise WireError(f"busy: unknown call kind {frame[1]!r}")
+        return Busy(call, _strings(frame[2], "uuids"))
     if kind == "idle":
         return Idle(_need(frame[1], str, "why"))
     if kind == "results":
-        rows = _need(frame[3], list, "domains")
-        return Results(_number(frame[1], "tick"), _number(frame[2], "sampled"),
-                       [_sample(row) for row in rows])
+        rows = _need(frame[2], list, "domains")
+        return Results(_number(frame[1], "tick"), [_sample(row) for row in rows])
     if kind == "done":
         blocked = _need(frame[4], int, "blocked")
         if not 0 <= blocked <= MAX_DEVICES:

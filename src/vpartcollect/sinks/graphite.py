@@ -63,6 +63,7 @@ class GraphiteSink:
         self._episode_dropped = 0
         self._down_logged = False
         self._lost_at: float | None = None  # when the last good connection died
+        self.on_close: Callable[[], None] = lambda: None  # the selector lets go of us
 
     def __str__(self) -> str:
         return f"graphite {self.endpoint}"
@@ -122,8 +123,7 @@ class GraphiteSink:
         now = self.clock()
         if self.lookup is not None:
             if self.lookup.expired():
-                self.lookup.close()
-                self.lookup = None
+                self.close()
                 self._fail(TimeoutError(f"name lookup of {self.endpoint.host} timed out"))
         elif self.sock is None:
             if now >= self.next_attempt:
@@ -168,7 +168,10 @@ class GraphiteSink:
         return False
 
     def close(self) -> None:
-        """Drop the connection (what is queued stays queued)."""
+        """Drop the connection (what is queued stays queued). The selector lets go of it
+        first: a descriptor closed while registered, then reused by the next socket or
+        pipe, would make the selector refuse that one."""
+        self.on_close()
         if self.lookup is not None:
             self.lookup.close()
             self.lookup = None
@@ -200,9 +203,7 @@ class GraphiteSink:
     def _next_address(self, error: OSError | None) -> None:
         """Connect to the next address not yet tried; when none is left, fail with the
         last ``error``."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.close()
         self.connecting = False
         while self.addresses:
             family, addr = self.addresses.pop(0)

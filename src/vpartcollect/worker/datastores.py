@@ -12,6 +12,12 @@ The same thread then stats the datastore's other images: their size and the
 space they take are what virDomainGetBlockInfo (and so collectd) reports as a
 file-backed disk's physical size and allocation, and the bulk stats do not
 carry them (see libvirt_stats.as_block_info).
+
+An image is looked at where QEMU sees it: ``/proc/<qemu pid>/root/<path>``, in
+QEMU's own mount namespace, and its datastore is the filesystem QEMU's
+mountinfo puts it on. A collector in a container or a unit with private mounts
+would otherwise stat a file of its own view (or none) and call a dead store
+alive. Without QEMU's pid, the collector's view is all there is.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from vpartcollect.autotag import Mount, mount_of
+from vpartcollect.mounts import Mount, mount_of
 
 
 def is_file_image(source: str) -> bool:
@@ -30,16 +37,29 @@ def is_file_image(source: str) -> bool:
     return source.startswith("/") and not source.startswith("/dev/")
 
 
-def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount]) -> dict[str, list[str]]:
-    """{mount point: its images} for file-backed disks (device nodes and network
-    disks are not stat()ed by QEMU to report their size)."""
-    out: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class Image:
+    """A disk image: its path as libvirt names it, and where to stat it from here."""
+
+    path: str
+    look_at: str
+
+
+def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount],
+               root: str = "") -> dict[str, list[Image]]:
+    """{datastore: its images} for file-backed disks (device nodes and network disks
+    are not stat()ed by QEMU to report their size). ``mounts`` and ``root`` are QEMU's
+    view (its mountinfo and ``/proc/<pid>/root``), or the collector's own."""
+    out: dict[str, list[Image]] = {}
     for source in disk_sources:
         if not is_file_image(source):
             continue
         mount = mount_of(source, mounts)
-        if mount is not None and source not in out.get(mount.target, []):
-            out.setdefault(mount.target, []).append(source)
+        if mount is None:
+            continue
+        image = Image(source, root + source)
+        if image not in out.get(mount.store, []):
+            out.setdefault(mount.store, []).append(image)
     return out
 
 
@@ -47,23 +67,28 @@ Sizes = dict[str, tuple[int, int]]  # image -> (st_size, st_blocks * 512)
 
 
 class _Probe:
-    def __init__(self, paths: Sequence[str], look: Callable[[str], object],
+    def __init__(self, images: Sequence[Image], look: Callable[[str], object],
                  sizes: Sizes) -> None:
         self.started = time.monotonic()
         self.done = threading.Event()
-        threading.Thread(target=self._look, args=(paths, look, sizes),
+        threading.Thread(target=self._look, args=(images, look, sizes),
                          name="datastore-probe", daemon=True).start()
 
-    def _look(self, paths: Sequence[str], look: Callable[[str], object], sizes: Sizes) -> None:
+    def __repr__(self) -> str:
+        state = "answered" if self.done.is_set() else "out"
+        return f"<Probe {state}, started {time.monotonic() - self.started:.2f} s ago>"
+
+    def _look(self, images: Sequence[Image], look: Callable[[str], object],
+              sizes: Sizes) -> None:
         try:
-            for path in paths:
+            for image in images:
                 try:
-                    st = look(path)
+                    st = look(image.look_at)
                 except (OSError, ValueError):
-                    sizes.pop(path, None)  # an answer, even "no such file": it responds
+                    sizes.pop(image.path, None)  # an answer, even "no such file": it responds
                     continue
                 if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
-                    sizes[path] = (st.st_size, st.st_blocks * 512)
+                    sizes[image.path] = (st.st_size, st.st_blocks * 512)
         finally:
             self.done.set()
 
@@ -78,18 +103,18 @@ class Probes:
         self._round: list[_Probe] = []
         self.sizes: Sizes = {}  # written by the probe threads, one key at a time
 
-    def start(self, paths: dict[str, list[str]]) -> None:
+    def start(self, paths: dict[str, list[Image]]) -> None:
         """Probe each datastore of ``paths`` ({datastore: its images}) unless a probe is
         still out; the first image tells whether it answers, all get their sizes read."""
         self._round = []
         for store in [s for s, p in self._probes.items() if s not in paths and p.done.is_set()]:
             del self._probes[store]
-        wanted = {path for images in paths.values() for path in images}
+        wanted = {image.path for images in paths.values() for image in images}
         for path in [p for p in self.sizes if p not in wanted]:
             del self.sizes[path]
         self.recheck(paths)
 
-    def recheck(self, paths: dict[str, list[str]]) -> None:
+    def recheck(self, paths: dict[str, list[Image]]) -> None:
         """Probe these datastores again now, unless a probe is still out, forgetting
         nothing of the others (a call that hung may mean one just died)."""
         for store, images in paths.items():

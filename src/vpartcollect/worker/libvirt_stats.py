@@ -12,14 +12,16 @@ domain at all, so the probe itself can never wait on a QEMU.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
-from vpartcollect.datastores import is_file_image
-from vpartcollect.inventory import Domain
 from vpartcollect.samples import Stats
+from vpartcollect.worker.datastores import is_file_image
+from vpartcollect.worker.inventory import Domain
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ _MEMSTAT_KEYS = {"actual": "current", "last_update": "last-update"}
 # bulk cpu-total, vcpu, balloon and block take the monitor job and block. Per-domain
 # info(), vcpus() and getCPUStats() read cgroups and /proc and return at once.
 FROZEN_BULK = ("state", "interface")
+
+
+@dataclass
+class Answer:
+    """One domain's statistics, and when libvirt read them: the wall clock just after the
+    call that gave the cpu time returned (rates divide by the time between two reads)."""
+
+    stats: Stats
+    read_at: float
 
 
 def as_block_info(stats: Stats, sizes: Mapping[str, tuple[int, int]]) -> None:
@@ -94,6 +105,23 @@ def monitor_skipped(stats: Stats) -> bool:
     return "balloon.current" in stats and "balloon.rss" not in stats
 
 
+def devices_in(stats: Stats) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """(disks as (target, source), interface names) that bulk stats name, or None when
+    they carry no block or interface group: libvirt lists the devices every cycle, so a disk added,
+    removed or moved to another image (snapshot, pivot) shows here first."""
+    count, nets = stats.get("block.count"), stats.get("net.count")
+    if type(count) is not int or type(nets) is not int:
+        return None
+    disks = []
+    for i in range(count):
+        name, path = stats.get(f"block.{i}.name"), stats.get(f"block.{i}.path", "")
+        if isinstance(name, str) and name:
+            disks.append((name, path if isinstance(path, str) else ""))
+    nics = [n for i in range(nets)
+            if isinstance(n := stats.get(f"net.{i}.name"), str) and n]
+    return disks, nics
+
+
 def probe_bulk_groups(conn: Any) -> tuple[list[str], list[str]]:
     """Split GROUPS into (answered in bulk, needing per-domain fallback) for this connection."""
     bulk, fallback = [], []
@@ -109,16 +137,6 @@ def probe_bulk_groups(conn: Any) -> tuple[list[str], list[str]]:
     return bulk, fallback
 
 
-def open_readonly(uri: str) -> Any:
-    """A read-only connection: collecting needs no write access."""
-    return libvirt.openReadOnly(uri)
-
-
-def quiet_libvirt() -> None:
-    """Stop libvirt from printing every error to stderr; we report them ourselves."""
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
 class StatsReader:
     """Collects one chunk of domains with the groups split decided at connect time."""
 
@@ -129,6 +147,10 @@ class StatsReader:
             self.bulk_bits |= GROUPS[name]
         self.fallback = list(fallback)
         self._unsupported: set[str] = set()  # per-domain calls this driver refuses
+
+    def __repr__(self) -> str:
+        return (f"<StatsReader bulk={self.bulk_bits:#x} per-domain={','.join(self.fallback)} "
+                f"on {self.conn!r}>")
 
     @property
     def block_in_bulk(self) -> bool:
@@ -141,7 +163,7 @@ class StatsReader:
         """Whether fallback calls need disk/interface names from the domain XML."""
         return bool({"block", "interface"} & set(self.fallback))
 
-    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Stats]:
+    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Answer]:
         """Raw stats per uuid; a domain that vanished mid-call is simply absent.
 
         ``block=False`` leaves out the block group: it makes QEMU stat() each image,
@@ -151,7 +173,7 @@ class StatsReader:
         return self._collect(self._bind(domains), bits,
                              [g for g in self.fallback if block or g != "block"])
 
-    def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Stats]:
+    def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Answer]:
         """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
         bits = 0
         for group in FROZEN_BULK:
@@ -159,12 +181,13 @@ class StatsReader:
         domains = self._bind(domains)
         out = self._collect(domains, bits, [g for g in self.fallback if g in FROZEN_BULK])
         for dom in domains:
-            stats = out.setdefault(dom.uuid, {})
-            h = dom.handle
+            answer = out.setdefault(dom.uuid, Answer({}, time.time()))
+            stats, h = answer.stats, dom.handle
             try:
                 info = h.info()
                 stats["balloon.maximum"], stats["balloon.current"] = info[1], info[2]
                 cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
+                answer.read_at = time.time()
                 for key, name in (("cpu_time", "time"), ("user_time", "user"),
                                   ("system_time", "system")):
                     if key in cpu:
@@ -177,14 +200,15 @@ class StatsReader:
                     out.pop(dom.uuid, None)
                     continue
                 log.debug("%s: stats of a frozen domain failed: %s", dom.name, exc)
-        return {uuid: stats for uuid, stats in out.items() if stats}
+        return {uuid: answer for uuid, answer in out.items() if answer.stats}
 
     def _bind(self, domains: Sequence[Domain]) -> list[Domain]:
-        """The domains, each with a handle of this reader's connection: looked up again
-        (one call each) after the worker moved to a new connection; gone ones left out."""
+        """The domains, each with a handle of this reader's connection: looked up (one call
+        each) when it has none yet or after the worker moved to a new connection; gone
+        ones left out."""
         out = []
         for dom in domains:
-            if dom.handle.connect() is not self.conn:
+            if dom.handle is None or dom.handle.connect() is not self.conn:
                 try:
                     dom.handle = self.conn.lookupByUUIDString(dom.uuid)
                 except libvirt.libvirtError as exc:
@@ -195,21 +219,30 @@ class StatsReader:
         return out
 
     def _collect(self, domains: Sequence[Domain], bits: int,
-                 fallback: Sequence[str]) -> dict[str, Stats]:
-        out: dict[str, Stats] = {d.uuid: {} for d in domains}
+                 fallback: Sequence[str]) -> dict[str, Answer]:
+        out = {d.uuid: Answer({}, 0.0) for d in domains}
         if bits and domains:
-            for handle, stats in self._bulk(domains, bits):
-                out.setdefault(handle.UUIDString(), {}).update(stats)
+            bulk = self._bulk(domains, bits)
+            returned = time.time()
+            for handle, stats in bulk:
+                answer = out.setdefault(handle.UUIDString(), Answer({}, 0.0))
+                answer.stats.update(stats)
+                answer.read_at = returned
         for dom in domains:
+            answer = out[dom.uuid]
             for group in fallback:
                 try:
-                    self._fallback(group, dom, out[dom.uuid])
+                    self._fallback(group, dom, answer.stats)
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         out.pop(dom.uuid, None)
                         break
                     log.debug("%s: %s stats failed: %s", dom.name, group, exc)
-        return {uuid: stats for uuid, stats in out.items() if stats}
+                if group == "cpu-total":  # the counter a rate most depends on was just read
+                    answer.read_at = time.time()
+            if not answer.read_at:
+                answer.read_at = time.time()
+        return {uuid: answer for uuid, answer in out.items() if answer.stats}
 
     def _bulk(self, domains: Sequence[Domain], bits: int) -> list[tuple[Any, Stats]]:
         handles = [d.handle for d in domains]

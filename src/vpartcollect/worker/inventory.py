@@ -8,6 +8,7 @@ a hung VM. Tags are cached and re-read every ``refresh_interval``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import libvirt
 
 from vpartcollect import safexml
 from vpartcollect.partition import TAG_NS, TagError, is_valid_tag, parse_tag
+from vpartcollect.roster import Seed
+from vpartcollect.worker.datastores import Image, is_file_image
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,31 @@ class Domain:
     tag: str | None
     read_at: float
     label: str | None = None  # hostname_format "metadata" value
-    # Read for the domains this worker samples only (None: not read yet).
+    # Read for the domains this worker samples only (None: not read yet), from the XML at
+    # each refresh, and from every bulk answer that names them (a snapshot, a pivot or a
+    # hot-plug changes them under a running domain).
     disks: list[tuple[str, str]] | None = None  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
-    stores: dict[str, list[str]] | None = None  # {datastore: its images}, when needed
+    stores: dict[str, list[Image]] | None = None  # {datastore: its images}, when needed
+
+    def __repr__(self) -> str:
+        return (f"<Domain {self.name} {self.uuid} tag={self.tag} "
+                f"disks={len(self.disks) if self.disks is not None else '?'}>")
+
+    def devices_changed(self, disks: list[tuple[str, str]], nics: list[str]) -> bool:
+        """Take the devices a bulk answer named; True when they differ from what was known
+        (the datastores of the new images are then worked out, and probed, again). Only
+        targets and image files count: the XML names a network disk's source, bulk
+        stats do not."""
+        def files(found: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+            return None if found is None else [(t, s if is_file_image(s) else "")
+                                               for t, s in found]
+        if files(disks) == files(self.disks) and nics == self.nics:
+            return False
+        if files(disks) != files(self.disks):
+            self.stores = None
+        self.disks, self.nics = disks, nics
+        return True
 
 
 def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:
@@ -121,7 +145,7 @@ class Inventory:
 
     def __init__(self, conn: Any, refresh_interval: float, want_devices: bool,
                  label: tuple[str, str] | None = None, adopter: bool = False,
-                 seed: dict[str, tuple[str | None, str | None]] | None = None) -> None:
+                 seed: Seed | None = None) -> None:
         self.conn = conn
         self.adopter = adopter  # warns about foreign tags (virt-0 samples those domains)
         self.label = label  # (namespace, path) of a metadata value to read, if wanted
@@ -187,10 +211,19 @@ class Inventory:
         """The domains of the last listing that returned (kept while a listing hangs)."""
         return sorted(list(self._known.values()), key=lambda d: d.name)
 
+    def known_or_seeded(self) -> list[Domain]:
+        """``known()``; before any listing has returned (a worker respawned while a wedged
+        lock holds every listing), the domains the supervisor last saw, without handles:
+        the stats call looks each one up, under its own deadline."""
+        if not self._known:
+            for uuid, (name, tag, label) in self.seed.items():
+                self._known[(uuid, -1)] = Domain(None, uuid, name, tag, -math.inf, label)
+        return self.known()
+
     def _new(self, handle: Any, now: float) -> Domain:
         uuid = handle.UUIDString()
         if uuid in self.seed:
-            tag, label = self.seed.pop(uuid)
+            _name, tag, label = self.seed.pop(uuid)
             dom = Domain(handle, uuid, handle.name(), tag, now, label)
         else:
             dom = Domain(handle, uuid, handle.name(), None, now)
@@ -203,6 +236,8 @@ class Inventory:
             dom.label = read_label(handle, *self.label)
         dom.name = handle.name()
         dom.read_at = now
+        if dom.disks is not None:  # devices too, where bulk stats do not name them
+            dom.disks, dom.stores = None, None
 
     @staticmethod
     def unresponsive(dom: Domain, suspect: bool = False) -> bool:
@@ -211,6 +246,8 @@ class Inventory:
         A monitor is briefly occupied by every normal query, so only one busy for
         STUCK_AFTER_MS counts, unless we already saw a call on it hang (``suspect``).
         """
+        if dom.handle is None:
+            return False  # never looked up: it went away before it could be
         try:
             state, _details, state_ms = dom.handle.controlInfo()
         except libvirt.libvirtError:

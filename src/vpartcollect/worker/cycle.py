@@ -1,0 +1,228 @@
+"""One tick of one worker, read top to bottom: the common path first, the exceptions after.
+
+1. Which domains are this instance's (the session lists them), and how each is asked
+   (triage: /proc, datastore probes, calls still blocked).
+2. The common path: healthy domains in chunks, one bulk NOWAIT call each.
+3. The exceptions: frozen QEMUs and dead datastores get what they can answer; a chunk
+   call that hangs has its domains asked one by one, each routed afresh; a healthy
+   domain whose answer lacked the monitor's part is asked once more; domains held back
+   behind a call still in libvirtd are only flagged.
+4. Done.
+
+Every sample leaves through ``_send``: at most one per domain in a tick, carrying the
+time its answer was read. A call abandoned at its deadline decides its domains' tick
+there and then (unresponsive); whatever it returns later is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from vpartcollect import wire
+from vpartcollect.calls import CallKind
+from vpartcollect.daemon import few
+from vpartcollect.samples import DomainSample, Stats
+from vpartcollect.worker import second_ask
+from vpartcollect.worker.guard import Abandoned
+from vpartcollect.worker.inventory import Domain, Inventory
+from vpartcollect.worker.libvirt_stats import (
+    Answer,
+    as_block_info,
+    devices_in,
+    monitor_answered,
+)
+from vpartcollect.worker.session import Session
+from vpartcollect.worker.triage import Route, Triage
+
+log = logging.getLogger(__name__)
+
+Reading = tuple[dict[str, Answer], set[str]]  # answers by uuid, and which look stuck
+
+
+def chunks(items: Sequence[Domain], size: int) -> Iterator[Sequence[Domain]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def clean_stats(raw: dict[str, Any]) -> Stats:
+    """Keep only wire-safe values: bools become 0/1, other types are dropped."""
+    out: Stats = {}
+    for key, value in raw.items():
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, int | float | str):
+            out[key] = value
+    return out
+
+
+class Cycle:
+    """Sampling one tick; ``sent`` (uuids already sampled for it) survives a reconnect."""
+
+    def __init__(self, tick: wire.Tick, session: Session, triage: Triage,
+                 sent: set[str] | None = None) -> None:
+        self.tick = tick
+        self.session = session
+        self.triage = triage
+        self.suspects = set(tick.suspects)
+        self.sent: set[str] = set() if sent is None else sent
+        self.held: list[second_ask.Held] = []
+        self.domains: list[Domain] = []
+
+    def __repr__(self) -> str:
+        return (f"<Cycle tick={self.tick.ts} {len(self.sent)}/{len(self.domains)} sent, "
+                f"{len(self.held)} held for a second ask>")
+
+    def run(self, previous: Sequence[Domain]) -> list[Domain]:
+        """Sample every domain of this instance once for the tick; return them."""
+        started = time.monotonic()
+        s, cfg = self.session, self.session.cfg
+        self.triage.start(previous)  # probes run while the listing and /proc checks do
+        self.domains = s.own_domains(set(self.tick.skip) | self.sent)
+        routes = self.triage.routes(self.domains, s.guard)
+        self.triage.note_held(routes[Route.HOLD], len(s.guard.outstanding()))
+        # While a call of ours is blocked in libvirtd, one domain per call: a second hang
+        # then names its culprit instead of taking a whole chunk with it.
+        size = 1 if s.guard.outstanding() else cfg.chunk_size
+        for chunk in chunks(routes[Route.NORMAL], size):
+            self._ask(chunk)
+        for chunk in chunks(routes[Route.FROZEN], cfg.chunk_size):
+            self._ask_what_answers(chunk, Route.FROZEN)
+        for chunk in chunks(routes[Route.NO_BLOCK], cfg.chunk_size):
+            self._ask_what_answers(chunk, Route.NO_BLOCK)
+        self._ask_again()
+        self._send((d, None, True) for d in routes[Route.HOLD])
+        s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
+                    len(s.guard.outstanding()))
+        return self.domains
+
+    def give_up(self) -> None:
+        """The tick failed half-way (libvirt error): send the first answers still held for
+        a second ask, as they were."""
+        held, self.held = self.held, []
+        self._send((h.dom, h.answer, h.unresponsive) for h in held)
+
+    # -- the common path ----------------------------------------------------
+    def _ask(self, chunk: Sequence[Domain]) -> None:
+        """Every group of one chunk (NOWAIT); on a hang, its domains one by one."""
+        s = self.session
+        try:
+            answers, stuck = s.call(CallKind.STATS, chunk, lambda: self._read(chunk))
+        except Abandoned:
+            log.warning("stats of %s outlived the deadline; left to libvirtd",
+                        few([d.name for d in chunk]))
+            self._after_hang(chunk)
+            return
+        ready = []
+        for d in chunk:
+            answer = answers.get(d.uuid)
+            if answer is None:
+                continue  # it stopped meanwhile
+            self._follow_devices(d, answer)
+            if second_ask.wanted(answer, d.uuid in self.suspects, d.uuid in stuck):
+                self.held.append(second_ask.Held(d, answer, False, time.monotonic()))
+            else:
+                ready.append((d, answer, d.uuid in stuck))
+        self._send(ready)
+
+    def _read(self, chunk: Sequence[Domain], suspects: set[str] | None = None) -> Reading:
+        """Stats of ``chunk`` (NOWAIT), and which of them libvirt says are stuck. Runs
+        inside the guarded call: controlInfo is a libvirt call too."""
+        suspects = self.suspects if suspects is None else suspects
+        answers = self.session.reader.collect(chunk)
+        # Ask about the monitor only where the answer looks partial: one RPC per hung
+        # domain instead of one per domain per cycle.
+        stuck = {d.uuid for d in chunk
+                 if (d.uuid in suspects or not monitor_answered(
+                     answers[d.uuid].stats if d.uuid in answers else {}))
+                 and Inventory.unresponsive(d, suspect=d.uuid in suspects)}
+        return answers, stuck
+
+    # -- the exceptions -------------------------------------------------------
+    def _after_hang(self, chunk: Sequence[Domain]) -> None:
+        """The call holds the culprit's monitor job, so NOWAIT answers at once for it and
+        for the others: ask them one at a time, each routed afresh (a second hang changes
+        the route of those after it), their datastores probed again first."""
+        frozen = self.triage.recheck(chunk)
+        for d in chunk:
+            rt = next(r for r, ds in self.triage.routes([d], self.session.guard, frozen).items()
+                      if ds)
+            if rt is Route.NORMAL:
+                self.suspects.add(d.uuid)
+                self._ask([d])
+            elif rt is Route.HOLD:
+                self._send([(d, None, True)])
+            else:
+                self._ask_what_answers([d], rt)
+
+    def _ask_what_answers(self, chunk: Sequence[Domain], rt: Route) -> None:
+        """Domains that cannot answer everything: a frozen QEMU gets what needs no monitor,
+        a dead datastore's domains everything but block. Both are unresponsive."""
+        reader = self.session.reader
+        try:
+            if rt is Route.FROZEN:
+                answers = self.session.call(CallKind.FROZEN, chunk,
+                                            lambda: reader.collect_frozen(chunk))
+            else:
+                answers = self.session.call(CallKind.STATS, chunk,
+                                            lambda: reader.collect(chunk, block=False))
+        except Abandoned:
+            self._send((d, None, True) for d in chunk)
+            return
+        self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
+
+    def _ask_again(self) -> None:
+        """The second ask (see second_ask.py), routed afresh: one that froze, or whose
+        store died, since is not asked again."""
+        held, self.held = self.held, []
+        if not held:
+            return
+        time.sleep(max(0.0, held[-1].at + second_ask.ASK_AGAIN_AFTER - time.monotonic()))
+        ask = self.triage.routes([h.dom for h in held], self.session.guard)[Route.NORMAL]
+        answers: dict[str, Answer] = {}
+        stuck: set[str] = set()
+        if ask:
+            try:
+                answers, stuck = self.session.call(CallKind.STATS, ask,
+                                                   lambda: self._read(ask, set()))
+            except Abandoned:
+                log.warning("stats of %s, asked again, outlived the deadline; left to "
+                            "libvirtd", few([d.name for d in ask]))
+        picked = [(h.dom, *second_ask.better(h, answers.get(h.dom.uuid), h.dom.uuid in stuck))
+                  for h in held]
+        log.debug("asked again without the monitor's part: %s; fuller now: %s",
+                  few([h.dom.name for h in held]),
+                  few([d.name for d, a, _ in picked if a is answers.get(d.uuid)]) or "none")
+        self._send(picked)
+
+    def _follow_devices(self, dom: Domain, answer: Answer) -> None:
+        """Bulk stats name the disks and NICs every cycle: a snapshot, a pivot or a
+        hot-plug shows here, and the new images get their datastore probed."""
+        devices = devices_in(answer.stats) if self.session.reader.block_in_bulk else None
+        if devices is None:
+            return
+        known = dom.disks is not None
+        if dom.devices_changed(*devices) and known:
+            log.info("%s: devices changed: disks %s", dom.name,
+                     few([f"{target}={source or '-'}" for target, source in devices[0]]))
+
+    # -- the one place a sample is built ------------------------------------
+    def _send(self, items: Iterable[tuple[Domain, Answer | None, bool]]) -> None:
+        """Send (domain, answer or None for a flag alone, unresponsive) as samples of this
+        tick; a domain already sampled for it is never sampled again."""
+        samples = []
+        for dom, answer, unresponsive in items:
+            if dom.uuid in self.sent:
+                continue
+            self.sent.add(dom.uuid)
+            stats: Stats = {}
+            if answer is not None:
+                stats = clean_stats(answer.stats)
+                if self.session.reader.block_in_bulk:
+                    as_block_info(stats, self.triage.sizes)
+            samples.append(DomainSample(dom.uuid, dom.name, dom.tag, unresponsive, stats,
+                                        answer.read_at if answer else time.time(), dom.label))
+        self.session.link.results(self.tick.ts, samples)

@@ -1,0 +1,112 @@
+"""One instance's life in its forked child: process set-up, then ticks until the pipe closes.
+
+A worker is thin on purpose: it talks to libvirt and sends raw results; the
+supervisor owns naming, rates and outputs, so nothing is lost when it kills a
+worker stuck in a call. The flow, one module each: ``link`` (the pipes),
+``session`` (the connection, every call announced and held to a deadline),
+``triage`` (how each domain is asked), ``cycle`` (one tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import NoReturn
+
+import libvirt
+
+from vpartcollect import wire
+from vpartcollect.config import Config
+from vpartcollect.daemon import OneLineFormatter, die_with_parent
+from vpartcollect.libvirt_conn import error_text, quiet_libvirt
+from vpartcollect.partition import instance_name
+from vpartcollect.roster import Seed
+from vpartcollect.worker.cycle import Cycle
+from vpartcollect.worker.guard import Guard
+from vpartcollect.worker.inventory import Domain
+from vpartcollect.worker.link import Link
+from vpartcollect.worker.session import Session
+from vpartcollect.worker.triage import Triage
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """The child side of one ``virt-N`` instance.
+
+    Constructed after fork, in the child: it must not touch the supervisor's pipes,
+    sockets or libvirt state (there is none: the parent never connects)."""
+
+    def __init__(self, index: int, cfg: Config, link: Link, seed: Seed | None = None) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.link = link
+        self.seed = seed or {}
+        self.guard = Guard()  # outlives connections: its calls hold libvirtd threads
+        self.triage = Triage(cfg)
+        self.last: list[Domain] = []  # the domains of the previous tick
+
+    def __repr__(self) -> str:
+        return f"<Worker {instance_name(self.index)} pid {os.getpid()} {self.guard!r}>"
+
+    def run(self) -> int:
+        """Serve ticks until the supervisor closes the control pipe."""
+        session = Session.open(self.index, self.cfg, self.link, self.guard, self.seed)
+        while (tick := self.link.next_tick()) is not None:
+            session = self.serve(tick, session)
+        return 0
+
+    def serve(self, tick: wire.Tick, session: Session) -> Session:
+        """Sample one tick; after a lost connection, reconnect and sample what is left of
+        it (the domains already sent are not sent again). Return the session to go on."""
+        session.tidy({d.uuid: d.name for d in self.last})
+        sent: set[str] = set()
+        while True:
+            cycle = Cycle(tick, session, self.triage, sent)
+            try:
+                self.last = cycle.run(self.last)
+                return session
+            except libvirt.libvirtError as exc:
+                cycle.give_up()
+                if session.alive():
+                    log.warning("tick %s failed: %s", tick.ts, error_text(exc))
+                    self.link.done(tick.ts, 0.0, 0, len(self.guard.outstanding()))
+                    return session
+                log.warning("lost the connection to %s: %s", self.cfg.connect,
+                            error_text(exc))
+                known = {d.uuid: (d.name, d.tag, d.label) for d in session.inventory.known()}
+                session = Session.open(self.index, self.cfg, self.link, self.guard, known,
+                                       session.parked)
+
+
+def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int,
+                seed: Seed | None = None) -> NoReturn:
+    """Entry point after fork: never returns, always ends the process.
+
+    ``seed``: the tags (and labels) the supervisor knows, by uuid."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        die_with_parent()
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        name = instance_name(index)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(OneLineFormatter(
+                f"vpartcollect[%(process)d] {name}: %(levelname)s: %(message)s"))
+        quiet_libvirt()
+        code = Worker(index, cfg, Link(ctl_fd, out_fd), seed).run()
+    except (BrokenPipeError, KeyboardInterrupt):
+        code = 0
+    except wire.WireError as exc:
+        log.error("bad control frame from the supervisor: %s", exc)
+    except Exception:
+        log.exception("worker crashed")
+    finally:
+        os._exit(code)

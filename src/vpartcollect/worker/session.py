@@ -1,0 +1,173 @@
+"""One read-only libvirt connection of a worker, every call on it held to a deadline.
+
+A Session is built connected (``Session.open`` retries until libvirtd answers),
+so its connection, stats reader and inventory are never missing. ``call`` is
+the only way a worker talks to libvirt: announce (Busy), run under the guard's
+deadline, and when the call is abandoned, leave the connection to it and go on
+with a new one (libvirt's client can stall other calls on a connection that has
+a call stuck in it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import libvirt
+
+from vpartcollect.backoff import backoff
+from vpartcollect.calls import CallKind
+from vpartcollect.config import Config
+from vpartcollect.daemon import few
+from vpartcollect.libvirt_conn import error_text, open_readonly
+from vpartcollect.roster import Seed
+from vpartcollect.watchdog import call_deadline
+from vpartcollect.worker.guard import Abandoned, Guard
+from vpartcollect.worker.inventory import Domain, Inventory
+from vpartcollect.worker.libvirt_stats import StatsReader, probe_bulk_groups
+from vpartcollect.worker.link import Link
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
+T = TypeVar("T")
+
+
+class Session:
+    """A worker's connection to libvirt, with what hangs off it (reader, inventory)."""
+
+    def __init__(self, index: int, cfg: Config, link: Link, guard: Guard, conn: Any,
+                 bulk: Sequence[str], fallback: Sequence[str], seed: Seed) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.link = link
+        self.guard = guard
+        self.conn = conn
+        self.reader = StatsReader(conn, bulk, fallback)
+        label = None
+        if "metadata" in cfg.hostname_format:
+            label = (cfg.hostname_metadata_ns, cfg.hostname_metadata_path)
+        # Disks always: their datastores are probed before block stats are asked.
+        self.inventory = Inventory(conn, cfg.refresh_interval, True, label,
+                                   adopter=index == 0, seed=seed)
+        # Connections left to a call stuck in them, closed once it returns.
+        self.parked: list[Any] = []
+
+    def __repr__(self) -> str:
+        return (f"<Session {self.cfg.connect} {len(self.inventory.known())} domain(s), "
+                f"{len(self.guard.outstanding())} call(s) left in libvirtd, "
+                f"{len(self.parked)} parked connection(s)>")
+
+    @classmethod
+    def open(cls, index: int, cfg: Config, link: Link, guard: Guard, seed: Seed,
+             parked: Sequence[Any] = ()) -> Session:
+        """Connect read-only, retrying with capped backoff (each try announced); then say
+        hello. ``parked``: connections a previous session left to stuck calls."""
+        failures, last_error = 0, ""
+        while True:
+            link.busy(CallKind.CONNECT, [])
+            try:
+                conn = open_readonly(cfg.connect)
+                bulk, fallback = probe_bulk_groups(conn)
+                ncpus, driver = int(conn.getInfo()[2]), conn.getType()
+                break
+            except libvirt.libvirtError as exc:
+                message = error_text(exc)
+                if message != last_error:
+                    log.warning("cannot connect to %s: %s (retrying every %.0f s at most)",
+                                cfg.connect, message, RECONNECT_MAX)
+                    last_error = message
+                link.idle("connect failed")
+                time.sleep(backoff(failures, RECONNECT_MIN, RECONNECT_MAX))
+                failures += 1
+        if last_error:
+            log.warning("connected to %s again", cfg.connect)
+        session = cls(index, cfg, link, guard, conn, bulk, fallback, seed)
+        session.parked = list(parked)
+        link.hello(index, ncpus, driver, bulk, fallback)
+        return session
+
+    def alive(self) -> bool:
+        """Whether the connection still reaches libvirtd."""
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    # -- calls --------------------------------------------------------------
+    def call(self, kind: CallKind, domains: Sequence[Domain] | Sequence[str],
+             fn: Callable[[], T]) -> T:
+        """Announce a call over ``domains`` (or their uuids) that may block, then run it
+        under its deadline; Abandoned when it outlives it (the connection is parked)."""
+        uuids = [d if isinstance(d, str) else d.uuid for d in domains]
+        self.link.busy(kind, uuids)
+        try:
+            return self.guard.run(kind, uuids, call_deadline(self.cfg.call_timeout, len(uuids),
+                                                             kind), fn, conn=self.conn)
+        except Abandoned:
+            self._park()
+            raise
+
+    def _park(self) -> None:
+        """Leave the current connection to the call stuck in it; go on with a new one.
+
+        Measured on libvirt 9.0: while a call is stuck on a connection, a third of the
+        getCPUStats and vcpus calls made on the same connection stall in the client
+        library (libvirtd is not even asked), though a second connection answers every
+        one at once. Domain handles follow lazily (StatsReader looks them up again).
+        """
+        self.link.busy(CallKind.CONNECT, [])
+        conn = open_readonly(self.cfg.connect)  # a failure is handled as a lost connection
+        self.parked.append(self.conn)
+        self.conn = self.reader.conn = self.inventory.conn = conn
+
+    def tidy(self, names: dict[str, str]) -> None:
+        """Between ticks: log the abandoned calls that returned (their libvirtd thread is
+        free again; what they returned is not used) and close the connections they held."""
+        for call in self.guard.returned():
+            who = few(sorted(names.get(u, u) for u in call.uuids))
+            log.info("%s%s returned after %.1f s: its libvirtd thread is free again",
+                     call.kind.value, f" of {who}" if who else "", call.finished - call.started)
+        for conn in [c for c in self.parked if not self.guard.in_use(c)]:
+            self.parked.remove(conn)
+            with contextlib.suppress(libvirt.libvirtError, Abandoned):
+                # A close needs libvirtd; should it hang, it is counted like any call.
+                self.guard.run(CallKind.CLOSE, [], self.cfg.call_timeout, conn.close, conn=conn)
+
+    # -- which domains --------------------------------------------------------
+    def own_domains(self, skip: set[str]) -> list[Domain]:
+        """This instance's running domains (partition rule and include/exclude), minus
+        ``skip``.
+
+        Listing is one call; reading what is new or stale (tags, devices of our own
+        domains) is a second, whose deadline grows with the number of domains to read.
+        While either hangs in libvirtd (a wedged domain lock blocks both), the domains
+        already known are sampled with their cached handles and no second one is sent.
+        """
+        inventory = self.inventory
+        domains = inventory.known()
+        if not self.guard.busy_with(CallKind.LIST, CallKind.DESCRIBE):
+            try:
+                handles = self.call(CallKind.LIST, [], inventory.listing)
+                work = inventory.to_read(handles, self.owns)
+                if work:
+                    domains = self.call(CallKind.DESCRIBE, work,
+                                        lambda: inventory.update(handles, work, self.owns))
+                else:
+                    domains = inventory.update(handles, [], self.owns)
+            except Abandoned as exc:
+                log.warning("%s outlived its deadline; sampling the %d known domains until it "
+                            "returns", "listing domains" if exc.call.kind is CallKind.LIST
+                            else f"reading {len(exc.call.uuids)} new domain(s)",
+                            len(inventory.known_or_seeded()))
+                domains = inventory.known_or_seeded()
+        return [d for d in domains if self.owns(d) and d.uuid not in skip]
+
+    def owns(self, dom: Domain) -> bool:
+        """Whether this instance samples ``dom``."""
+        owner = self.cfg.sampled_by(dom.name, dom.tag)
+        return owner is not None and owner.instance == self.index

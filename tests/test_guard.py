@@ -1,0 +1,66 @@
+"""Deadlines on libvirt calls, and the exact count of those libvirtd still runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vpartcollect.calls import CallKind
+from vpartcollect.worker.guard import Abandoned, Guard
+
+
+def test_guard_counts_abandoned_calls_until_they_return() -> None:
+    guard = Guard()
+    assert guard.run(CallKind.STATS, ["a"], 1.0, lambda: 42) == 42
+    release = threading.Event()
+    with pytest.raises(Abandoned) as abandoned:
+        guard.run(CallKind.STATS, ["a", "b"], 0.05, release.wait)
+    assert "stats of 2 domain(s)" in str(abandoned.value)
+    with pytest.raises(Abandoned):
+        guard.run(CallKind.LIST, [], 0.05, release.wait)
+    with pytest.raises(Abandoned):
+        guard.run(CallKind.DESCRIBE, ["c"], 0.05, release.wait)
+    assert len(guard.outstanding()) == 3 and guard.busy_with(CallKind.LIST)
+    # Only calls that involve QEMU say anything about the domains in them.
+    assert guard.involving() == ({"a", "b"}, set())
+    assert "3 call(s) left in libvirtd" in repr(guard)
+    release.set()
+    time.sleep(0.05)
+    back = guard.returned()
+    assert sorted(c.kind.value for c in back) == ["describe", "list", "stats"]
+    assert all(c.finished - c.started >= 0.05 for c in back)
+    assert all("returned after" in repr(c) for c in back)
+    assert guard.outstanding() == [] and not guard.busy_with(CallKind.LIST)
+    assert guard.returned() == []  # each is reported once
+
+
+def test_a_call_alone_in_its_hang_names_its_domain() -> None:
+    guard = Guard()
+    release = threading.Event()
+    with pytest.raises(Abandoned):
+        guard.run(CallKind.FROZEN, ["x"], 0.05, release.wait)
+    assert guard.involving() == ({"x"}, {"x"})
+    release.set()
+
+
+def test_guard_knows_which_connection_a_stuck_call_holds() -> None:
+    guard = Guard()
+    old, new = object(), object()
+    release = threading.Event()
+    with pytest.raises(Abandoned):
+        guard.run(CallKind.STATS, ["a"], 0.05, release.wait, conn=old)
+    assert guard.run(CallKind.STATS, ["b"], 1.0, lambda: 1, conn=new) == 1
+    assert guard.in_use(old) and not guard.in_use(new)
+    release.set()
+    time.sleep(0.05)
+    assert not guard.in_use(old)  # the worker may close it now
+
+
+def test_guard_passes_exceptions_through() -> None:
+    def boom() -> None:
+        raise ValueError("libvirt said no")
+
+    with pytest.raises(ValueError, match="libvirt said no"):
+        Guard().run(CallKind.STATS, [], 1.0, boom)

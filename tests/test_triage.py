@@ -1,0 +1,89 @@
+"""How each domain is asked: the pure rule, and what Triage feeds it (QEMU's own view)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vpartcollect.config import load
+from vpartcollect.worker.datastores import Image
+from vpartcollect.worker.guard import Guard
+from vpartcollect.worker.inventory import Domain
+from vpartcollect.worker.qemu_proc import QemuProcesses
+from vpartcollect.worker.triage import Route, Triage, route
+
+HEALTHY: dict[str, Any] = {"frozen": False, "stalled": False, "seen": True, "in_hung_call": False,
+                          "alone_in_hung_call": False, "culprits": 0}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({}, Route.NORMAL),
+    ({"frozen": True}, Route.FROZEN),
+    # A frozen QEMU's hung call holds its monitor job, not its object lock: the
+    # QEMU-free calls still answer, so it keeps reporting cpu and state.
+    ({"frozen": True, "in_hung_call": True, "alone_in_hung_call": True, "culprits": 1},
+     Route.FROZEN),
+    ({"stalled": True}, Route.NO_BLOCK),
+    ({"alone_in_hung_call": True, "in_hung_call": True, "culprits": 1}, Route.HOLD),
+    ({"stalled": True, "alone_in_hung_call": True, "in_hung_call": True, "culprits": 1},
+     Route.HOLD),
+    # In a chunk that hung, /proc vouches for it: asked alone (NOWAIT).
+    ({"in_hung_call": True, "culprits": 2}, Route.NORMAL),
+    # No /proc view: a partition-mate of one culprit is asked (alone); once two are known,
+    # the others of the chunk are held: a datastore outage costs two threads, not one each.
+    ({"in_hung_call": True, "seen": False, "culprits": 0}, Route.NORMAL),
+    ({"in_hung_call": True, "seen": False, "culprits": 1}, Route.NORMAL),
+    ({"in_hung_call": True, "seen": False, "culprits": 2}, Route.HOLD),
+    ({"seen": False, "culprits": 2}, Route.NORMAL),
+])
+def test_route(change: dict[str, object], expected: Route) -> None:
+    assert route(**{**HEALTHY, **change}) is expected
+
+
+def fake_proc(tmp_path: Path, pid: int, uuid: str) -> Path:
+    """A /proc where QEMU ``pid`` runs in a mount namespace of its own, with a FUSE
+    datastore at /srv that the collector's namespace does not have."""
+    proc = tmp_path / "proc"
+    for who, ns, info in (
+            ("self", "mnt:[1]", "22 1 253:1 / / rw - ext4 /dev/vda1 rw\n"),
+            (str(pid), "mnt:[2]", "22 1 253:1 / / rw - ext4 /dev/vda1 rw\n"
+                                  "40 22 0:53 / /srv rw - fuse stallfs rw\n")):
+        (proc / who / "ns").mkdir(parents=True)
+        os.symlink(ns, proc / who / "ns" / "mnt")
+        (proc / who / "mountinfo").write_text(info)
+    (proc / str(pid) / "cmdline").write_bytes(f"qemu\0-uuid\0{uuid}\0".encode())
+    image = proc / str(pid) / "root" / "srv" / "a.qcow2"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"q" * 3000)
+    return proc
+
+
+def test_a_datastore_is_probed_where_qemu_sees_it(tmp_path: Path) -> None:
+    """The collector in a namespace of its own (a container, a unit with private mounts):
+    /srv/a.qcow2 does not exist for it, but QEMU's /srv is a FUSE mount. The probe looks
+    through /proc/<pid>/root, names the store by QEMU's mountinfo, and reads the size
+    QEMU would report."""
+    proc = fake_proc(tmp_path, 4242, "u-1")
+    cfg = load(None, {"connect": "test:///default"})
+    triage = Triage(cfg, proc, qemu=QemuProcesses(proc, tmp_path / "no-pid-files"))
+    dom = Domain(None, "u-1", "vm", None, 0.0, disks=[("vda", "/srv/a.qcow2")])
+    assert triage.stores(dom) == {
+        "dev:0:53": [Image("/srv/a.qcow2", f"{proc}/4242/root/srv/a.qcow2")]}
+    triage.start([dom])
+    triage.probes.settle()
+    assert triage.sizes["/srv/a.qcow2"][0] == 3000
+    # Without its QEMU's pid, the collector's own view is what is left.
+    other = Domain(None, "u-2", "other", None, 0.0, disks=[("vda", "/var/b.img")])
+    assert triage.stores(other) == {"dev:253:1": [Image("/var/b.img", "/var/b.img")]}
+
+
+def test_routes_follow_the_probes_and_the_guard(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, 4242, "u-1")
+    triage = Triage(load(None, {"connect": "test:///default"}), proc,
+                    qemu=QemuProcesses(proc, tmp_path / "no-pid-files"))
+    dom = Domain(None, "u-1", "vm", None, 0.0, disks=[("vda", "/srv/a.qcow2")])
+    triage.start([dom])
+    assert triage.routes([dom], Guard())[Route.NORMAL] == [dom]
