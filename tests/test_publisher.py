@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import threading
@@ -95,3 +96,36 @@ def test_finish_sends_everything_then_closes() -> None:
     assert len(lines) == 1000 and lines[-1] == "a.m999 999 1700000000"
     assert pub.graphite[0].sock is None
 
+
+
+def test_a_closed_graphite_socket_leaves_the_selector_first() -> None:
+    """Carbon closes the connection: the sink closes its socket while handling that. The
+    next pipe or socket the loop opens in the same pass gets the same descriptor number;
+    registering it must not find the dead socket still registered (a KeyError that
+    ended the collector and lost what was queued)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    pub = Publisher(build({"graphite": [f"127.0.0.1:{server.getsockname()[1]}"],
+                           "stdout": False}))
+    sel, sink = selectors.DefaultSelector(), pub.graphite[0]
+    pub.register(sel)
+    conn, _ = server.accept()
+    while sink.connecting:  # finish connecting, as the loop would
+        for key, mask in sel.select(1):
+            pub.on_ready(key.data[1], mask)
+        pub.register(sel)
+    assert sink.sock is not None
+    number = sink.sock.fileno()
+    pub.emit([Metric("a.m", 1.0, 1700000000)])
+    conn.close()
+    server.close()
+    for key, mask in sel.select(1):  # carbon went away: read and write both fail
+        pub.on_ready(key.data[1], mask)
+    assert sink.sock is None and sink.buffered == 1  # the line waits for the next carbon
+    r, w = os.pipe()
+    try:
+        assert number in (r, w)
+        sel.register(r, selectors.EVENT_READ)  # a new worker's pipe, say
+        sel.register(w, selectors.EVENT_WRITE)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -27,3 +27,27 @@ def test_reload_applies_hostname_format(tmp_path: Path) -> None:
     lines, _stderr, _ = run_during(["run", "-c", str(conf)], reload)
     hosts = [p.split(".")[0] for p, _, _ in lines if ".virt." in p]
     assert hosts[0] == "vm-1" and hosts[-1] == "web_01"
+
+
+def test_reload_renames_every_domain_path(tmp_path: Path) -> None:
+    """A new prefix, postfix, escape character and hostname format reach the domains'
+    paths from the next tick, not only the collector's own metrics."""
+    uri = write_node(tmp_path / "n.xml", [domain_xml("vm.1", 1)])
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'connect = "{uri}"\ninterval = 0.5\nhostname = "hv"\n')
+
+    def reload(proc: subprocess.Popen[str]) -> None:
+        time.sleep(2.5)
+        conf.write_text(f'connect = "{uri}"\ninterval = 0.5\nhostname = "hv"\n'
+                        'prefix = "kvm."\npostfix = ".dc1"\nescape_character = "-"\n'
+                        'hostname_format = ["hostname", "name"]\n')
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(3)
+
+    lines, stderr, _ = run_during(["run", "-c", str(conf)], reload)
+    domain_paths = [p for p, _, _ in lines if ".virt." in p]
+    assert domain_paths[0].startswith("vm_1.virt.")
+    reloaded = lines.index(next(line for line in lines if line[0].startswith("kvm.")))
+    after = [p for p, _, _ in lines[reloaded:] if ".virt." in p]
+    assert after and all(p.startswith("kvm.hv-vm-1.dc1.virt.") for p in after), after[:5]
+    assert "configuration reloaded" in stderr
