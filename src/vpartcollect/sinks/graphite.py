@@ -1,41 +1,31 @@
 """Graphite plaintext over TCP that never blocks the supervisor and loses nothing it can keep.
 
-Lines wait in a bounded queue and leave through a non-blocking socket driven
-by the supervisor's selector. A carbon that is down, slow, or never reads only
-fills the queue; when it is full the oldest lines are dropped and counted.
+Lines wait in a bounded queue and leave through a non-blocking connection
+(connection.py) driven by the supervisor's selector. A carbon that is down,
+slow, or never reads only fills the queue; when it is full the oldest lines
+are dropped and counted (or, with a spool, handed to it: spooler.py).
 Plaintext has no acknowledgements, so the lines sent in the last
 ``resend_seconds`` before a connection died are sent again after reconnecting:
 carbon keeps one value per path and timestamp, so a repeat is harmless.
-A host name is looked up off the loop (resolve.py) at each connection attempt,
-and every address it has is tried in turn, alternating IPv6 and IPv4.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import select
 import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
 from vpartcollect.metrics import Metric, format_line
-from vpartcollect.resolve import Address, Lookup, numeric
+from vpartcollect.sinks.connection import Connection
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 10.0  # carbon back from a restart is found within seconds
 _WRITE_BATCH = 64 * 1024
-# A connect that has not completed by then is given up for the next address (another
-# family often works at once); the last address gets longer before it counts as down.
-ATTEMPT_SECONDS = 2.0
-LAST_ATTEMPT_SECONDS = 10.0
 
 
 class GraphiteSink:
@@ -48,25 +38,41 @@ class GraphiteSink:
         self.max_lines = max_lines
         self.resend_seconds = resend_seconds
         self.clock = clock
+        self.conn = Connection(endpoint, clock)
         self.queue: deque[bytes] = deque()
         self.inflight: deque[bytes] = deque()  # lines in ``out``, not yet fully written
         self.out = b""
         self.recent: deque[tuple[float, bytes]] = deque()  # sent lines kept for a resend
-        self.sock: socket.socket | None = None
-        self.connecting = False
-        self.lookup: Lookup | None = None  # a name lookup in progress
-        self.addresses: list[Address] = []  # addresses still to try in this attempt
-        self.attempt_until = 0.0  # when the connect in progress is given up
-        self.next_attempt = 0.0
-        self.failures = 0  # connection attempts failed in a row
         self.dropped = 0
+        self.sent = 0  # lines handed to the kernel (total)
         self._episode_dropped = 0
         self._down_logged = False
         self._lost_at: float | None = None  # when the last good connection died
-        self.on_close: Callable[[], None] = lambda: None  # the selector lets go of us
 
     def __str__(self) -> str:
         return f"graphite {self.endpoint}"
+
+    def __repr__(self) -> str:
+        return f"<GraphiteSink {self.conn!r}, {self.buffered} line(s) waiting>"
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The socket, while there is one."""
+        return self.conn.sock
+
+    @property
+    def connecting(self) -> bool:
+        """A connection attempt is in progress."""
+        return self.conn.sock is not None and self.conn.connecting
+
+    @property
+    def on_close(self) -> Callable[[], None]:
+        """Called before the connection closes what is registered with the selector."""
+        return self.conn.on_close
+
+    @on_close.setter
+    def on_close(self, hook: Callable[[], None]) -> None:
+        self.conn.on_close = hook
 
     # -- what the supervisor sees ----------------------------------------
     @property
@@ -82,8 +88,25 @@ class GraphiteSink:
 
     def write(self, metrics: Sequence[Metric]) -> None:
         """Queue lines; drop (and count) the oldest when over the bound."""
-        self.queue.extend(format_line(m.path, m.value, m.ts).encode() for m in metrics)
+        self.write_lines(format_line(m.path, m.value, m.ts).encode() for m in metrics)
+
+    def write_lines(self, lines: Iterable[bytes]) -> None:
+        """Queue lines already formatted (each ending in a newline)."""
+        self.queue.extend(lines)
         self._trim()
+
+    def take_unsent(self) -> list[bytes]:
+        """While down: every line it would send on reconnecting (those sent in the resend
+        window before the connection died, then the queue), handed over and forgotten."""
+        horizon = (self._lost_at or self.clock()) - self.resend_seconds
+        lines = [line for at, line in self.recent if at >= horizon]
+        lines += self.inflight
+        lines += self.queue
+        self.recent.clear()
+        self.inflight.clear()
+        self.queue.clear()
+        self.out = b""
+        return lines
 
     def _trim(self) -> None:
         excess = len(self.queue) - self.max_lines
@@ -98,50 +121,25 @@ class GraphiteSink:
 
     def interest(self) -> tuple[socket.socket | int, int] | None:
         """The socket (or name lookup pipe) and events to wait for, or None while idle."""
-        if self.lookup is not None:
-            return self.lookup.fd, selectors.EVENT_READ
-        if self.sock is None:
-            return None
-        if self.connecting:
-            return self.sock, selectors.EVENT_WRITE
-        events = selectors.EVENT_READ
-        if self.out or self.queue:
-            events |= selectors.EVENT_WRITE
-        return self.sock, events
+        return self.conn.interest(bool(self.out or self.queue))
 
     def next_wakeup(self) -> float | None:
         """Monotonic time this sink next needs the loop: a reconnect, or a time limit."""
-        if self.lookup is not None:
-            return self.lookup.deadline
-        if self.sock is None:
-            return self.next_attempt
-        return self.attempt_until if self.connecting else None
+        return self.conn.next_wakeup()
 
     def poll(self) -> None:
-        """Start a connection attempt when disconnected and the backoff has passed; give
-        up a name lookup or a connect that ran out of time."""
-        now = self.clock()
-        if self.lookup is not None:
-            if self.lookup.expired():
-                self.close()
-                self._fail(TimeoutError(f"name lookup of {self.endpoint.host} timed out"))
-        elif self.sock is None:
-            if now >= self.next_attempt:
-                self._connect()
-        elif self.connecting and now >= self.attempt_until:
-            self._next_address(TimeoutError("connect timed out"))
+        """Let the connection start an attempt, or give one up that ran out of time."""
+        error = self.conn.poll()
+        if error is not None:
+            self._down(error)
 
     def on_ready(self, mask: int) -> None:
         """Handle readiness of our socket: finish connecting, notice a close, send."""
-        if self.lookup is not None:
-            self._looked_up()
-            return
-        if self.sock is None:
-            return
-        if self.connecting:
-            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                self._next_address(OSError(err, os.strerror(err)))
+        if not self.conn.up:
+            outcome = self.conn.ready()
+            if isinstance(outcome, OSError):
+                self._down(outcome)
+            if outcome is not True:
                 return
             self._connected()
         if mask & selectors.EVENT_READ and not self._drain_input():
@@ -155,78 +153,25 @@ class GraphiteSink:
         Carbon reads a connection in order, so its end of file means it has taken
         every line we sent: the nearest thing to an acknowledgement plaintext has.
         """
-        if self.sock is None or self.connecting or self.buffered or self.lookup is not None:
+        sock = self.conn.sock
+        if sock is None or not self.conn.up or self.buffered:
             return False
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(socket.SHUT_WR)
             while (left := deadline - self.clock()) > 0:
-                ready, _, _ = select.select([self.sock], [], [], left)
-                if ready and not self.sock.recv(4096):
+                ready, _, _ = select.select([sock], [], [], left)
+                if ready and not sock.recv(4096):
                     return True
         except OSError:
             pass
         return False
 
     def close(self) -> None:
-        """Drop the connection (what is queued stays queued). The selector lets go of it
-        first: a descriptor closed while registered, then reused by the next socket or
-        pipe, would make the selector refuse that one."""
-        self.on_close()
-        if self.lookup is not None:
-            self.lookup.close()
-            self.lookup = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        """Drop the connection (what is queued stays queued)."""
+        self.conn.close()
 
     # -- internals -------------------------------------------------------
-    def _connect(self) -> None:
-        addresses = numeric(self.endpoint.host, self.endpoint.port)
-        if addresses is not None:
-            self.addresses = addresses
-            self._next_address(None)
-            return
-        try:
-            self.lookup = Lookup(self.endpoint.host, self.endpoint.port, self.clock)
-        except OSError as exc:  # no fork: out of processes or memory
-            self._fail(exc)
-
-    def _looked_up(self) -> None:
-        assert self.lookup is not None
-        outcome = self.lookup.read()
-        if outcome is None:
-            return
-        self.lookup = None
-        self.addresses, error = outcome
-        self._next_address(OSError(error) if error else None)
-
-    def _next_address(self, error: OSError | None) -> None:
-        """Connect to the next address not yet tried; when none is left, fail with the
-        last ``error``."""
-        self.close()
-        self.connecting = False
-        while self.addresses:
-            family, addr = self.addresses.pop(0)
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            except OSError as exc:
-                error = exc
-                continue
-            sock.setblocking(False)
-            err = sock.connect_ex(addr)
-            if err not in (0, errno.EINPROGRESS):
-                sock.close()
-                error = OSError(err, os.strerror(err))
-                continue
-            self.sock, self.connecting = sock, True
-            self.attempt_until = self.clock() + (ATTEMPT_SECONDS if self.addresses
-                                                 else LAST_ATTEMPT_SECONDS)
-            return
-        self._fail(error or OSError("no address to connect to"))
-
     def _connected(self) -> None:
-        self.connecting = False
-        self.failures = 0
         if self._down_logged:
             log.warning("%s: connected again", self)
             self._down_logged = False
@@ -243,9 +188,9 @@ class GraphiteSink:
                 self.queue.popleft()
 
     def _drain_input(self) -> bool:
-        assert self.sock is not None
+        assert self.conn.sock is not None
         try:
-            if self.sock.recv(4096):
+            if self.conn.sock.recv(4096):
                 return True  # carbon says nothing; ignore whatever it sent
             self._fail(ConnectionResetError("closed by peer"))
         except BlockingIOError:
@@ -255,7 +200,7 @@ class GraphiteSink:
         return False
 
     def _send(self) -> None:
-        assert self.sock is not None
+        assert self.conn.sock is not None
         now = self.clock()
         while True:
             if not self.out:
@@ -268,7 +213,7 @@ class GraphiteSink:
                     size += len(line)
                 self.out = b"".join(self.inflight)
             try:
-                sent = self.sock.send(self.out)
+                sent = self.conn.sock.send(self.out)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -292,24 +237,24 @@ class GraphiteSink:
         while self.inflight and pending - len(self.inflight[0]) >= unsent:
             line = self.inflight.popleft()
             pending -= len(line)
+            self.sent += 1
             if self.resend_seconds > 0:
                 self.recent.append((now, line))
         while len(self.recent) > self.max_lines:
             self.recent.popleft()
 
     def _fail(self, exc: OSError) -> None:
-        if self._lost_at is None and not self.connecting:
+        """The established connection failed."""
+        if self._lost_at is None:
             self._lost_at = self.clock()
+        self._down(self.conn.failed(exc))
+
+    def _down(self, exc: OSError) -> None:
         if not self._down_logged:
             log.warning("%s: %s; buffering and reconnecting with backoff", self,
                         exc.strerror or exc)
             self._down_logged = True
-        self.close()
-        self.connecting = False
-        self.addresses = []
         # Lines cut off mid-write go back first, whole; carbon drops the torn line.
         self.queue.extendleft(reversed(self.inflight))
         self.inflight.clear()
         self.out = b""
-        self.next_attempt = self.clock() + backoff(self.failures, BACKOFF_MIN, BACKOFF_MAX)
-        self.failures += 1
