@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import libvirt
@@ -18,15 +19,22 @@ def demo_uri() -> str:
 
 @pytest.fixture(scope="session")
 def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
-    """A private libvirtd with six tiny QEMU domains: lab-0..5 tagged virt-0,1,2,0,1,2."""
+    """A private libvirtd with six tiny QEMU domains: lab-0..5 tagged virt-0,1,2,0,1,2,
+    and a second datastore (a tmpfs) at ``store2`` beside its images."""
     daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"))
+    store2 = daemon.base / "store2"
+    store2.mkdir()
     try:
+        # Before libvirtd starts: its mount namespace copies the mounts it finds.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "store2", str(store2)],
+                       check=True)
         daemon.start()
         for i in range(6):
             daemon.create(f"lab-{i}", f"virt-{i % 3}", nic=f"lt{i}")
         yield daemon
     finally:
         daemon.stop()
+        subprocess.run(["umount", "-l", str(store2)], check=False)
 
 
 @pytest.fixture(scope="session")

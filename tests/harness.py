@@ -156,7 +156,7 @@ class PrivateLibvirtd:
     # -- domains ------------------------------------------------------------
     def domain_xml(self, name: str, tag: str | None, nic: str, image: Path,
                    extra_disks: Sequence[tuple[str, str, Path]] = (),
-                   extra_driver: str = "") -> str:
+                   extra_driver: str = "", acpi: bool = False) -> str:
         extra = "".join(f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='{fmt}'{extra_driver}/>
@@ -170,6 +170,7 @@ class PrivateLibvirtd:
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  {"<features><acpi/></features>" if acpi else ""}
   {meta}
   <devices>
     <emulator>{QEMU}</emulator>
@@ -189,19 +190,21 @@ class PrivateLibvirtd:
     def create(self, name: str, tag: str | None = None, nic: str | None = None,
                image_dir: Path | None = None,
                extra_disks: Sequence[tuple[str, str, Path]] = (),
-               extra_driver: str = "") -> None:
+               extra_driver: str = "", image_ready: bool = False, acpi: bool = False) -> None:
         """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC, and
         ``extra_disks`` given as (target, format, image), whose driver element gets
         ``extra_driver`` (attributes, e.g. `` io='native' cache='none'``).
+        ``image_ready``: the image exists where libvirtd sees it (not where we do).
+        ``acpi``: PCI hot-plug needs it (attach-disk --live).
 
         Tap names are host-wide: two daemons side by side need distinct ``nic`` names.
         """
         image = (image_dir or self.base / "images") / f"{name}.qcow2"
-        if not image.exists():
+        if not image_ready and not image.exists():
             _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
         xml_path = self.base / "images" / f"{name}.xml"
         xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image,
-                                            extra_disks, extra_driver))
+                                            extra_disks, extra_driver, acpi))
         _run("virsh", "-c", self.uri, "define", str(xml_path))
         _run("virsh", "-c", self.uri, "start", name)
         self.domains.append(name)
@@ -273,22 +276,28 @@ class StallStore:
     host's mounts when it is made, so QEMU and the collector see the same filesystem.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, inside: int | None = None) -> None:
+        """``inside``: mount it in the mount namespace of that process only (libvirtd's:
+        QEMU sees it, a collector in the host's namespace does not)."""
         self.back = base / "back"
         self.mount = base / "mnt"
         self.control = base / "stalled"
+        self.inside = inside
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StallStore:
         """Mount; wait until the mount answers."""
         for d in (self.back, self.mount):
             d.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(STALLFS), str(self.back),
-                                      str(self.mount), str(self.control)],
-                                     start_new_session=True)
+        cmd = ["/usr/bin/python3", str(STALLFS), str(self.back), str(self.mount),
+               str(self.control)]
+        if self.inside is not None:
+            cmd = ["nsenter", "-t", str(self.inside), "-m", *cmd]
+        self.proc = subprocess.Popen(cmd, start_new_session=True)
+        mounts = Path(f"/proc/{self.inside or 'self'}/mounts")
         limit = time.monotonic() + 20
         while time.monotonic() < limit:
-            if f" {self.mount} fuse" in Path("/proc/self/mounts").read_text():
+            if f" {self.mount} fuse" in mounts.read_text():
                 return self
             if self.proc.poll() is not None:
                 raise HarnessError("stallfs exited (is python3-fusepy installed?)")
@@ -306,7 +315,10 @@ class StallStore:
     def stop(self) -> None:
         """Resume, unmount, end the filesystem process."""
         self.resume()
-        subprocess.run(["umount", "-l", str(self.mount)], capture_output=True, check=False)
+        where = [] if self.inside is None or self.proc is None else [
+            "nsenter", "-t", str(self.proc.pid), "-m"]
+        subprocess.run([*where, "umount", "-l", str(self.mount)], capture_output=True,
+                       check=False)
         if self.proc is not None:
             self.proc.terminate()
             try:

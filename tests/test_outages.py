@@ -3,11 +3,14 @@
 A second private libvirtd (max_workers 20, as shipped) with 28 tiny KVM domains
 o-0..o-27 tagged virt-0..3 (7 each); the images of virt-3 live on a FUSE
 datastore that can stop answering (tests/stallfs.py, like a hard NFS mount whose
-server died). The collector runs as an operator would: ``--instances 4
---interval 2 --timeout 1``. Every case checks what matters to the host: how many
-libvirtd worker threads stay blocked on our account, whether another client
-(``virsh domstats``) still gets answers, and whether healthy VMs keep every sample.
-Figures are printed (``pytest -s``) for the README.
+server died). Two more, n-0 and n-1 (virt-2), live on a second such datastore
+mounted inside libvirtd's mount namespace only: the collector's own view of
+their image paths is an empty directory, as for a collector in a container.
+The collector runs as an operator would: ``--instances 4 --interval 2 --timeout 1``.
+Every case checks what matters to the host: how many libvirtd worker threads stay
+blocked on our account, whether another client (``virsh domstats``) still gets
+answers, and whether healthy VMs keep every sample. Figures are printed (``pytest
+-s``) for the README.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.libvirtd
 INTERVAL = 2
 ARGS = ["--instances", "4", "--interval", str(INTERVAL), "--timeout", "1"]
 NAMES = [f"o-{i}" for i in range(28)]
+HIDDEN = ["n-0", "n-1"]  # virt-2, on the datastore only QEMU's namespace has
 PARTITION = {n: i % 4 for i, n in enumerate(NAMES)}
 # The long wedge of the issue (10 minutes) is a soak for a person to run:
 # VPARTCOLLECT_WEDGE_SECONDS=600 bin/test -- tests/test_outages.py -k wedge -s
@@ -44,6 +48,7 @@ def part(n: int) -> list[str]:
 class Lab:
     libvirtd: PrivateLibvirtd
     store: StallStore
+    hidden: StallStore
     dir: Path
 
 
@@ -52,16 +57,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("outages")
     store = StallStore(base / "store")
     daemon = PrivateLibvirtd(base / "libvirtd")
+    hidden: StallStore | None = None
     try:
         store.start()  # before libvirtd: its mount namespace copies the FUSE mount
         daemon.start()
         for i, name in enumerate(NAMES):
             daemon.create(name, f"virt-{PARTITION[name]}", nic=f"ot{i}",
                           image_dir=store.mount if PARTITION[name] == 3 else None)
-        yield Lab(daemon, store, base)
+        hidden = StallStore(base / "hidden", inside=daemon.pid).start()
+        for i, name in enumerate(HIDDEN):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            str(hidden.back / f"{name}.qcow2"), "64M"], check=True)
+            daemon.create(name, "virt-2", nic=f"on{i}", image_dir=hidden.mount,
+                          image_ready=True)
+        yield Lab(daemon, store, hidden, base)
     finally:
         daemon.stop()
         store.stop()
+        if hidden is not None:
+            hidden.stop()
 
 
 @dataclass
@@ -206,6 +220,43 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, part(3), "disk_capacity-vda", after) == 1.0
     assert all(out.values(n, "unresponsive").get(t) == 0 for n in part(3) for t in after)
+
+
+def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
+    """n-0 and n-1's datastore exists in libvirtd's (and QEMU's) mount namespace only, and
+    stops answering for 20 s. Looked at from the collector's namespace, their images do
+    not exist and the store seems alive; looked at where QEMU sees them
+    (/proc/<pid>/root), it is dead, and no block info is asked: before, each of the two
+    VMs held one libvirtd thread."""
+    assert not (lab.hidden.mount / "n-0.qcow2").exists()  # not in our namespace
+    ev: dict[str, float] = {}
+
+    def stall() -> None:
+        ev["stall"] = time.time()
+        lab.hidden.stall()
+
+    def resume() -> None:
+        ev["resume"] = time.time()
+        lab.hidden.resume()
+
+    try:
+        out = soak(lab.libvirtd, ARGS, [at(8, stall), at(28, resume)], seconds=40)
+    finally:
+        lab.hidden.resume()
+    during = ticks(out, ev["stall"] + INTERVAL, ev["resume"])
+    threads = out.held_threads(8, 28)
+    cpu = share(out, HIDDEN, "virt_cpu_total", during)
+    others = share(out, NAMES, "disk_capacity-vda", ticks(out))
+    flags = [flagged_after(out, n, ev["stall"]) for n in HIDDEN]
+    report("store seen only by QEMU", threads=threads, blocked_calls=out.blocked_calls(),
+           stalled_cpu=f"{cpu:.0%}", others=f"{others:.0%}", flagged_within_s=flags)
+    assert threads <= 1
+    assert max(out.blocked_calls().values()) <= 1
+    assert others == 1.0 and cpu >= 0.9
+    assert all(f is not None for f in flags)
+    assert not any(t in out.stamps(n, "disk_capacity-vda") for n in HIDDEN for t in during[1:])
+    after = ticks(out, ev["resume"] + 3 * INTERVAL)
+    assert after and share(out, HIDDEN, "disk_capacity-vda", after) == 1.0
 
 
 def _dump_threads(lab: Lab, fifo: Path) -> int:
