@@ -36,6 +36,12 @@ def assert_complete(out: Outcome, domains: list[str], metric: str) -> None:
         assert not missing, f"{name} has no {metric} at {missing}; log:\n{out.stderr[-3000:]}"
 
 
+def assert_cpu_true(out: Outcome, events: dict[str, float]) -> None:
+    """Every virt_cpu_total of every domain against /proc's account of its QEMU."""
+    wrong = out.cpu_errors(ALL, events.values())
+    assert not wrong, f"cpu rates off /proc (domain, tick, ours, /proc): {wrong[:5]}"
+
+
 def assert_frozen_vm_reported(out: Outcome, name: str, events: dict[str, float]) -> None:
     frozen_from, thawed = int(events[f"freeze {name}"]) + 2, int(events[f"thaw {name}"])
     during = [t for t in out.window() if frozen_from < t < thawed - 1]
@@ -64,6 +70,7 @@ def test_one_frozen_vm(libvirtd: PrivateLibvirtd) -> None:
     assert out.held_threads(FREEZE_AT, SOAK) == 0
     kills = {p: v for p, v, _ in out.lines if p.endswith("vpartcollect-virt-1.watchdog_kills")}
     assert max(kills.values()) == 0  # nothing hung: the frozen QEMU was never asked
+    assert_cpu_true(out, ev)
 
 
 def test_two_frozen_vms_in_two_partitions(libvirtd: PrivateLibvirtd) -> None:
@@ -79,6 +86,7 @@ def test_two_frozen_vms_in_two_partitions(libvirtd: PrivateLibvirtd) -> None:
     for name in ("lab-1", "lab-5"):
         assert_frozen_vm_reported(out, name, ev)
     assert out.held_threads(FREEZE_AT, SOAK) == 0
+    assert_cpu_true(out, ev)
 
 
 def test_one_instance_loses_no_sample_of_its_healthy_domains(libvirtd: PrivateLibvirtd) -> None:
@@ -91,6 +99,7 @@ def test_one_instance_loses_no_sample_of_its_healthy_domains(libvirtd: PrivateLi
     assert_complete(out, healthy, "virt_cpu_total")
     assert_frozen_vm_reported(out, "lab-3", ev)
     assert out.held_threads(FREEZE_AT, SOAK) == 0
+    assert_cpu_true(out, ev)
 
 
 def test_vm_freezing_mid_cycle_again_and_again(libvirtd: PrivateLibvirtd) -> None:
@@ -108,6 +117,7 @@ def test_vm_freezing_mid_cycle_again_and_again(libvirtd: PrivateLibvirtd) -> Non
     assert_complete(out, healthy, "memory-total")
     assert_complete(out, ["lab-0"], "memory-total")  # QEMU-free part of the flapping VM too
     assert out.held_threads(0, SOAK) <= 1
+    assert_cpu_true(out, ev)
 
 
 def test_libvirtd_killed_and_restarted(libvirtd: PrivateLibvirtd) -> None:
@@ -131,6 +141,7 @@ def test_libvirtd_killed_and_restarted(libvirtd: PrivateLibvirtd) -> None:
         assert after and min(after) <= up + 12, (name, up, sorted(after)[:3])
         assert set(range(min(after), max(after) + 1)) <= set(after)
     assert "lost the connection" in out.stderr or "cannot connect" in out.stderr
+    assert_cpu_true(out, restarted)
 
 
 def test_no_process_survives_sigkill_of_the_parent(libvirtd: PrivateLibvirtd) -> None:
@@ -161,6 +172,7 @@ def test_per_instance_self_metrics(libvirtd: PrivateLibvirtd) -> None:
     assert max(mine["blocked_calls"]) == 0
     assert max(mine["unresponsive_domains"]) == 1 and mine["unresponsive_domains"][-1] == 0
     assert set(mine["domains"]) == {2}
+    assert_cpu_true(out, ev)
 
 
 def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
@@ -184,6 +196,7 @@ def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
     def thaw_at(phase: float) -> Callable[[], None]:
         def act() -> None:
             time.sleep((phase - time.time() % 1.0) % 1.0)
+            ev[f"thaw lab-3 at {time.time()}"] = time.time()
             libvirtd.thaw("lab-3")
             calls[-1].join(5)
         return act
@@ -198,3 +211,4 @@ def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
         conn.close()
     assert_complete(out, ["lab-0", "lab-1", "lab-2", "lab-4", "lab-5"], "disk_capacity-vda")
     assert max(out.blocked_calls().values()) == 0  # the hung call was never ours
+    assert_cpu_true(out, ev)

@@ -173,6 +173,7 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     assert client.seconds and max(client.seconds) < 1.0, client.seconds
     assert healthy == 1.0 and healthy_disk == 1.0
     assert cpu >= 0.9 and state >= 0.9
+    assert not out.cpu_errors(NAMES, ev.values())
     assert len(flagged) == len(frozen)
     # After the thaw everything comes back, monitor-side values included.
     after = ticks(out, ev["thaw"] + 3 * INTERVAL)
@@ -220,6 +221,7 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, part(3), "disk_capacity-vda", after) == 1.0
     assert all(out.values(n, "unresponsive").get(t) == 0 for n in part(3) for t in after)
+    assert not out.cpu_errors(NAMES, ev.values())
 
 
 def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
@@ -257,6 +259,7 @@ def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
     assert not any(t in out.stamps(n, "disk_capacity-vda") for n in HIDDEN for t in during[1:])
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, HIDDEN, "disk_capacity-vda", after) == 1.0
+    assert not out.cpu_errors(NAMES + HIDDEN, ev.values())
 
 
 def _dump_threads(lab: Lab, fifo: Path) -> int:
@@ -331,6 +334,7 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
     assert any(v == 1 for t, v in flag.items() if ev["wedge"] + 2 * INTERVAL < t < ev["release"])
+    assert not out.cpu_errors(NAMES, ev.values())
 
 
 def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
@@ -348,6 +352,7 @@ def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
     dump: list[subprocess.Popen[bytes]] = []
 
     def wedge() -> None:
+        ev["wedge"] = time.time()
         dump.append(subprocess.Popen(["virsh", "-c", lab.libvirtd.uri, "dump", "o-5",
                                       str(fifo)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL))
@@ -371,3 +376,4 @@ def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
     assert cpu >= 0.9, missing(out, ["o-9"], "virt_cpu_total", during)
     assert got == 1.0, missing(out, others, "memory-total", ticks(out))
     assert all(out.values("o-9", "unresponsive").get(t) == 1 for t in during)
+    assert not out.cpu_errors(NAMES, ev.values())

@@ -18,35 +18,16 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from harness import PrivateLibvirtd
+from oracle import Line, check_truth
 from runner import children, run_during
 
 pytestmark = pytest.mark.libvirtd
 
-Line = tuple[str, float, float]
-TRUTH = 1e9  # ns of cpu per second: the test driver's clock
 WEDGED = "td-1"  # virt-1, with td-4 as its partition-mate
-
-
-def check_truth(lines: list[Line], stderr: str, healthy: list[str]) -> dict[str, int]:
-    """The invariants of every run; returns, per domain, the ticks with a cpu rate."""
-    twice = [k for k, n in Counter((p, ts) for p, _, ts in lines).items() if n > 1]
-    assert not twice, f"written twice: {twice[:5]}"
-    wrong = [(p, v, ts) for p, v, ts in lines
-             if p.endswith(".virt.virt_cpu_total") and abs(v / TRUTH - 1) > 0.03]
-    assert not wrong, f"cpu rates off the truth: {wrong[:5]}\n{stderr[-3000:]}"
-    stamps = sorted({int(ts) for p, _, ts in lines if ".virt." in p})
-    window = range(stamps[1], stamps[-1])
-    rated = {d: {int(ts) for p, _, ts in lines if p == f"{d}.virt.virt_cpu_total"}
-             for d in healthy}
-    for domain in healthy:
-        missing = [t for t in window if t not in rated[domain]]
-        assert not missing, f"{domain} has no cpu rate at {missing}\n{stderr[-3000:]}"
-    return {d: len(r) for d, r in rated.items()}
 
 
 def unresponsive(lines: list[Line], domain: str) -> dict[int, float]:
