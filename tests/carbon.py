@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ class PrivateCarbon:
     def __init__(self, base: Path, port: int | None = None) -> None:
         self.base = base.resolve()
         self.port = port or free_port()
+        self.query_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         (self.base / "storage" / "whisper").mkdir(parents=True, exist_ok=True)
         (self.base / "log").mkdir(exist_ok=True)
@@ -47,7 +50,7 @@ ENABLE_UDP_LISTENER = False
 PICKLE_RECEIVER_INTERFACE = 127.0.0.1
 PICKLE_RECEIVER_PORT = {free_port()}
 CACHE_QUERY_INTERFACE = 127.0.0.1
-CACHE_QUERY_PORT = {free_port()}
+CACHE_QUERY_PORT = {self.query_port}
 ENABLE_TAGS = False
 LOG_UPDATES = False
 LOG_CREATES = False
@@ -125,8 +128,30 @@ CACHE_WRITE_STRATEGY = sorted
                     missing.append(f"{path}@{ts}={value} (carbon: {got})")
         return missing
 
+    def holds(self, path: str, ts: int) -> bool:
+        """Whether carbon has the point of ``path`` at ``ts``: in whisper, or still in its
+        cache (asked over carbonlink, the cache-query protocol graphite-web uses)."""
+        if self.fetch(path, ts, ts):
+            return True
+        request = pickle.dumps({"type": "cache-query", "metric": path}, protocol=2)
+        with socket.create_connection(("127.0.0.1", self.query_port), timeout=5) as sock:
+            sock.sendall(struct.pack("!L", len(request)) + request)
+            size = struct.unpack("!L", _recv(sock, 4))[0]
+            reply = pickle.loads(_recv(sock, size))  # our own carbon, on loopback
+        return any(int(t) == ts for t, _v in reply.get("datapoints", []))
+
     def paths(self) -> list[str]:
         """Every metric path carbon has a whisper file for."""
         root = self.base / "storage" / "whisper"
         return sorted(".".join(p.relative_to(root).with_suffix("").parts)
                       for p in root.rglob("*.wsp"))
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("carbon closed the cache-query connection")
+        data += chunk
+    return data

@@ -286,3 +286,12 @@ def test_control_characters_in_names_never_forge_a_line(tmp_path: Path) -> None:
     res = cli("run", "--connect", uri, "--instances", "2", "--once")
     assert res.returncode == 0, res.stderr
     assert "\r" not in res.stderr and "evil\\rINFO: x: tag 'storage-a' is not" in res.stderr
+
+
+def test_a_spool_dir_that_cannot_be_written_is_one_line(tmp_path: Path, demo_uri: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = cli("run", "--connect", demo_uri, "--graphite", "127.0.0.1:9", "--spool-dir",
+              str(blocker / "spool"), "--once")
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "spool_dir" in res.stderr, res.stderr

@@ -91,3 +91,26 @@ def test_metadata_paths_that_work() -> None:
 def test_endpoint_parsing() -> None:
     assert parse_endpoint("carbon.example:2003") == Endpoint("carbon.example", 2003)
     assert str(parse_endpoint("[::1]:2003")) == "[::1]:2003"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"spool_dir": ""}, "spool_dir: must be a directory path"),
+    ({"spool_dir": 5}, "spool_dir: must be a string"),
+    ({"spool_max_bytes": 1000}, "spool_max_bytes: must be greater than 65536"),
+    ({"spool_max_bytes": 1 << 50}, "spool_max_bytes: at most"),
+    ({"spool_drain_rate": 0}, "spool_drain_rate: must be greater than 0"),
+])
+def test_spool_keys_are_bounded(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(values)
+
+
+def test_the_environments_spool_dir_yields_to_the_file_and_the_flags(tmp_path: Path) -> None:
+    """Under systemd the state directory is the spool's default; the file or a flag wins."""
+    path = tmp_path / "c.toml"
+    path.write_text('spool_dir = "/srv/spool"\n')
+    fallback = {"spool_dir": "/var/lib/vpartcollect/spool"}
+    assert load(None, {}, fallback).spool_dir == "/var/lib/vpartcollect/spool"
+    assert load(path, {}, fallback).spool_dir == "/srv/spool"
+    assert load(path, {"spool_dir": "/x"}, fallback).spool_dir == "/x"
+    assert build().spool_dir is None  # nothing said: lines wait in memory only

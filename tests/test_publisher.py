@@ -13,6 +13,7 @@ from vpartcollect import wire
 from vpartcollect.config import build
 from vpartcollect.metrics import Metric
 from vpartcollect.publisher import Publisher
+from vpartcollect.sinks.graphite import GraphiteSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}
@@ -60,6 +61,7 @@ def test_reload_keeps_queued_graphite_lines_when_bounds_change() -> None:
     cfg = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 1000})  # nobody listens
     pub, sel = Publisher(cfg), selectors.DefaultSelector()
     sink = pub.graphite[0]
+    assert isinstance(sink, GraphiteSink)  # no spool_dir: lines wait in memory
     sink.write([Metric(f"a.m{i}", float(i), 1700000000 + i) for i in range(500)])
     bigger = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 5000,
                     "graphite_resend_seconds": 60})
@@ -94,7 +96,7 @@ def test_finish_sends_everything_then_closes() -> None:
     server.close()
     lines = bytes(got).decode().splitlines()
     assert len(lines) == 1000 and lines[-1] == "a.m999 999 1700000000"
-    assert pub.graphite[0].sock is None
+    assert pub.graphite[0].interest() is None  # closed
 
 
 
@@ -107,6 +109,7 @@ def test_a_closed_graphite_socket_leaves_the_selector_first() -> None:
     pub = Publisher(build({"graphite": [f"127.0.0.1:{server.getsockname()[1]}"],
                            "stdout": False}))
     sel, sink = selectors.DefaultSelector(), pub.graphite[0]
+    assert isinstance(sink, GraphiteSink)
     pub.register(sel)
     conn, _ = server.accept()
     while sink.connecting:  # finish connecting, as the loop would

@@ -45,7 +45,11 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _load(config_path: str | None, **flags: Any) -> Config:
     overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     overrides = {k: v for k, v in overrides.items() if v is not None and v != []}
-    cfg = config_mod.load(config_path, overrides)
+    # Under systemd (StateDirectory=), the state directory is where the spool lives
+    # unless the file or a flag says otherwise.
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    cfg = config_mod.load(config_path, overrides,
+                          {"spool_dir": f"{state}/spool"} if state else None)
     setup_logging(cfg.log_level)
     return cfg
 
@@ -72,6 +76,9 @@ def cli() -> None:
               help="Write metrics to stdout (default: when no --graphite).")
 @click.option("--format", "format_", type=click.Choice(config_mod.FORMATS),
               help="stdout format (default graphite).")
+@click.option("--spool-dir", metavar="DIR",
+              help="Keep Graphite lines carbon cannot take now in DIR (default: "
+                   "$STATE_DIRECTORY/spool under systemd, else memory only).")
 @click.option("--once", is_flag=True, help="Take one sample, write it, exit.")
 def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) -> int:
     """Collect statistics until SIGTERM/SIGINT (or once)."""
@@ -79,10 +86,25 @@ def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) 
 
     cfg = _load(config_path, format=format_, **flags)
     _std_fds_or_fail(cfg)
+    _spool_dir_or_fail(cfg)
     check_libvirt(cfg.connect)
     # SIGHUP re-reads the file; the command line still wins over it.
     return Supervisor(cfg, once=once,
                       reload=lambda: _load(config_path, format=format_, **flags)).run()
+
+
+def _spool_dir_or_fail(cfg: Config) -> None:
+    """The spool directory exists (or is made) and takes files: one line if not."""
+    if not (cfg.spool_dir and cfg.graphite):
+        return
+    try:
+        os.makedirs(cfg.spool_dir, mode=0o700, exist_ok=True)
+        probe = os.path.join(cfg.spool_dir, ".vpartcollect-write-test")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"spool_dir {cfg.spool_dir}: {exc.strerror or exc}") from None
 
 
 def _std_fds_or_fail(cfg: Config) -> None:

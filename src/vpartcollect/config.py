@@ -20,9 +20,11 @@ from vpartcollect.partition import Assignment, assign
 MAX_INSTANCES = 64
 # Upper bounds: beyond them a value is a typo, and some would overflow a timer or a loop.
 MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600.0,
-               "flush_timeout": 3600.0, "graphite_resend_seconds": 86400.0}
-MIN_SECONDS = {"interval": 0.05}
-MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000}
+               "flush_timeout": 3600.0, "graphite_resend_seconds": 86400.0,
+               "spool_drain_rate": 10_000_000.0}  # the last one: lines a second
+MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536}
+MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
+             "spool_max_bytes": 1 << 44}
 FORMATS = ("graphite", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -69,6 +71,9 @@ class Config:
     graphite_buffer: int = 100_000
     graphite_resend_seconds: float = 30.0
     flush_timeout: float = 5.0
+    spool_dir: str | None = None  # None: lines wait in memory only (graphite_buffer)
+    spool_max_bytes: int = 1 << 30
+    spool_drain_rate: float = 50_000.0  # spooled lines sent a second once carbon is back
     log_level: str = "info"
 
     @property
@@ -217,6 +222,11 @@ def _check(key: str, value: Any) -> Any:
         return patterns
     if key == "hostname":
         return _path_text(key, value)
+    if key == "spool_dir":
+        path = _kind(key, value, str, "a string")
+        if not path.strip() or "\0" in path:
+            raise ConfigError("spool_dir: must be a directory path")
+        return path
     if key == "graphite":
         return tuple(parse_endpoint(t, key) for t in _strings(key, value))
     if key in ("stdout", "store_rates"):
@@ -280,6 +290,12 @@ def build(file_values: dict[str, Any] | None = None,
     return cfg
 
 
-def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read ``path`` (if any) and apply ``overrides``."""
-    return build(read_file(path) if path else {}, overrides)
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None,
+         defaults: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (if any) and apply ``overrides``; ``defaults`` fill only keys that
+    neither sets (the environment's say, e.g. systemd's state directory)."""
+    values = read_file(path) if path else {}
+    given = {k.replace("-", "_") for k in values} | {
+        k.replace("-", "_") for k, v in (overrides or {}).items() if v is not None}
+    extra = {k: v for k, v in (defaults or {}).items() if k not in given}
+    return build({**extra, **values}, overrides)

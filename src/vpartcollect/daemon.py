@@ -3,7 +3,9 @@ handing memory back after a burst."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import logging
 import os
 import re
@@ -12,6 +14,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
@@ -76,14 +79,41 @@ class SignalPipe:
         signal.set_wakeup_fd(-1)
 
 
-def die_with_parent() -> None:
-    """In a forked child: be SIGKILLed when the parent dies, even by SIGKILL, so no
-    child outlives the supervisor holding libvirt calls or a lookup. Linux only; a
-    no-op where prctl is missing."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a forked child: get ``sig`` when the parent dies, even by SIGKILL, so no child
+    outlives the supervisor holding libvirt calls or a lookup (a spooler gets SIGTERM, to
+    keep what it holds). Linux only; a no-op where prctl is missing."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _keep_only_fds(keep: set[int]) -> None:
+    """In a fresh child: close every inherited descriptor but stdio and ``keep``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    # Workers never write metrics: stdout belongs to the parent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def fork_child(keep: set[int], child: Callable[[], NoReturn]) -> int:
+    """Fork; in the child, close every inherited descriptor but stdio and ``keep``, point
+    stdout at /dev/null (metrics are the parent's) and run ``child`` (which never
+    returns); in the parent, return the child's pid."""
+    # Objects the child inherits stay shared: the child's GC must not touch (and so copy)
+    # every page of them.
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        _keep_only_fds(keep)
+        child()
+    return pid
 
 
 def release_memory() -> None:

@@ -13,13 +13,17 @@ import logging
 import selectors
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vpartcollect import wire
-from vpartcollect.config import Config
+from vpartcollect.config import Config, Endpoint
 from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
+from vpartcollect.sinks import Destination
 from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.spool_channel import SpoolChannel
+from vpartcollect.sinks.spooler import SpoolSettings
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
 
 __all__ = ["OutputClosed", "Publisher"]
@@ -27,6 +31,17 @@ __all__ = ["OutputClosed", "Publisher"]
 OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
 
 log = logging.getLogger(__name__)
+
+
+def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettings | None:
+    """How a destination's lines are spooled (None: not at all); one directory each."""
+    if not cfg.spool_dir:
+        return None
+    where = Path(cfg.spool_dir)
+    if endpoint is not None:
+        where = where / f"{endpoint.host}_{endpoint.port}".replace("/", "_").lstrip(".")
+    return SpoolSettings(where, cfg.spool_max_bytes, cfg.spool_drain_rate,
+                         cfg.graphite_buffer, cfg.graphite_resend_seconds, cfg.flush_timeout)
 
 
 def rate_gap(interval: float) -> float:
@@ -43,9 +58,7 @@ class Publisher:
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
         self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
-        self.graphite = [self._attach(GraphiteSink(ep, cfg.graphite_buffer,
-                                                   cfg.graphite_resend_seconds))
-                         for ep in cfg.graphite]
+        self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
         self._selector: selectors.BaseSelector | None = None
@@ -75,14 +88,22 @@ class Publisher:
 
     def new_tick(self, ts: float, tracked: int) -> None:
         """A tick begins: the collector-wide metrics (``tracked`` per-domain entries)."""
-        naming = self.builder.naming
-        out = [Metric(naming.self_path(None, "tracked_domains"), tracked, ts)]
+        values: dict[str, float] = {"tracked_domains": tracked}
         if self.graphite:
-            out += [Metric(naming.self_path(None, "graphite_dropped"),
-                           sum(g.dropped for g in self.graphite), ts),
-                    Metric(naming.self_path(None, "graphite_buffered"),
-                           sum(g.buffered for g in self.graphite), ts)]
-        self.emit(out)
+            values["graphite_dropped"] = sum(g.dropped for g in self.graphite)
+            values["graphite_buffered"] = sum(g.buffered for g in self.graphite)
+        spooled = [g.report for g in self.graphite if isinstance(g, SpoolChannel)]
+        if spooled:
+            values["graphite_buffered"] += sum(r.get("buffered", 0) for r in spooled)
+            for name, key in (("spool_lines", "spooled"), ("spool_bytes", "bytes"),
+                              ("spool_drained_per_second", "drained"),
+                              ("spool_corrupt_bytes", "corrupt")):
+                values[name] = sum(r.get(key, 0) for r in spooled)
+            oldest = [r["oldest"] for r in spooled if r.get("oldest")]
+            if oldest:
+                values["spool_oldest_timestamp"] = min(oldest)
+        naming = self.builder.naming
+        self.emit([Metric(naming.self_path(None, k), v, ts) for k, v in values.items()])
 
     def forget_older_than(self, ts: float) -> set[str]:
         """Drop the state of domains not sampled since ``ts``; return their uuids."""
@@ -128,18 +149,26 @@ class Publisher:
             self._registered[id(sink)] = want
 
     @staticmethod
-    def on_ready(sink: GraphiteSink, mask: int) -> None:
+    def on_ready(sink: Destination, mask: int) -> None:
         """A destination's socket (or lookup) is ready."""
         sink.on_ready(mask)
 
-    def unregister(self, selector: selectors.BaseSelector, sink: GraphiteSink) -> None:
+    def unregister(self, selector: selectors.BaseSelector, sink: Destination) -> None:
         """Take one destination out of ``selector``."""
         had = self._registered.pop(id(sink), None)
         if had is not None:
             selector.unregister(had[0])
 
-    def _attach(self, sink: GraphiteSink) -> GraphiteSink:
-        """Have ``sink`` leave the selector before it closes what is registered there."""
+    def _destination(self, endpoint: Endpoint, cfg: Config) -> Destination:
+        """A destination whose lines wait in memory, or are spooled (with ``spool_dir``);
+        either leaves the selector before it closes what is registered there."""
+        sink: Destination
+        settings = spool_settings(cfg, endpoint)
+        if settings is not None:
+            sink = SpoolChannel(endpoint, settings)
+        else:
+            sink = GraphiteSink(endpoint, cfg.graphite_buffer, cfg.graphite_resend_seconds)
+
         def release() -> None:
             if self._selector is not None:
                 self.unregister(self._selector, sink)
@@ -155,9 +184,10 @@ class Publisher:
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
-        keep = {sink.endpoint: sink for sink in self.graphite}
+        same_spool = spool_settings(old) == spool_settings(new)
+        keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
         for sink in self.graphite:
-            if sink.endpoint in new.graphite:
+            if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
             else:
                 self.unregister(selector, sink)
@@ -165,8 +195,7 @@ class Publisher:
                     log.warning("SIGHUP: %s removed with %d lines not sent", sink,
                                 sink.buffered)
                 sink.close()
-        self.graphite = [keep.get(ep) or self._attach(GraphiteSink(
-            ep, new.graphite_buffer, new.graphite_resend_seconds)) for ep in new.graphite]
+        self.graphite = [keep.get(ep) or self._destination(ep, new) for ep in new.graphite]
 
     def stop_writes(self) -> None:
         """A stop was asked: a stdout write in progress finishes if read, but not forever."""

@@ -6,7 +6,6 @@ Plus the small process helpers the supervisor needs around a fork.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import selectors
@@ -18,7 +17,9 @@ from typing import NoReturn
 
 from vpartcollect import wire
 from vpartcollect.calls import CallKind
+from vpartcollect.daemon import fork_child
 from vpartcollect.partition import instance_name
+from vpartcollect.ticks import queue_tick
 from vpartcollect.watchdog import respawn_delay
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,16 @@ class Slot:
                 "unresponsive_domains": self.unresponsive, "missed_ticks": self.missed_ticks,
                 "blocked_calls": self.blocked}
 
+    def queue(self, tick: wire.Tick, backlog: int) -> None:
+        """A tick falls due: it waits for the worker; beyond ``backlog`` the oldest go
+        (counted in missed_ticks, logged once per episode)."""
+        dropped = queue_tick(self.pending, tick, backlog)
+        if dropped and not self.missing:
+            log.warning("%s: worker %s; skipping ticks until it catches up", self.name,
+                        "not ready" if not self.ready else "behind")
+        self.missed_ticks += dropped
+        self.missing += dropped
+
     # -- the process --------------------------------------------------------
     def start(self, child: Callable[[int, int], NoReturn],
               selector: selectors.BaseSelector) -> None:
@@ -70,13 +81,7 @@ class Slot:
         child runs ``child(ctl_r, out_w)``."""
         ctl_r, ctl_w = os.pipe()
         out_r, out_w = os.pipe()
-        # Objects the child inherits stay shared: the child's GC must not touch (and so
-        # copy) every page of them.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:
-            keep_only_fds({ctl_r, out_w})
-            child(ctl_r, out_w)
+        pid = fork_child({ctl_r, out_w}, lambda: child(ctl_r, out_w))
         os.close(ctl_r)
         os.close(out_w)
         os.set_blocking(out_r, False)
@@ -145,19 +150,6 @@ class Slot:
     def overdue(self, now: float) -> bool:
         """Whether the worker is in a call past its deadline."""
         return bool(self.pid) and self.deadline is not None and now > self.deadline
-
-
-def keep_only_fds(keep: set[int]) -> None:
-    """In a fresh child: close every inherited descriptor but stdio and ``keep``."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    # Workers never write metrics: stdout belongs to the parent.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
 
 
 def readable(fd: int) -> bool:

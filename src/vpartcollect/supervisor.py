@@ -23,7 +23,7 @@ from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.publisher import OutputClosed, Publisher
 from vpartcollect.roster import Roster
 from vpartcollect.slot import Slot, readable
-from vpartcollect.ticks import Schedule, queue_tick
+from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline
 from vpartcollect.worker import worker_main
 
@@ -127,12 +127,7 @@ class Supervisor:
                     self._prune(ts - horizon)
                     self._pruned = ts
             for slot in self.slots:
-                dropped = queue_tick(slot.pending, wire.Tick(ts), self.backlog)
-                if dropped and not slot.missing:
-                    log.warning("%s: worker %s; skipping ticks until it catches up",
-                                slot.name, "not ready" if not slot.ready else "behind")
-                slot.missed_ticks += dropped
-                slot.missing += dropped
+                slot.queue(wire.Tick(ts), self.backlog)
         for index in self.schedule.again_due(time.monotonic()):
             self.slots[index].pending.append(wire.Tick(self.schedule.final))
         for slot in self.slots:

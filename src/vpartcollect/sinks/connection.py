@@ -20,7 +20,10 @@ from vpartcollect.config import Endpoint
 from vpartcollect.resolve import Address, Lookup, numeric
 
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 10.0  # carbon back from a restart is found within seconds
+# Carbon back from a restart is found within a second at a numeric address (a refused
+# connect costs nothing), within a few seconds behind a name (each try is a lookup).
+BACKOFF_MAX = 1.0
+BACKOFF_MAX_NAMED = 5.0
 # A connect that has not completed by then is given up for the next address (another
 # family often works at once); the last address gets longer before it counts as down.
 ATTEMPT_SECONDS = 2.0
@@ -108,7 +111,8 @@ class Connection:
         """The connection (or attempt) is over: close it, schedule the next one."""
         self.close()
         self.addresses = []
-        self.next_attempt = self.clock() + backoff(self.failures, BACKOFF_MIN, BACKOFF_MAX)
+        cap = BACKOFF_MAX if numeric(self.endpoint.host, 0) is not None else BACKOFF_MAX_NAMED
+        self.next_attempt = self.clock() + backoff(self.failures, BACKOFF_MIN, cap)
         self.failures += 1
         return exc
 
