@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -13,7 +16,12 @@ TICKS = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness import session_members  # noqa: E402  (tests/ is on the path only now)
+from harness import PrivateLibvirtd, session_members  # noqa: E402  (tests/ is on the path only now)
+
+# The ExtraStats behind shared/reference's paths: every libvirt stats group, so the
+# figures compare with the raw calls for all of them (the default asks for fewer).
+ALL_EXTRA = ("cpu_util disk disk_err domain_state pcpu vcpupin disk_allocation "
+             "disk_capacity disk_physical memory")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,3 +61,18 @@ def wait_for_aligned_start(interval: float) -> None:
     """Sleep to just after the next multiple of ``interval`` (cycles start there)."""
     now = time.time()
     time.sleep((interval - now % interval) + 0.05)
+
+
+@contextlib.contextmanager
+def qemu_lab(domains: int) -> Iterator[PrivateLibvirtd]:
+    """The test suite's private libvirtd with ``domains`` tiny QEMU domains tagged over
+    four instances, each with a tap device; stopped (domains and all) on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = PrivateLibvirtd(Path(tmp)).start()
+        try:
+            for i in range(domains):
+                daemon.create(f"bench-{i}", f"virt-{i % 4}", nic=f"lb{i}")
+            time.sleep(3)  # past their start-up
+            yield daemon
+        finally:
+            daemon.stop()

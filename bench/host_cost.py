@@ -18,11 +18,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, session_cpu, start_collector, wait_for_aligned_start
+from common import (
+    ALL_EXTRA,
+    cpu_seconds,
+    qemu_lab,
+    session_cpu,
+    start_collector,
+    wait_for_aligned_start,
+)
 from harness import PrivateLibvirtd
 
 FLOOR = """
@@ -107,7 +113,7 @@ def measure(daemon: PrivateLibvirtd, seconds: float, instances: int | str | None
         proc = start_collectd(daemon.uri, daemon.base)
     else:
         proc = start_collector("--connect", daemon.uri, "--interval", "1",
-                               "--instances", str(instances))
+                               "--extra-stats", ALL_EXTRA, "--instances", str(instances))
     time.sleep(WARMUP)
     wait_for_aligned_start(1.0)
     before = session_cpu(proc.pid) + cpu_seconds(daemon.pid)
@@ -123,20 +129,13 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = PrivateLibvirtd(Path(tmp)).start()
-        try:
-            for i in range(args.domains):
-                daemon.create(f"bench-{i}", f"virt-{i % 4}", nic=f"lb{i}")
-            time.sleep(3)
-            floor = measure(daemon, args.seconds, None)
-            ours = {n: measure(daemon, args.seconds, n) for n in (1, 4)}
-            idle = measure(daemon, args.seconds, "idle")
-            checks = measure(daemon, args.seconds, "checks") - idle
-            collectd = (measure(daemon, args.seconds, "collectd")
-                        if shutil.which("collectd") else None)
-        finally:
-            daemon.stop()
+    with qemu_lab(args.domains) as daemon:
+        floor = measure(daemon, args.seconds, None)
+        ours = {n: measure(daemon, args.seconds, n) for n in (1, 4)}
+        idle = measure(daemon, args.seconds, "idle")
+        checks = measure(daemon, args.seconds, "checks") - idle
+        collectd = (measure(daemon, args.seconds, "collectd")
+                    if shutil.which("collectd") else None)
     print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s each")
     print(f"floor (list + metadata + one bulk NOWAIT call): {floor * 1000:.1f} ms CPU per cycle")
     for n, cost in ours.items():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import libvirt
-from common import session_cpu, start_collector, wait_for_aligned_start
+from common import ALL_EXTRA, session_cpu, start_collector, wait_for_aligned_start
 from nodes import tagged_node
 
 from vpartcollect.partition import TAG_NS
@@ -51,7 +51,8 @@ def main() -> None:
         out_path = Path(tmp) / "out.txt"
         with open(out_path, "wb") as out:
             wait_for_aligned_start(1.0)
-            proc = start_collector("--connect", uri, "--interval", "1", stdout=out)
+            proc = start_collector("--connect", uri, "--interval", "1", "--extra-stats",
+                                   ALL_EXTRA, stdout=out)
             time.sleep(args.seconds)
             cpu = session_cpu(proc.pid)
             proc.send_signal(signal.SIGTERM)

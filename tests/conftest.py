@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import libvirt
 import pytest
-from harness import PrivateLibvirtd
+from collectd_lab import settle
+from harness import PrivateLibvirtd, _run
 from nodes import domain_xml
 from runner import DEMO_URI
 
@@ -52,3 +53,29 @@ def testdriver(libvirtd: PrivateLibvirtd) -> Iterator[tuple[str, list[str]]]:
         yield libvirtd.test_uri, ["test", *names]
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def parity_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """Four QEMU domains, virt-0..3, with a qcow2 disk that has data, a sparse raw image
+    and a fully allocated one besides their own qcow2 (vda)."""
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("parity"))
+    try:
+        daemon.start()
+        images = daemon.base / "images"
+        for i in range(4):
+            written, sparse, full = (images / f"w{i}.qcow2", images / f"s{i}.img",
+                                     images / f"f{i}.img")
+            _run("qemu-img", "create", "-q", "-f", "qcow2", str(written), "64M")
+            _run("qemu-io", "-f", "qcow2", "-c", f"write -P 1 0 {i + 1}M", str(written))
+            _run("truncate", "-s", "64M", str(sparse))
+            _run("fallocate", "-l", "8M", str(full))
+            daemon.create(f"par-{i}", f"virt-{i}", nic=f"cp{i}",
+                          extra_disks=[("vdb", "qcow2", written), ("vdc", "raw", sparse),
+                                       ("vdd", "raw", full)])
+        settle({d: daemon.qemu_pid(d) for d in (f"par-{i}" for i in range(4))})
+        yield daemon
+    finally:
+        daemon.stop()
+
+

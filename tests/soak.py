@@ -174,7 +174,9 @@ def _soak(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action], sec
 def _run(libvirtd: PrivateLibvirtd, args: list[str], actions: list[Action], seconds: float,
          out_file: IO[str], err_file: IO[str]) -> Outcome:
     baseline = libvirtd.busy_workers()
-    proc = cli_popen("run", "--connect", libvirtd.uri, "--interval", "1", *args,
+    # disk_capacity: a value only QEMU's monitor gives (a healthy VM has it at every tick).
+    extra = [] if "--extra-stats" in args else ["--extra-stats", "disk_capacity domain_state"]
+    proc = cli_popen("run", "--connect", libvirtd.uri, "--interval", "1", *extra, *args,
                      stdout=out_file, stderr=err_file)
     started = time.monotonic()
     busy: list[tuple[float, int]] = []

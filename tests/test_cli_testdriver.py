@@ -39,7 +39,8 @@ def test_plan_table(demo_uri: str) -> None:
 
 
 def test_run_once_demo_writes_every_kind_of_metric(demo_uri: str) -> None:
-    res = cli("run", "--connect", demo_uri, "--instances", "3", "--once")
+    res = cli("run", "--connect", demo_uri, "--instances", "3", "--once", "--extra-stats",
+              "cpu_util vcpu memory domain_state")
     assert res.returncode == 0, res.stderr
     no_traceback(res.stderr)
     lines = parse_lines(res.stdout)
@@ -190,9 +191,14 @@ def test_hostname_from_a_metadata_value(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     hosts = {p.split(".")[0] for p, _, _ in parse_lines(res.stdout) if ".virt." in p}
     assert hosts == {"web_01", "vm-2"}
-    conf.write_text('hostname_format = ["metadata"]\n')
+    # collectd's XPath form, for an attribute of the element itself.
+    uri = write_node(tmp_path / "n2.xml", [
+        domain_xml("vm-3", 3, metadata='<app:instance xmlns:app="urn:app" site="lyon"/>')])
+    conf.write_text('hostname_format = ["metadata", "name"]\nhostname_metadata_ns = "urn:app"\n'
+                    'hostname_metadata_xpath = "/instance/@site"\n')
     res = cli("run", "-c", str(conf), "--connect", uri, "--once")
-    assert res.returncode == 2 and "needs hostname_metadata_ns" in res.stderr
+    assert {p.split(".")[0] for p, _, _ in parse_lines(res.stdout) if ".virt." in p} == {
+        "lyon_vm-3"}
 
 
 def test_plan_marks_excluded_domains(demo_uri: str) -> None:

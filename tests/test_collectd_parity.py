@@ -9,22 +9,21 @@ down, mirrored in the README). CPU rates are checked against /proc instead.
 
 from __future__ import annotations
 
-import bisect
 import os
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from carbon import PrivateCarbon
-from harness import PrivateLibvirtd, _run
+from collectd_lab import COLLECTD_HEAD, paired, series
+from harness import PrivateLibvirtd
 from runner import cli_popen, no_traceback
+from soak import CpuTruth
 
 pytestmark = [pytest.mark.libvirtd, pytest.mark.carbon,
               pytest.mark.skipif(not shutil.which("collectd"),
@@ -34,7 +33,6 @@ SECONDS = 30
 WARM_UP = 8
 # Path pattern (after the domain) -> why collectd and vpartcollect differ there.
 DIFFERENCES = {
-    r"cpu_affinity-.*": "vcpu pinning is not in libvirt's bulk stats: not sent",
     r"virt_cpu_total|ps_cputime\..*|virt_vcpu-\d+|percent-virt_cpu_total":
         "CPU time runs on between two reads, so no pair is equal: checked against "
         "/proc/<qemu pid>/stat instead, ours and (percent) collectd's. (collectd's raw "
@@ -51,7 +49,7 @@ MEMORY_TOLERANCE = 0.02  # memory-rss and the like move a little between two sam
 EXTRA_STATS = ("cpu_util disk disk_err domain_state pcpu vcpupin disk_allocation "
                "disk_capacity disk_physical memory")
 EXACT = re.compile(r"disk_(allocation|capacity|physical)-.*|domain_state\..*|memory-total|"
-                   r"memory-actual_balloon")
+                   r"memory-actual_balloon|cpu_affinity-.*")
 
 
 def differs(path: str) -> str | None:
@@ -59,69 +57,17 @@ def differs(path: str) -> str | None:
     return next((why for pat, why in DIFFERENCES.items() if re.fullmatch(pat, path)), None)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
-    """Four QEMU domains, virt-0..3, with a qcow2 disk that has data, a sparse raw image
-    and a fully allocated one besides their own qcow2 (vda)."""
-    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("parity"))
-    try:
-        daemon.start()
-        images = daemon.base / "images"
-        for i in range(4):
-            written, sparse, full = (images / f"w{i}.qcow2", images / f"s{i}.img",
-                                     images / f"f{i}.img")
-            _run("qemu-img", "create", "-q", "-f", "qcow2", str(written), "64M")
-            _run("qemu-io", "-f", "qcow2", "-c", f"write -P 1 0 {i + 1}M", str(written))
-            _run("truncate", "-s", "64M", str(sparse))
-            _run("fallocate", "-l", "8M", str(full))
-            daemon.create(f"par-{i}", f"virt-{i}", nic=f"cp{i}",
-                          extra_disks=[("vdb", "qcow2", written), ("vdc", "raw", sparse),
-                                       ("vdd", "raw", full)])
-        settle({d: daemon.qemu_pid(d) for d in (f"par-{i}" for i in range(4))})
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-def settle(pids: dict[str, int], timeout: float = 90.0) -> None:
-    """Wait until every QEMU has left its boot burst (its BIOS keeps a CPU ~50 % busy for
-    ~10 s, then idles at a few %), so that the compared window is steady: collectd's
-    points carry its read time cut to the second, and a window off by a second during
-    the burst moves a mean rate by half."""
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        before = {d: qemu_cpu_seconds(p) for d, p in pids.items()}
-        time.sleep(1.0)
-        if all(qemu_cpu_seconds(p) - before[d] < 0.1 for d, p in pids.items()):
-            return
-    pytest.fail(f"QEMUs still busy after {timeout:.0f} s: {pids}")
-
-
 def collectd_conf(base: Path, uri: str, carbon_port: int) -> Path:
     """collectd.conf as the issue's side-by-side run: virt with every ExtraStats, 4
     instances, 2 s, write_graphite to carbon under the prefix ``cd.``."""
     conf = base / "collectd.conf"
-    conf.write_text(f"""Hostname "parity"
-FQDNLookup false
-Interval 2
-BaseDir "{base}"
-PIDFile "{base}/collectd.pid"
-PluginDir "/usr/lib/collectd"
-TypesDB "/usr/share/collectd/types.db"
-LoadPlugin logfile
-<Plugin logfile>
-  LogLevel info
-  File "{base}/collectd.log"
-</Plugin>
-LoadPlugin virt
-<Plugin virt>
+    conf.write_text(COLLECTD_HEAD.format(base=base) + f"""<Plugin virt>
   Connection "{uri}"
   RefreshInterval 60
   HostnameFormat name
   Instances 4
   ExtraStats "{EXTRA_STATS}"
 </Plugin>
-LoadPlugin write_graphite
 <Plugin write_graphite>
   <Node "carbon">
     Host "127.0.0.1"
@@ -136,61 +82,13 @@ LoadPlugin write_graphite
     return conf
 
 
-def qemu_cpu_seconds(pid: int) -> float:
-    """utime + stime of a QEMU process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # USER_HZ is 100 on Linux
-
-
-class ProcClock:
-    """utime + stime of each QEMU, read every 50 ms in a thread: the kernel's account at
-    any moment of the run, to compare a counter with over that counter's own window.
-    (The guests' CPU falls ~30x as their BIOS settles early in the run, so a window
-    off by a second, as a whole-second stamp against time.time() is, moves a rate by
-    half.)"""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.readings: dict[str, list[tuple[float, float]]] = {d: [] for d in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ProcClock:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            for domain, pid in self.pids.items():
-                self.readings[domain].append((time.time(), qemu_cpu_seconds(pid)))
-
-    def at(self, domain: str, ts: float) -> float:
-        """CPU seconds of ``domain`` at wall-clock ``ts``, interpolated between readings."""
-        r = self.readings[domain]
-        assert r[0][0] <= ts <= r[-1][0], (domain, ts, r[0][0], r[-1][0])
-        i = bisect.bisect_left(r, (ts, -1.0))
-        (t0, v0), (t1, v1) = r[max(i - 1, 0)], r[i]
-        return v0 if t1 == t0 else v0 + (v1 - v0) * (ts - t0) / (t1 - t0)
-
-
-def series(carbon: PrivateCarbon, path: str, start: int, end: int) -> list[tuple[int, float]]:
-    return sorted(carbon.fetch(path, start, end).items())
-
-
-def paired(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> list[tuple[float, float]]:
-    """Values of ``a`` and ``b`` taken within a second of each other."""
-    return [(va, vb) for ta, va in a for tb, vb in b if abs(ta - tb) <= 1]
-
-
-def test_same_paths_same_values_as_collectd(lab: PrivateLibvirtd, tmp_path: Path) -> None:
+def test_same_paths_same_values_as_collectd(parity_lab: PrivateLibvirtd,
+                                           tmp_path: Path) -> None:
+    lab = parity_lab
     carbon = PrivateCarbon(tmp_path / "carbon").start()
     conf = collectd_conf(tmp_path, lab.uri, carbon.port)
     ours_conf = tmp_path / "vp.toml"
-    ours_conf.write_text('prefix = "vp."\nstore_rates = false\n')
+    ours_conf.write_text(f'prefix = "vp."\nstore_rates = false\nextra_stats = "{EXTRA_STATS}"\n')
     pids = {f"par-{i}": lab.qemu_pid(f"par-{i}") for i in range(4)}
     try:
         with tempfile.TemporaryFile("w+") as err:
@@ -200,10 +98,11 @@ def test_same_paths_same_values_as_collectd(lab: PrivateLibvirtd, tmp_path: Path
             ours = cli_popen("run", "-c", str(ours_conf), "--connect", lab.uri, "--instances",
                              "4", "--interval", "2", "--graphite", carbon.address,
                              stdout=subprocess.DEVNULL, stderr=err)
-            with ProcClock(pids) as clock:
+            with CpuTruth(pids) as clock:
                 start = int(time.time())
                 time.sleep(SECONDS)
                 end = int(time.time())
+                time.sleep(0.3)  # the truth read past ``end``, to interpolate there
             for proc in (ours, collectd):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
@@ -250,8 +149,9 @@ def test_same_paths_same_values_as_collectd(lab: PrivateLibvirtd, tmp_path: Path
         raw = series(carbon, path, start + WARM_UP, end)
         assert len(raw) >= 2, f"{path}: no counter"
         (t0, v0), (t1, v1) = raw[0], raw[-1]
-        return ((v1 - v0) / (t1 - t0),
-                (clock.at(domain, t1) - clock.at(domain, t0)) / (t1 - t0) * 1e9)
+        truth = clock.rate(domain, t0, t1)
+        assert truth is not None, (domain, t0, t1)
+        return (v1 - v0) / (t1 - t0), truth
 
     for domain in pids:
         total, proc_rate = rates(f"vp.{domain}.virt.virt_cpu_total", domain)
@@ -280,8 +180,9 @@ def test_same_paths_same_values_as_collectd(lab: PrivateLibvirtd, tmp_path: Path
         print(f"{domain}: percent-virt_cpu_total matches its counter in {checked} intervals")
         # And as a mean over the window, collectd's and ours against /proc: the same value.
         ncpus = os.cpu_count() or 1
-        proc_pct = ((clock.at(domain, end) - clock.at(domain, start + WARM_UP))
-                    / (end - start - WARM_UP) / ncpus * 100)
+        mean = clock.rate(domain, start + WARM_UP, end)
+        assert mean is not None
+        proc_pct = mean / 1e9 / ncpus * 100
         for who in ("cd", "vp"):
             pcts = [v for _, v in series(carbon, f"{who}.{domain}.virt.percent-virt_cpu_total",
                                          start + WARM_UP, end)]

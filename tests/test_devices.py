@@ -57,6 +57,7 @@ def test_new_disks_and_snapshot_overlays_are_followed(libvirtd: PrivateLibvirtd)
 
     try:
         lines, stderr, _ = run_during(["run", "--connect", libvirtd.uri, "--interval", "1",
+                                       "--extra-stats", "disk_allocation disk_physical",
                                        "--include", f"^{name}$"], change)
     finally:
         virsh(libvirtd, "destroy", name)

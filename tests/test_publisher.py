@@ -26,7 +26,7 @@ def results(tick: float, cpu: int, rd: int) -> wire.Results:
 
 def test_samples_become_lines_with_rates_from_the_second(
         capfd: pytest.CaptureFixture[str]) -> None:
-    pub = Publisher(build({"hostname": "h"}))
+    pub = Publisher(build({"hostname": "h", "extra_stats": ["cpu_util"]}))
     pub.samples(0, results(100.0, 0, 0), ncpus=2)
     first = capfd.readouterr().out
     assert "vm1.virt.memory-total 1048576 100\n" in first

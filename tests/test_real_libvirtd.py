@@ -13,11 +13,15 @@ from runner import cli, no_traceback, parse_lines
 
 pytestmark = pytest.mark.libvirtd
 
+# The ExtraStats of collectd's run that wrote the reference paths.
+REFERENCE_EXTRA = ("cpu_util disk disk_err domain_state pcpu vcpupin disk_allocation "
+                   "disk_capacity disk_physical memory")
 REFERENCE = Path(__file__).parent / "data" / "collectd-virt-paths.txt"
 
 
 def test_qemu_domains_get_collectd_paths(libvirtd: PrivateLibvirtd) -> None:
-    res = cli("run", "--connect", libvirtd.uri, "--instances", "3", "--once")
+    res = cli("run", "--connect", libvirtd.uri, "--instances", "3", "--once", "--extra-stats",
+              REFERENCE_EXTRA)
     assert res.returncode == 0, res.stderr
     no_traceback(res.stderr)
     paths: dict[str, set[str]] = defaultdict(set)
@@ -26,12 +30,11 @@ def test_qemu_domains_get_collectd_paths(libvirtd: PrivateLibvirtd) -> None:
         host, rest = path.split(".", 1)
         paths[host].add(rest)
         values[path] = value
-    reference = {p.split(".", 1)[1] for p in REFERENCE.read_text().split()
-                 if ".cpu_affinity-" not in p}  # pinning: not in bulk stats
+    reference = {p.split(".", 1)[1] for p in REFERENCE.read_text().split()}
     for i in range(6):
         ours = paths[f"lab-{i}"]
-        expected = {p.replace("-lt7", f"-lt{i}") for p in reference}
-        assert expected <= ours, (i, sorted(expected - ours))
+        expected = {p.replace("-lt7", f"-lt{i}") for p in reference} | {"virt.unresponsive"}
+        assert expected == ours, (i, sorted(expected - ours), sorted(ours - expected))
         assert values[f"lab-{i}.virt.memory-actual_balloon"] == 64 * 1024 * 1024
         assert values[f"lab-{i}.virt.disk_capacity-vda"] == 64 * 1024 * 1024
         assert values[f"lab-{i}.virt.unresponsive"] == 0

@@ -49,7 +49,9 @@ class Run:
     def rss_kib(self) -> int:
         """The supervisor's resident memory."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        found = re.search(r"VmRSS:\s+(\d+)", status)
+        assert found is not None
+        return int(found.group(1))
 
     def last(self, metric: str) -> float | None:
         """The newest value of one of the collector's own metrics, from its stdout."""
@@ -114,7 +116,7 @@ def test_an_outage_and_a_restart_lose_nothing(tmp_path: Path) -> None:
         time.sleep(3.2)
         backlog = second.last("spool_lines")
         fresh = [t for t in range(int(back) + 2, int(back) + 3)]
-        held = [carbon.holds(f"vm-{i:04d}.virt.domain_state.state", t)
+        held = [carbon.holds(f"vm-{i:04d}.virt.memory-total", t)
                 for t in fresh for i in range(0, 100, 10)]
         assert wait_for(lambda: second.last("spool_lines") == 0, 90), second.last("spool_lines")
         time.sleep(3)
@@ -238,7 +240,7 @@ def test_a_full_disk_falls_back_to_memory_with_one_warning(tmp_path: Path) -> No
     finally:
         carbon.stop()
         subprocess.run(["umount", "-l", str(spool)], check=False)
-    ticks = sorted({int(ts) for p, _, ts in lines if p.endswith("domain_state.state")})
+    ticks = sorted({int(ts) for p, _, ts in lines if p.endswith("memory-total")})
     assert ticks == list(range(ticks[0], ticks[-1] + 1))  # collection went on
     assert stderr.count("cannot write") == 1, stderr
     assert newest and all(held)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from vpartcollect import config as config_mod
+from vpartcollect.collectd_conf import CollectdConfError
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import setup_logging
 from vpartcollect.planning import PlanRow, plan_rows, render_plan
@@ -76,6 +78,9 @@ def cli() -> None:
               help="Write metrics to stdout (default: when no --graphite).")
 @click.option("--format", "format_", type=click.Choice(config_mod.FORMATS),
               help="stdout format (default graphite).")
+@click.option("--extra-stats", metavar="SELECTORS",
+              help="collectd's ExtraStats: more values, e.g. \"disk domain_state vcpu\" "
+                   "(default none: collectd's default values).")
 @click.option("--spool-dir", metavar="DIR",
               help="Keep Graphite lines carbon cannot take now in DIR (default: "
                    "$STATE_DIRECTORY/spool under systemd, else memory only).")
@@ -194,11 +199,28 @@ def tag(connect: str | None, clear: bool, auto: bool, instances: int | None,
         conn.close()
 
 
+@cli.command("import-collectd")
+@click.argument("collectd_conf", type=click.Path(dir_okay=False))
+def import_collectd(collectd_conf: str) -> int:
+    """Print our configuration for a collectd.conf's virt and write_graphite setup."""
+    from vpartcollect import collectd_conf as conf_mod
+    from vpartcollect.collectd_import import import_collectd as convert
+    from vpartcollect.collectd_import import to_toml
+
+    imported = convert(conf_mod.read(collectd_conf))
+    text = to_toml(imported.values)
+    config_mod.build(tomllib.loads(text))  # what we print must load
+    for note in imported.notes:
+        click.echo(f"import-collectd: {note}", err=True)
+    click.echo(text, nl=False)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every failure becomes one line on stderr and an exit status."""
     try:
         result = cli.main(args=argv, prog_name="vpartcollect", standalone_mode=False)
-    except (ConfigError, PreflightError, TagCommandError) as exc:
+    except (ConfigError, PreflightError, TagCommandError, CollectdConfError) as exc:
         click.echo(f"vpartcollect: error: {exc}", err=True)
         return EXIT_CONFIG
     except click.exceptions.Exit as exc:

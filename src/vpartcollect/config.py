@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vpartcollect.metrics import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
+from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection
+from vpartcollect.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
 MAX_INSTANCES = 64
@@ -26,6 +27,14 @@ MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536}
 MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
              "spool_max_bytes": 1 << 44}
 FORMATS = ("graphite", "json")
+# collectd's defaults for a hostname or plugin instance taken from domain metadata.
+NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.0"
+NOVA_XPATH = "/instance/name/text()"
+_FLAGS = ("store_rates", "stdout", "block_device_format_basename", "ignore_selected",
+          "report_block_devices", "report_network_interfaces", "separate_instances",
+          "always_append_ds", "drop_duplicate_fields", "preserve_separator", "reverse_host")
+_CHOICES = {"format": ("graphite", "json"), "interface_format": ("name", "address", "number"),
+            "block_device_format": ("target", "source")}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -68,6 +77,24 @@ class Config:
     plugin_instance_format: tuple[str, ...] = ()
     hostname_metadata_ns: str = ""  # for hostname_format "metadata": the element's namespace
     hostname_metadata_path: str = "."  # ...and the path of the value inside that element
+    hostname_metadata_xpath: str = ""  # or collectd's XPath (/element/.../text() or /@attr)
+    # collectd virt's options that shape what is written (same names, same defaults).
+    extra_stats: tuple[str, ...] = ()
+    interface_format: str = "name"
+    block_device_format: str = "target"
+    block_device_format_basename: bool = False
+    domains: tuple[str, ...] = ()  # collectd's Domain list ("name" or "/regex/")
+    block_devices: tuple[str, ...] = ()  # BlockDevice ("domain:device" or "/regex/")
+    interface_devices: tuple[str, ...] = ()  # InterfaceDevice
+    ignore_selected: bool = False
+    report_block_devices: bool = True
+    report_network_interfaces: bool = True
+    # write_graphite's path options.
+    separate_instances: bool = False
+    always_append_ds: bool = False
+    drop_duplicate_fields: bool = False
+    preserve_separator: bool = False
+    reverse_host: bool = False
     graphite_buffer: int = 100_000
     graphite_resend_seconds: float = 30.0
     flush_timeout: float = 5.0
@@ -89,19 +116,41 @@ class Config:
     def naming(self) -> Naming:
         """The path-naming rules of this configuration."""
         return Naming(self.prefix, self.postfix, self.escape_character, self.hostname,
-                      self.hostname_format, self.plugin_instance_format)
+                      self.hostname_format, self.plugin_instance_format,
+                      self.separate_instances, self.always_append_ds,
+                      self.drop_duplicate_fields, self.preserve_separator, self.reverse_host)
+
+    def selection(self) -> Selection:
+        """Which values are written (collectd virt's options)."""
+        return Selection(frozenset(self.extra_stats), self.interface_format,
+                         self.block_device_format, self.block_device_format_basename,
+                         IgnoreList(self.block_devices, self.ignore_selected),
+                         IgnoreList(self.interface_devices, self.ignore_selected),
+                         self.report_block_devices, self.report_network_interfaces)
+
+    def label_spec(self) -> tuple[str, str, str | None] | None:
+        """(namespace, ElementTree path, attribute) of the metadata value a hostname or
+        plugin instance format names; None when none does."""
+        if "metadata" not in self.hostname_format + self.plugin_instance_format:
+            return None
+        if self.hostname_metadata_xpath or not self.hostname_metadata_ns:
+            path, attribute = xpath_to_path(self.hostname_metadata_xpath or NOVA_XPATH)
+            return self.hostname_metadata_ns or NOVA_NS, path, attribute
+        return self.hostname_metadata_ns, self.hostname_metadata_path, None
 
     def wants(self, domain: str) -> bool:
-        """Whether the include/exclude regexes keep a domain name."""
+        """Whether the include/exclude regexes, and collectd's Domain list, keep a domain."""
         if self.include and not any(re.search(p, domain) for p in self.include):
+            return False
+        if IgnoreList(self.domains, self.ignore_selected).ignored(domain):
             return False
         return not any(re.search(p, domain) for p in self.exclude)
 
     def worker_settings(self) -> tuple[object, ...]:
         """What a worker is forked with: a reload that changes it replaces the workers."""
         return (self.connect, self.instances, self.refresh_interval, self.call_timeout,
-                self.chunk_size, self.include, self.exclude, self.log_level,
-                self.hostname_format, self.hostname_metadata_ns, self.hostname_metadata_path)
+                self.chunk_size, self.include, self.exclude, self.domains,
+                self.ignore_selected, self.log_level, self.label_spec(), self.selection())
 
     def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
         """Which instance samples this domain, and why (None: include/exclude leave it
@@ -229,10 +278,21 @@ def _check(key: str, value: Any) -> Any:
         return path
     if key == "graphite":
         return tuple(parse_endpoint(t, key) for t in _strings(key, value))
-    if key in ("stdout", "store_rates"):
+    if key in _FLAGS:
         return _kind(key, value, bool, "true or false")
-    if key == "format":
-        return _choice(key, value, FORMATS)
+    if key in _CHOICES:
+        return _choice(key, value.lower() if isinstance(value, str) else value,
+                       _CHOICES[key])
+    if key == "extra_stats":
+        return _extra_stats(key, value)
+    if key in ("domains", "block_devices", "interface_devices"):
+        entries = _strings(key, value)
+        _validate_regexes(key, tuple(e[1:-1] for e in entries
+                                     if len(e) > 2 and e[0] == "/" == e[-1]))
+        return entries
+    if key == "hostname_metadata_xpath":
+        xpath_to_path(_kind(key, value, str, "a string"))  # proves it
+        return value
     if key == "log_level":
         return _choice(key, str(value).lower() if isinstance(value, str) else value, LOG_LEVELS)
     if key == "hostname_metadata_ns":
@@ -252,6 +312,44 @@ def _check(key: str, value: Any) -> Any:
     if key == "plugin_instance_format":
         return _fieldlist(key, value, PLUGIN_INSTANCE_FIELDS, allow_empty=True)
     raise ConfigError(f"unknown key {key!r}")  # pragma: no cover - guarded by _KEYS
+
+
+def _extra_stats(key: str, value: Any) -> tuple[str, ...]:
+    """collectd's ExtraStats selectors: a list, or one string of them split by blanks."""
+    items = _strings(key, value.split() if isinstance(value, str) else value)
+    names = tuple(dict.fromkeys(i.lower() for i in items))
+    for name in names:
+        if name not in EXTRA_STATS:
+            raise ConfigError(f"{key}: unknown selector {name!r}; use {', '.join(EXTRA_STATS)}")
+    if {"job_stats_completed", "job_stats_background"} <= set(names):
+        raise ConfigError(f"{key}: job_stats_completed and job_stats_background exclude "
+                          "each other (as in collectd)")
+    if "fs_info" in names:
+        raise ConfigError(f"{key}: fs_info is only ever sent as notifications by collectd; "
+                          "vpartcollect writes no notifications")
+    return names
+
+
+def xpath_to_path(xpath: str) -> tuple[str, str | None]:
+    """collectd's HostnameMetadataXPath, of the forms ``/root/a/b/text()`` and
+    ``/root/a/@attr``, as (ElementTree path under the root, attribute or None)."""
+    steps = xpath.strip().split("/")
+    if len(steps) < 3 or steps[0] or not all(steps[1:]):
+        raise ConfigError(f"hostname_metadata_xpath: expected /element/.../text() or "
+                          f"/element/.../@attribute, got {xpath!r}")
+    *elements, last = steps[2:]
+    if not all(re.fullmatch(r"[A-Za-z_][\w.-]*", e) for e in elements):
+        raise ConfigError(f"hostname_metadata_xpath: only element names between the "
+                          f"slashes, got {xpath!r}")
+    path = "/".join(elements) or "."
+    if last == "text()":
+        return path, None
+    if last.startswith("@") and re.fullmatch(r"@[A-Za-z_][\w.-]*", last):
+        return path, last[1:]
+    if re.fullmatch(r"[A-Za-z_][\w.-]*", last):  # an element: its text
+        return "/".join([*elements, last]), None
+    raise ConfigError(f"hostname_metadata_xpath: expected it to end in text() or "
+                      f"@attribute, got {xpath!r}")
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
@@ -280,9 +378,6 @@ def build(file_values: dict[str, Any] | None = None,
                 raise ConfigError(f"unknown key {key!r}")
             merged[norm] = _check(norm, value)
     cfg = Config(**merged)
-    if "metadata" in cfg.hostname_format and not cfg.hostname_metadata_ns:
-        raise ConfigError("hostname_format: 'metadata' needs hostname_metadata_ns (the "
-                          "namespace URI of the metadata element to read)")
     if cfg.timeout is not None and cfg.timeout >= cfg.interval:
         raise ConfigError(f"timeout: must be less than interval ({cfg.interval:g} s), got "
                           f"{cfg.timeout:g}: a call allowed to outlast the interval makes "

@@ -54,7 +54,8 @@ class Publisher:
     """Builds metrics from samples and writes them to every output."""
 
     def __init__(self, cfg: Config, keep_ticks: int = 16) -> None:
-        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates, rate_gap(cfg.interval))
+        self.builder = MetricBuilder(cfg.naming(), cfg.store_rates, rate_gap(cfg.interval),
+                                     cfg.selection())
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
         self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
@@ -180,6 +181,7 @@ class Publisher:
         """SIGHUP: naming and rates settings; reopen changed outputs. An unchanged Graphite
         destination keeps its connection and what it has queued."""
         self.builder.naming, self.builder.store_rates = new.naming(), new.store_rates
+        self.builder.selection = new.selection()
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):

@@ -46,6 +46,10 @@ class Domain:
     disks: list[tuple[str, str]] | None = None  # (target dev, source)
     nics: list[str] = field(default_factory=list)  # target devs
     stores: dict[str, list[Image]] | None = None  # {datastore: its images}, when needed
+    # From the XML, for collectd's device names: target -> source file or device (not a
+    # network disk's name), and the interfaces with a target, in order -> MAC address.
+    plain_sources: dict[str, str] = field(default_factory=dict)
+    macs: dict[str, str | None] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (f"<Domain {self.name} {self.uuid} tag={self.tag} "
@@ -91,15 +95,18 @@ def read_tag(dom: Any, warned: set[str], adopter: bool = False) -> str | None:
     return tag
 
 
-def read_label(dom: Any, ns: str, path: str) -> str | None:
-    """Text at ``path`` in the domain's metadata element of namespace ``ns``, if any."""
+def read_label(dom: Any, ns: str, path: str, attribute: str | None = None) -> str | None:
+    """The text (or ``attribute``) at ``path`` in the domain's metadata element of
+    namespace ``ns``, if any."""
     try:
         root = safexml.parse(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, ns))
     except (libvirt.libvirtError, safexml.XMLRefused):
         return None
     node = root if path in ("", ".") else root.find(path)
-    text = "".join(node.itertext()).strip() if node is not None else ""
-    return text or None
+    if node is None:
+        return None
+    text = node.get(attribute, "") if attribute else "".join(node.itertext())
+    return text.strip() or None
 
 
 def _key(handle: Any) -> tuple[str, int]:
@@ -113,26 +120,44 @@ def _warn_once(warned: set[str], key: str, fmt: str, *args: object) -> None:
         log.warning(fmt, *args)
 
 
-def parse_devices(xml: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """Disk (target, source) pairs and interface target names from a domain's XML."""
+@dataclass
+class Devices:
+    """A domain's disks and interfaces, as its XML describes them."""
+
+    disks: list[tuple[str, str]]  # (target dev, source: file, device, name or volume)
+    nics: list[str]  # interface target devs
+    plain_sources: dict[str, str]  # target -> source file or device (collectd's "source")
+    macs: dict[str, str | None]  # interfaces with a target, in order -> MAC address
+
+
+def parse_devices(xml: str) -> Devices:
+    """The disks and interfaces of a domain's XML (none when the XML is refused)."""
+    found = Devices([], [], {}, {})
     try:
         root = safexml.parse(xml)
     except safexml.XMLRefused:
-        return [], []
-    disks = []
+        return found
     for disk in root.iterfind("./devices/disk"):
         target = disk.find("target")
         if target is None or not target.get("dev"):
             continue
-        source = disk.find("source")
+        dev, source = target.get("dev", ""), disk.find("source")
         src = ""
         if source is not None:
             src = next((source.get(a, "") for a in ("file", "dev", "name", "volume")
                         if source.get(a)), "")
-        disks.append((target.get("dev", ""), src))
-    nics = [t.get("dev", "") for t in root.iterfind("./devices/interface/target")
-            if t.get("dev")]
-    return disks, nics
+            plain = source.get("dev") or source.get("file")  # collectd's order
+            if plain:
+                found.plain_sources[dev] = plain
+        found.disks.append((dev, src))
+    for nic in root.iterfind("./devices/interface"):
+        target = nic.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        mac = nic.find("mac")
+        found.nics.append(target.get("dev", ""))
+        found.macs[target.get("dev", "")] = mac.get("address") if mac is not None else None
+    return found
 
 
 class Inventory:
@@ -144,11 +169,11 @@ class Inventory:
     """
 
     def __init__(self, conn: Any, refresh_interval: float, want_devices: bool,
-                 label: tuple[str, str] | None = None, adopter: bool = False,
+                 label: tuple[str, str, str | None] | None = None, adopter: bool = False,
                  seed: Seed | None = None) -> None:
         self.conn = conn
         self.adopter = adopter  # warns about foreign tags (virt-0 samples those domains)
-        self.label = label  # (namespace, path) of a metadata value to read, if wanted
+        self.label = label  # (namespace, path, attribute) of a metadata value, if wanted
         self.refresh_interval = refresh_interval
         self.want_devices = want_devices
         # uuid -> (tag, label) known to the supervisor: a respawned worker need not read
@@ -195,7 +220,9 @@ class Inventory:
                     elif now - dom.read_at >= self.refresh_interval:
                         self._reread(dom, handle, now)
                     if self.want_devices and dom.disks is None and own(dom):
-                        dom.disks, dom.nics = parse_devices(handle.XMLDesc(0))
+                        devices = parse_devices(handle.XMLDesc(0))
+                        dom.disks, dom.nics = devices.disks, devices.nics
+                        dom.plain_sources, dom.macs = devices.plain_sources, devices.macs
                     self._known[key] = dom  # progress kept if this call is abandoned
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:

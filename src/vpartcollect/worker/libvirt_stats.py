@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import libvirt
 
 from vpartcollect.samples import Stats
 from vpartcollect.worker.datastores import is_file_image
+from vpartcollect.worker.extras import QEMU_FREE, add_calls, describe_devices
 from vpartcollect.worker.inventory import Domain
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ GROUPS: dict[str, int] = {
     "vcpu": libvirt.VIR_DOMAIN_STATS_VCPU,
     "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
     "block": libvirt.VIR_DOMAIN_STATS_BLOCK,
+    "perf": libvirt.VIR_DOMAIN_STATS_PERF,
 }
+_NO_FALLBACK = {"perf"}  # groups no per-domain call gives
 
 # Inactive *and* running matches no domain: the driver checks the groups, touches nothing.
 _PROBE_FLAGS = (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE
@@ -140,12 +143,18 @@ def probe_bulk_groups(conn: Any) -> tuple[list[str], list[str]]:
 class StatsReader:
     """Collects one chunk of domains with the groups split decided at connect time."""
 
-    def __init__(self, conn: Any, bulk: Sequence[str], fallback: Sequence[str]) -> None:
+    def __init__(self, conn: Any, bulk: Sequence[str], fallback: Sequence[str],
+                 wanted: Collection[str] = tuple(GROUPS),
+                 extras: frozenset[str] = frozenset()) -> None:
+        """``wanted``: the groups the configured metrics need (only those are asked);
+        ``extras``: the per-domain calls they need (extras.py)."""
         self.conn = conn
         self.bulk_bits = 0
         for name in bulk:
-            self.bulk_bits |= GROUPS[name]
-        self.fallback = list(fallback)
+            if name in wanted:
+                self.bulk_bits |= GROUPS[name]
+        self.fallback = [g for g in fallback if g in wanted and g not in _NO_FALLBACK]
+        self.extras = extras
         self._unsupported: set[str] = set()  # per-domain calls this driver refuses
 
     def __repr__(self) -> str:
@@ -170,8 +179,10 @@ class StatsReader:
         which hangs QEMU on a datastore that does not answer.
         """
         bits = self.bulk_bits if block else self.bulk_bits & ~GROUPS["block"]
-        return self._collect(self._bind(domains), bits,
-                             [g for g in self.fallback if block or g != "block"])
+        domains = self._bind(domains)
+        out = self._collect(domains, bits, [g for g in self.fallback if block or g != "block"])
+        self._extras(domains, out, self.extras)
+        return out
 
     def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Answer]:
         """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
@@ -195,6 +206,8 @@ class StatsReader:
                 if "cpu.time" not in stats:
                     stats["cpu.time"] = info[4]
                 self._fallback("vcpu", dom, stats)
+                add_calls(dom, stats, self.extras & frozenset(QEMU_FREE), self._unsupported)
+                describe_devices(dom, stats)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     out.pop(dom.uuid, None)
@@ -243,6 +256,21 @@ class StatsReader:
             if not answer.read_at:
                 answer.read_at = time.time()
         return {uuid: answer for uuid, answer in out.items() if answer.stats}
+
+    def _extras(self, domains: Sequence[Domain], out: dict[str, Answer],
+                extras: frozenset[str]) -> None:
+        """What collectd asks per domain besides the stats, and what the XML says of the
+        devices they name (extras.py)."""
+        for dom in domains:
+            answer = out.get(dom.uuid)
+            if answer is None:
+                continue
+            try:
+                add_calls(dom, answer.stats, extras, self._unsupported)
+            except libvirt.libvirtError:  # it stopped meanwhile
+                out.pop(dom.uuid, None)
+                continue
+            describe_devices(dom, answer.stats)
 
     def _bulk(self, domains: Sequence[Domain], bits: int) -> list[tuple[Any, Stats]]:
         handles = [d.handle for d in domains]

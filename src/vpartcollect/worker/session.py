@@ -20,11 +20,13 @@ import libvirt
 
 from vpartcollect.backoff import backoff
 from vpartcollect.calls import CallKind
+from vpartcollect.collectd_values import needed_groups
 from vpartcollect.config import Config
 from vpartcollect.daemon import few
 from vpartcollect.libvirt_conn import error_text, open_readonly
 from vpartcollect.roster import Seed
 from vpartcollect.watchdog import call_deadline
+from vpartcollect.worker.extras import PER_DOMAIN
 from vpartcollect.worker.guard import Abandoned, Guard
 from vpartcollect.worker.inventory import Domain, Inventory
 from vpartcollect.worker.libvirt_stats import StatsReader, probe_bulk_groups
@@ -47,12 +49,11 @@ class Session:
         self.link = link
         self.guard = guard
         self.conn = conn
-        self.reader = StatsReader(conn, bulk, fallback)
-        label = None
-        if "metadata" in cfg.hostname_format:
-            label = (cfg.hostname_metadata_ns, cfg.hostname_metadata_path)
+        selection = cfg.selection()
+        self.reader = StatsReader(conn, bulk, fallback, needed_groups(selection),
+                                  selection.extra & frozenset(PER_DOMAIN))
         # Disks always: their datastores are probed before block stats are asked.
-        self.inventory = Inventory(conn, cfg.refresh_interval, True, label,
+        self.inventory = Inventory(conn, cfg.refresh_interval, True, cfg.label_spec(),
                                    adopter=index == 0, seed=seed)
         # Connections left to a call stuck in them, closed once it returns.
         self.parked: list[Any] = []
