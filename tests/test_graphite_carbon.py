@@ -9,6 +9,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,8 +72,9 @@ def test_carbon_restart_loses_no_point(tmp_path: Path) -> None:
         carbon.settle(lines)
     finally:
         carbon.stop()
-    domains = {p.split(".")[0] for p, _, _ in lines if ".virt." in p}
-    assert len(domains) == 10 and len(lines) > 10 * 30 * 60
+    # Every domain sampled through the whole run, carbon's outage included.
+    cpu_ticks = Counter(p.split(".")[0] for p, _, _ in lines if p.endswith(".virt_cpu_total"))
+    assert len(cpu_ticks) == 10 and min(cpu_ticks.values()) >= 55, cpu_ticks
     missing = carbon.missing(lines)
     stamps = sorted({int(ts) for _, _, ts in lines})
     assert missing == [], (len(missing), stamps[0], stamps[-1], missing[:3], missing[-3:],
