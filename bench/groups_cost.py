@@ -6,8 +6,9 @@ Starts the test suite's private libvirtd with tiny QEMU domains and measures
 libvirtd's own CPU per 1 s cycle (not the client's, not QEMU's) while one client
 asks for: each bulk stats group alone (a bare loop, the raw call), every group,
 and the groups collectd's default needs; then vpartcollect with the default
-config (no extra_stats) and with every ExtraStats group. Prints each in ms and
-vpartcollect's ratio to the raw call for the same groups.
+config (no extra_stats) and with every ExtraStats group, without and with its
+kernel reader. Prints each in ms and vpartcollect's ratio to the raw call for
+the same groups.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import ALL_EXTRA, cpu_seconds, qemu_lab, start_collector, wait_for_aligned_start
+from common import REFERENCE_EXTRA, cpu_seconds, qemu_lab, start_collector, wait_for_aligned_start
 from harness import PrivateLibvirtd
 
 from vpartcollect.collectd_values import Selection, needed_groups, parse_extra_stats
@@ -61,9 +62,11 @@ def raw(daemon: PrivateLibvirtd, seconds: float, groups: set[str] | list[str]) -
     return libvirtd_cpu(daemon, seconds, proc)
 
 
-def ours(daemon: PrivateLibvirtd, seconds: float, extra: str | None) -> float:
-    """libvirtd's CPU while vpartcollect runs (default config or ``--extra-stats``)."""
-    args = ["--connect", daemon.uri, "--interval", "1"]
+def ours(daemon: PrivateLibvirtd, seconds: float, extra: str | None, kernel: bool) -> float:
+    """libvirtd's CPU while vpartcollect runs (default config or ``--extra-stats``), with
+    or without its kernel reader."""
+    args = ["--connect", daemon.uri, "--interval", "1",
+            "--kernel-reader" if kernel else "--no-kernel-reader"]
     if extra is not None:
         args += ["--extra-stats", extra]
     return libvirtd_cpu(daemon, seconds, start_collector(*args))
@@ -75,13 +78,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     default_groups = needed_groups(Selection(frozenset()))
-    all_groups = needed_groups(Selection(parse_extra_stats(ALL_EXTRA.split())))
+    all_groups = needed_groups(Selection(parse_extra_stats(REFERENCE_EXTRA.split())))
     with qemu_lab(args.domains) as daemon:
         alone = {name: raw(daemon, args.seconds, [name]) for name in GROUPS}
         raw_default = raw(daemon, args.seconds, default_groups)
         raw_all = raw(daemon, args.seconds, all_groups)
-        ours_default = ours(daemon, args.seconds, None)
-        ours_all = ours(daemon, args.seconds, ALL_EXTRA)
+        ours_default = ours(daemon, args.seconds, None, False)
+        ours_all = ours(daemon, args.seconds, REFERENCE_EXTRA, False)
+        kernel_default = ours(daemon, args.seconds, None, True)
+        kernel_all = ours(daemon, args.seconds, REFERENCE_EXTRA, True)
     print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s each; "
           "libvirtd CPU per cycle")
     for name, cost in sorted(alone.items(), key=lambda kv: -kv[1]):
@@ -94,6 +99,10 @@ def main() -> None:
           f"{ours_default / raw_all:.2f}x every group")
     print(f"vpartcollect, every ExtraStats group: {ours_all * 1000:.1f} ms = "
           f"{ours_all / raw_all:.2f}x the raw call for every group")
+    print(f"with the kernel reader (cpu, vCPU, interface not asked): default config "
+          f"{kernel_default * 1000:.1f} ms ({kernel_default / ours_default:.2f}x without it), "
+          f"every ExtraStats group {kernel_all * 1000:.1f} ms "
+          f"({kernel_all / ours_all:.2f}x without it)")
 
 
 if __name__ == "__main__":

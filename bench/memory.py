@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ALL_EXTRA, memory_kib, start_collector
+from common import ALL_GROUPS, memory_kib, start_collector
 from harness import session_members
 from nodes import tagged_node
 
@@ -25,7 +25,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = tagged_node(Path(tmp) / "node.xml",
                           [f"virt-{i % args.instances}" for i in range(args.domains)], "vm-")
-        proc = start_collector("--connect", uri, "--interval", "1", "--extra-stats", ALL_EXTRA,
+        proc = start_collector("--connect", uri, "--interval", "1", "--extra-stats", ALL_GROUPS,
                                "--instances", str(args.instances))
         time.sleep(8)
         rows = {pid: memory_kib(pid) for pid in session_members(proc.pid)}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import libvirt
-from common import ALL_EXTRA, session_cpu, start_collector, wait_for_aligned_start
+from common import ALL_GROUPS, session_cpu, start_collector, wait_for_aligned_start
 from nodes import tagged_node
 
 from vpartcollect.partition import TAG_NS
@@ -52,7 +52,7 @@ def main() -> None:
         with open(out_path, "wb") as out:
             wait_for_aligned_start(1.0)
             proc = start_collector("--connect", uri, "--interval", "1", "--extra-stats",
-                                   ALL_EXTRA, stdout=out)
+                                   ALL_GROUPS, stdout=out)
             time.sleep(args.seconds)
             cpu = session_cpu(proc.pid)
             proc.send_signal(signal.SIGTERM)

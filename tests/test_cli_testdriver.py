@@ -68,6 +68,23 @@ def test_run_once_demo_writes_every_kind_of_metric(demo_uri: str) -> None:
     assert values[next(p for p in own if p.endswith(".domains"))] == 6  # A D E F I J
 
 
+def test_the_test_driver_keeps_libvirtds_counters_and_says_why(demo_uri: str) -> None:
+    # The kernel reader stands in for libvirtd only for local QEMU domains: the test
+    # driver's values come from libvirt, and each worker says so once at info level.
+    res = cli("run", "--connect", demo_uri, "--instances", "2", "--once", "--log-level", "info",
+              "--extra-stats", "vcpu")
+    assert res.returncode == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if "counters from libvirtd only" in line]
+    assert len(said) == 2 and all(
+        line.endswith("counters from libvirtd only: the TEST driver's domains have no QEMU "
+                      "to read") for line in said), res.stderr
+    paths = {p for p, _, _ in parse_lines(res.stdout)}
+    for name in DOMAINS:
+        nic = f"demo{name[-1].lower()}0"
+        assert {f"{name}.virt.virt_cpu_total", f"{name}.virt.virt_vcpu-0",
+                f"{name}.virt.if_octets-{nic}.rx"} <= paths, name
+
+
 def test_run_once_json_format(demo_uri: str) -> None:
     res = cli("run", "--connect", demo_uri, "--instances", "2", "--once", "--format", "json")
     assert res.returncode == 0, res.stderr

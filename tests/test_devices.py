@@ -45,14 +45,16 @@ def test_new_disks_and_snapshot_overlays_are_followed(libvirtd: PrivateLibvirtd)
     events: dict[str, float] = {}
 
     def change(_proc: subprocess.Popen[str]) -> None:
+        # Each change is timed from when virsh returns: the disk exists from then on (a
+        # change started just before a tick may finish after that tick's read).
         time.sleep(4)
-        events["attach"] = time.time()
         virsh(libvirtd, "attach-disk", name, str(extra), "vdb", "--live", "--subdriver",
               "qcow2", "--targetbus", "virtio")
+        events["attach"] = time.time()
         time.sleep(5)
-        events["snapshot"] = time.time()
         virsh(libvirtd, "snapshot-create-as", name, "--disk-only", "--atomic", "--no-metadata",
               "--diskspec", f"vda,file={overlay}", "--diskspec", "vdb,snapshot=no")
+        events["snapshot"] = time.time()
         time.sleep(5)
 
     try:

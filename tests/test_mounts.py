@@ -14,10 +14,13 @@ def test_mountinfo_gives_each_filesystem_its_device() -> None:
     text = ("22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
             "98 22 0:52 / /mnt/nfs\\040a rw,relatime shared:40 master:3 - nfs4 nas:/vms rw\n"
             "99 22 0:53 /sub /srv rw - fuse stallfs rw\n"
+            "30 25 0:26 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n"
             "garbage line\n")
-    assert read_mountinfo(text) == [Mount("/dev/vda1", "/", "ext4", "253:1"),
-                                    Mount("nas:/vms", "/mnt/nfs a", "nfs4", "0:52"),
-                                    Mount("stallfs", "/srv", "fuse", "0:53")]
+    assert read_mountinfo(text) == [
+        Mount("/dev/vda1", "/", "ext4", "253:1", "rw"),
+        Mount("nas:/vms", "/mnt/nfs a", "nfs4", "0:52", "rw"),
+        Mount("stallfs", "/srv", "fuse", "0:53", "rw"),
+        Mount("cgroup", "/sys/fs/cgroup/cpuacct", "cgroup", "0:26", "rw,cpuacct")]
     assert Mount("nas:/vms", "/mnt/nfs", "nfs4", "0:52").store == "dev:0:52"
     assert Mount("nas:/vms", "/mnt/nfs", "nfs4").store == "/mnt/nfs"
 

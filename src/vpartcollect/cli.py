@@ -81,6 +81,9 @@ def cli() -> None:
 @click.option("--extra-stats", metavar="SELECTORS",
               help="collectd's ExtraStats: more values, e.g. \"disk domain_state vcpu\" "
                    "(default none: collectd's default values).")
+@click.option("--kernel-reader/--no-kernel-reader", default=None,
+              help="Read cpu, vCPU and interface counters of local QEMU domains from the "
+                   "kernel instead of asking libvirtd (default on; needs root).")
 @click.option("--spool-dir", metavar="DIR",
               help="Keep Graphite lines carbon cannot take now in DIR (default: "
                    "$STATE_DIRECTORY/spool under systemd, else memory only).")

@@ -32,7 +32,8 @@ NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.0"
 NOVA_XPATH = "/instance/name/text()"
 _FLAGS = ("store_rates", "stdout", "block_device_format_basename", "ignore_selected",
           "report_block_devices", "report_network_interfaces", "separate_instances",
-          "always_append_ds", "drop_duplicate_fields", "preserve_separator", "reverse_host")
+          "always_append_ds", "drop_duplicate_fields", "preserve_separator", "reverse_host",
+          "kernel_reader")
 _CHOICES = {"format": ("graphite", "json"), "interface_format": ("name", "address", "number"),
             "block_device_format": ("target", "source")}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -89,6 +90,9 @@ class Config:
     ignore_selected: bool = False
     report_block_devices: bool = True
     report_network_interfaces: bool = True
+    # Read cpu, vCPU and interface counters of local QEMU domains from the kernel, as
+    # libvirtd does, instead of asking libvirtd (worker/kernel_reader.py).
+    kernel_reader: bool = True
     # write_graphite's path options.
     separate_instances: bool = False
     always_append_ds: bool = False
@@ -150,7 +154,8 @@ class Config:
         """What a worker is forked with: a reload that changes it replaces the workers."""
         return (self.connect, self.instances, self.refresh_interval, self.call_timeout,
                 self.chunk_size, self.include, self.exclude, self.domains,
-                self.ignore_selected, self.log_level, self.label_spec(), self.selection())
+                self.ignore_selected, self.log_level, self.label_spec(), self.selection(),
+                self.kernel_reader)
 
     def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
         """Which instance samples this domain, and why (None: include/exclude leave it

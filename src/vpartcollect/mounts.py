@@ -24,6 +24,7 @@ class Mount:
     target: str
     fstype: str
     dev: str = ""  # "major:minor": one per filesystem, whatever namespace it is seen from
+    options: str = ""  # the filesystem's own (super) options, from mountinfo
 
     @property
     def store(self) -> str:
@@ -54,7 +55,8 @@ def read_mountinfo(text: str) -> list[Mount]:
         fields, rest = head.split(), tail.split()
         if not sep or len(fields) < 5 or len(rest) < 2:
             continue
-        mounts.append(Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
+        mounts.append(Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2],
+                            rest[2] if len(rest) > 2 else ""))
     return mounts
 
 

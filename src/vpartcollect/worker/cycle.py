@@ -16,6 +16,7 @@ there and then (unresponsive); whatever it returns later is not used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -82,6 +83,13 @@ class Cycle:
         s, cfg = self.session, self.session.cfg
         self.triage.start(previous)  # probes run while the listing and /proc checks do
         self.domains = s.own_domains(set(self.tick.skip) | self.sent)
+        if s.reader.kernel is not None:
+            s.reader.kernel.forget_except([d.uuid for d in s.inventory.known()])
+        if s.down():  # libvirtd does not answer: what the kernel knows, nothing asked
+            self._from_kernel_only(self.domains)
+            s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
+                        len(s.guard.outstanding()))
+            return self.domains
         routes = self.triage.routes(self.domains, s.guard)
         self.triage.note_held(routes[Route.HOLD], len(s.guard.outstanding()))
         # While a call of ours is blocked in libvirtd, one domain per call: a second hang
@@ -95,6 +103,7 @@ class Cycle:
             self._ask_what_answers(chunk, Route.NO_BLOCK)
         self._ask_again()
         self._send((d, None, True) for d in routes[Route.HOLD])
+        self._check_kernel(routes[Route.NORMAL])
         s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
                     len(s.guard.outstanding()))
         return self.domains
@@ -114,7 +123,10 @@ class Cycle:
         except Abandoned:
             log.warning("stats of %s outlived the deadline; left to libvirtd",
                         few([d.name for d in chunk]))
-            self._after_hang(chunk)
+            if s.down():  # not these domains: libvirtd as a whole does not answer
+                self._from_kernel_only(chunk)
+            else:
+                self._after_hang(chunk)
             return
         ready = []
         for d in chunk:
@@ -173,6 +185,24 @@ class Cycle:
             self._send((d, None, True) for d in chunk)
             return
         self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
+
+    def _from_kernel_only(self, domains: Sequence[Domain]) -> None:
+        """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
+        rest (block, balloon, state) missing; not the domains' fault, so not flagged.
+        A domain the kernel reader does not cover is flagged, as any domain not read."""
+        answers = self.session.reader.kernel_only(domains)
+        self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in domains)
+
+    def _check_kernel(self, domains: Sequence[Domain]) -> None:
+        """Once per refresh interval, a domain's kernel counters against libvirt's."""
+        s = self.session
+        if s.reader.kernel is None or not domains or s.guard.outstanding():
+            return
+        due = [d for d in domains if s.reader.kernel.due(d, s.cfg.refresh_interval)]
+        if due:
+            with contextlib.suppress(Abandoned):
+                s.call(CallKind.STATS, due,
+                       lambda: s.reader.check_kernel(due, s.cfg.refresh_interval))
 
     def _ask_again(self) -> None:
         """The second ask (see second_ask.py), routed afresh: one that froze, or whose

@@ -50,6 +50,9 @@ class Domain:
     # network disk's name), and the interfaces with a target, in order -> MAC address.
     plain_sources: dict[str, str] = field(default_factory=dict)
     macs: dict[str, str | None] = field(default_factory=dict)
+    # Every interface in the XML's order (libvirt's net.<i> numbering): (host device or
+    # "", whether it is a tap whose rx/tx are the guest's tx/rx). None: not read yet.
+    interfaces: list[tuple[str, bool]] | None = None
 
     def __repr__(self) -> str:
         return (f"<Domain {self.name} {self.uuid} tag={self.tag} "
@@ -128,11 +131,12 @@ class Devices:
     nics: list[str]  # interface target devs
     plain_sources: dict[str, str]  # target -> source file or device (collectd's "source")
     macs: dict[str, str | None]  # interfaces with a target, in order -> MAC address
+    interfaces: list[tuple[str, bool]]  # every interface: (host device or "", is a tap)
 
 
 def parse_devices(xml: str) -> Devices:
     """The disks and interfaces of a domain's XML (none when the XML is refused)."""
-    found = Devices([], [], {}, {})
+    found = Devices([], [], {}, {}, [])
     try:
         root = safexml.parse(xml)
     except safexml.XMLRefused:
@@ -152,12 +156,24 @@ def parse_devices(xml: str) -> Devices:
         found.disks.append((dev, src))
     for nic in root.iterfind("./devices/interface"):
         target = nic.find("target")
+        found.interfaces.append((target.get("dev", "") if target is not None else "",
+                                 _is_tap(nic)))
         if target is None or not target.get("dev"):
             continue
         mac = nic.find("mac")
         found.nics.append(target.get("dev", ""))
         found.macs[target.get("dev", "")] = mac.get("address") if mac is not None else None
     return found
+
+
+def _is_tap(nic: Any) -> bool:
+    """Whether an interface of the live XML is a tap device in the host's namespace whose
+    rx/tx libvirt swaps (its virDomainNetTypeSharesHostView is false): type ethernet or
+    bridge, or a network that gave it a bridge. macvtap (direct) shares the host's view and
+    vhost-user is read from Open vSwitch; those stay with libvirtd."""
+    kind, source = nic.get("type"), nic.find("source")
+    return kind in ("bridge", "ethernet") or (kind == "network" and source is not None
+                                                and bool(source.get("bridge")))
 
 
 class Inventory:
@@ -223,6 +239,7 @@ class Inventory:
                         devices = parse_devices(handle.XMLDesc(0))
                         dom.disks, dom.nics = devices.disks, devices.nics
                         dom.plain_sources, dom.macs = devices.plain_sources, devices.macs
+                        dom.interfaces = devices.interfaces
                     self._known[key] = dom  # progress kept if this call is abandoned
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:

@@ -23,6 +23,7 @@ from vpartcollect.samples import Stats
 from vpartcollect.worker.datastores import is_file_image
 from vpartcollect.worker.extras import QEMU_FREE, add_calls, describe_devices
 from vpartcollect.worker.inventory import Domain
+from vpartcollect.worker.kernel_reader import KernelReader
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ def as_block_info(stats: Stats, sizes: Mapping[str, tuple[int, int]]) -> None:
             stats[f"block.{i}.physical"], stats[f"block.{i}.allocation"] = size
 
 
+def _bits(groups: Collection[str]) -> int:
+    out = 0
+    for name in groups:
+        out |= GROUPS[name]
+    return out
+
+
 def monitor_answered(stats: Stats) -> bool:
     """True when the stats carry values only QEMU's monitor gives (so it answered).
 
@@ -145,16 +153,20 @@ class StatsReader:
 
     def __init__(self, conn: Any, bulk: Sequence[str], fallback: Sequence[str],
                  wanted: Collection[str] = tuple(GROUPS),
-                 extras: frozenset[str] = frozenset()) -> None:
+                 extras: frozenset[str] = frozenset(),
+                 kernel: KernelReader | None = None) -> None:
         """``wanted``: the groups the configured metrics need (only those are asked);
-        ``extras``: the per-domain calls they need (extras.py)."""
+        ``extras``: the per-domain calls they need (extras.py); ``kernel``: where the
+        groups the kernel knows are read instead of asked, for the domains it covers."""
         self.conn = conn
+        self.wanted = frozenset(wanted)
         self.bulk_bits = 0
         for name in bulk:
             if name in wanted:
                 self.bulk_bits |= GROUPS[name]
         self.fallback = [g for g in fallback if g in wanted and g not in _NO_FALLBACK]
         self.extras = extras
+        self.kernel = kernel
         self._unsupported: set[str] = set()  # per-domain calls this driver refuses
 
     def __repr__(self) -> str:
@@ -179,24 +191,87 @@ class StatsReader:
         which hangs QEMU on a datastore that does not answer.
         """
         bits = self.bulk_bits if block else self.bulk_bits & ~GROUPS["block"]
+        fallback = [g for g in self.fallback if block or g != "block"]
         domains = self._bind(domains)
-        out = self._collect(domains, bits, [g for g in self.fallback if block or g != "block"])
+        out: dict[str, Answer] = {}
+        for covered, group in self._by_kernel(domains).items():
+            asked, rest = bits & ~_bits(covered), [g for g in fallback if g not in covered]
+            out.update(self._collect(group, asked, rest) if asked or rest
+                       else {d.uuid: Answer({}, 0.0) for d in group})
+            self._from_kernel(group, out, covered)
+        out = {uuid: answer for uuid, answer in out.items() if answer.stats}
         self._extras(domains, out, self.extras)
         return out
 
+    def kernel_only(self, domains: Sequence[Domain]) -> dict[str, Answer]:
+        """What the kernel gives of ``domains`` without asking libvirtd anything (while it
+        does not answer): cpu, vCPUs and interfaces of the domains it covers."""
+        out = {d.uuid: Answer({}, 0.0) for d in domains}
+        for covered, group in self._by_kernel(domains).items():
+            self._from_kernel(group, out, covered)
+        return {uuid: answer for uuid, answer in out.items() if answer.stats}
+
+    def check_kernel(self, domains: Sequence[Domain], every: float) -> None:
+        """Compare the kernel's counters with libvirt's for the domains due a check (one
+        bulk call, NOWAIT); a domain whose two sources differ goes back to libvirtd."""
+        if self.kernel is None:
+            return
+        due = {d.uuid: (d, covered) for d in self._bind(domains)
+               if (covered := self.kernel.covers(d) & self.wanted) and self.kernel.due(d, every)}
+        if not due:
+            return
+        started = time.monotonic()
+        bits = _bits(frozenset().union(*(c for _, c in due.values()))) & self.bulk_bits
+        for handle, stats in self._bulk([d for d, _ in due.values()], bits):
+            dom, covered = due[handle.UUIDString()]
+            self.kernel.agree(dom, stats, covered, time.monotonic() - started)
+
+    def _by_kernel(self, domains: Sequence[Domain]) -> dict[frozenset[str], list[Domain]]:
+        """The domains by the groups the kernel gives for them (usually one set)."""
+        out: dict[frozenset[str], list[Domain]] = {}
+        for dom in domains:
+            covered = self.kernel.covers(dom) & self.wanted if self.kernel else frozenset()
+            out.setdefault(covered, []).append(dom)
+        return out
+
+    def _from_kernel(self, domains: Sequence[Domain], out: dict[str, Answer],
+                     covered: frozenset[str]) -> None:
+        """Add the kernel's counters to each answer, read now (its read time with them)."""
+        if not covered or self.kernel is None:
+            return
+        for dom in domains:
+            answer = out.get(dom.uuid)
+            if answer is None:
+                continue  # it stopped meanwhile
+            stats = self.kernel.read(dom, covered)
+            if stats is not None:
+                answer.stats.update(stats)
+                answer.read_at = time.time()
+
     def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Answer]:
         """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
-        bits = 0
-        for group in FROZEN_BULK:
-            bits |= GROUPS[group] & self.bulk_bits
+        bits = _bits(FROZEN_BULK) & self.bulk_bits
         domains = self._bind(domains)
-        out = self._collect(domains, bits, [g for g in self.fallback if g in FROZEN_BULK])
-        for dom in domains:
-            answer = out.setdefault(dom.uuid, Answer({}, time.time()))
-            stats, h = answer.stats, dom.handle
-            try:
-                info = h.info()
-                stats["balloon.maximum"], stats["balloon.current"] = info[1], info[2]
+        out: dict[str, Answer] = {}
+        for covered, group in self._by_kernel(domains).items():
+            out.update(self._collect(group, bits & ~_bits(covered),
+                                     [g for g in self.fallback
+                                      if g in FROZEN_BULK and g not in covered]))
+            for dom in group:
+                self._frozen_calls(dom, out, covered)
+            self._from_kernel(group, out, covered)
+        return {uuid: answer for uuid, answer in out.items() if answer.stats}
+
+    def _frozen_calls(self, dom: Domain, out: dict[str, Answer],
+                      covered: frozenset[str]) -> None:
+        """The per-domain calls that answer without QEMU's monitor, for what the kernel
+        does not give."""
+        answer = out.setdefault(dom.uuid, Answer({}, time.time()))
+        stats, h = answer.stats, dom.handle
+        try:
+            info = h.info()
+            stats["balloon.maximum"], stats["balloon.current"] = info[1], info[2]
+            if "cpu-total" not in covered:
                 cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
                 answer.read_at = time.time()
                 for key, name in (("cpu_time", "time"), ("user_time", "user"),
@@ -205,15 +280,15 @@ class StatsReader:
                         stats[f"cpu.{name}"] = cpu[key]
                 if "cpu.time" not in stats:
                     stats["cpu.time"] = info[4]
+            if "vcpu" not in covered:
                 self._fallback("vcpu", dom, stats)
-                add_calls(dom, stats, self.extras & frozenset(QEMU_FREE), self._unsupported)
-                describe_devices(dom, stats)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    out.pop(dom.uuid, None)
-                    continue
-                log.debug("%s: stats of a frozen domain failed: %s", dom.name, exc)
-        return {uuid: answer for uuid, answer in out.items() if answer.stats}
+            add_calls(dom, stats, self.extras & frozenset(QEMU_FREE), self._unsupported)
+            describe_devices(dom, stats)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                out.pop(dom.uuid, None)
+                return
+            log.debug("%s: stats of a frozen domain failed: %s", dom.name, exc)
 
     def _bind(self, domains: Sequence[Domain]) -> list[Domain]:
         """The domains, each with a handle of this reader's connection: looked up (one call

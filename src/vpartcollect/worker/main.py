@@ -25,6 +25,7 @@ from vpartcollect.roster import Seed
 from vpartcollect.worker.cycle import Cycle
 from vpartcollect.worker.guard import Guard
 from vpartcollect.worker.inventory import Domain
+from vpartcollect.worker.kernel_reader import KernelReader
 from vpartcollect.worker.link import Link
 from vpartcollect.worker.session import Session
 from vpartcollect.worker.triage import Triage
@@ -45,6 +46,8 @@ class Worker:
         self.seed = seed or {}
         self.guard = Guard()  # outlives connections: its calls hold libvirtd threads
         self.triage = Triage(cfg)
+        # Outlives connections too; finds QEMUs where triage does.
+        self.kernel = KernelReader(lambda d: self.triage.qemu.pid(d.uuid, d.name))
         self.last: list[Domain] = []  # the domains of the previous tick
 
     def __repr__(self) -> str:
@@ -52,7 +55,8 @@ class Worker:
 
     def run(self) -> int:
         """Serve ticks until the supervisor closes the control pipe."""
-        session = Session.open(self.index, self.cfg, self.link, self.guard, self.seed)
+        session = Session.open(self.index, self.cfg, self.link, self.guard, self.seed,
+                               kernel=self.kernel)
         while (tick := self.link.next_tick()) is not None:
             session = self.serve(tick, session)
         return 0
@@ -75,9 +79,12 @@ class Worker:
                     return session
                 log.warning("lost the connection to %s: %s", self.cfg.connect,
                             error_text(exc))
+                if session.reader.kernel is not None:
+                    session.reopen_later()  # the kernel's part of the tick goes on meanwhile
+                    continue
                 known = {d.uuid: (d.name, d.tag, d.label) for d in session.inventory.known()}
                 session = Session.open(self.index, self.cfg, self.link, self.guard, known,
-                                       session.parked)
+                                       session.parked, self.kernel)
 
 
 def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -27,12 +29,14 @@ from vpartcollect.libvirt_conn import error_text, open_readonly
 from vpartcollect.roster import Seed
 from vpartcollect.watchdog import call_deadline
 from vpartcollect.worker.extras import PER_DOMAIN
-from vpartcollect.worker.guard import Abandoned, Guard
+from vpartcollect.worker.guard import Abandoned, Call, Guard
 from vpartcollect.worker.inventory import Domain, Inventory
+from vpartcollect.worker.kernel_reader import KernelReader, why_not
 from vpartcollect.worker.libvirt_stats import StatsReader, probe_bulk_groups
 from vpartcollect.worker.link import Link
 
 log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # why the kernel reader is off, said once a process
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
@@ -43,7 +47,8 @@ class Session:
     """A worker's connection to libvirt, with what hangs off it (reader, inventory)."""
 
     def __init__(self, index: int, cfg: Config, link: Link, guard: Guard, conn: Any,
-                 bulk: Sequence[str], fallback: Sequence[str], seed: Seed) -> None:
+                 bulk: Sequence[str], fallback: Sequence[str], seed: Seed,
+                 kernel: KernelReader | None = None) -> None:
         self.index = index
         self.cfg = cfg
         self.link = link
@@ -51,7 +56,11 @@ class Session:
         self.conn = conn
         selection = cfg.selection()
         self.reader = StatsReader(conn, bulk, fallback, needed_groups(selection),
-                                  selection.extra & frozenset(PER_DOMAIN))
+                                  selection.extra & frozenset(PER_DOMAIN), kernel)
+        # A connection being opened in the background after the last one was left to a
+        # stuck call: until it opens, libvirtd is not answering and nothing is asked.
+        self.connecting: Call[Any] | None = None
+        self.lost = False  # no connection to go on with: the worker opens a new session
         # Disks always: their datastores are probed before block stats are asked.
         self.inventory = Inventory(conn, cfg.refresh_interval, True, cfg.label_spec(),
                                    adopter=index == 0, seed=seed)
@@ -65,9 +74,10 @@ class Session:
 
     @classmethod
     def open(cls, index: int, cfg: Config, link: Link, guard: Guard, seed: Seed,
-             parked: Sequence[Any] = ()) -> Session:
+             parked: Sequence[Any] = (), kernel: KernelReader | None = None) -> Session:
         """Connect read-only, retrying with capped backoff (each try announced); then say
-        hello. ``parked``: connections a previous session left to stuck calls."""
+        hello. ``parked``: connections a previous session left to stuck calls;
+        ``kernel``: the worker's kernel reader, used if this connection allows it."""
         failures, last_error = 0, ""
         while True:
             link.busy(CallKind.CONNECT, [])
@@ -87,13 +97,20 @@ class Session:
                 failures += 1
         if last_error:
             log.warning("connected to %s again", cfg.connect)
-        session = cls(index, cfg, link, guard, conn, bulk, fallback, seed)
+        off = why_not(cfg.kernel_reader, os.geteuid(), driver, cfg.connect)
+        if off and kernel is not None and off not in _SAID:
+            _SAID.add(off)
+            log.info("counters from libvirtd only: %s", off)
+        session = cls(index, cfg, link, guard, conn, bulk, fallback, seed,
+                      None if off else kernel)
         session.parked = list(parked)
         link.hello(index, ncpus, driver, bulk, fallback)
         return session
 
     def alive(self) -> bool:
         """Whether the connection still reaches libvirtd."""
+        if self.lost:
+            return False
         try:
             return bool(self.conn.isAlive())
         except libvirt.libvirtError:
@@ -121,10 +138,65 @@ class Session:
         library (libvirtd is not even asked), though a second connection answers every
         one at once. Domain handles follow lazily (StatsReader looks them up again).
         """
-        self.link.busy(CallKind.CONNECT, [])
-        conn = open_readonly(self.cfg.connect)  # a failure is handled as a lost connection
         self.parked.append(self.conn)
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Open a new connection, waiting for it no longer than a call may take; after
+        that it goes on opening in the background and nothing is asked until it is open
+        (``down``). A refused connection is handled as a lost one (libvirtError)."""
+        self.link.busy(CallKind.CONNECT, [])
+        try:
+            conn = self.guard.run(CallKind.CONNECT, [], self.cfg.call_timeout,
+                                  lambda: open_readonly(self.cfg.connect))
+        except Abandoned as exc:
+            self.connecting = exc.call
+            log.warning("libvirtd does not open a connection within %.1f s: counters from the "
+                        "kernel only, nothing asked of libvirtd until it does",
+                        self.cfg.call_timeout)
+            return
         self.conn = self.reader.conn = self.inventory.conn = conn
+
+    def reopen_later(self) -> None:
+        """The connection is lost (libvirtd restarting): open a new one in the background,
+        retrying with capped backoff, while the kernel's counters keep coming."""
+        self.parked.append(self.conn)  # closed once nothing runs on it
+        call: Call[Any] = Call(CallKind.CONNECT, [])
+        threading.Thread(target=call.run, args=(self._open_retrying,),
+                         name="libvirt-reconnect", daemon=True).start()
+        self.connecting = call
+        log.warning("counters from the kernel only until libvirtd is back")
+
+    def _open_retrying(self) -> Any:
+        failures = 0
+        while True:
+            try:
+                return open_readonly(self.cfg.connect)
+            except libvirt.libvirtError:
+                time.sleep(backoff(failures, RECONNECT_MIN, RECONNECT_MAX))
+                failures += 1
+
+    def down(self) -> bool:
+        """Whether libvirtd is not answering: a new connection is still opening. Once it
+        is open, it is used and libvirtd is asked again."""
+        call = self.connecting
+        if call is None:
+            return False
+        if not call.done.is_set():
+            return True
+        self.connecting = None
+        try:
+            conn = call.value()
+        except libvirt.libvirtError:
+            try:
+                self._reconnect()  # opened too late to be used, or refused: once more now
+            except libvirt.libvirtError:
+                self.lost = True  # the worker connects afresh (Session.open)
+                raise
+            return self.connecting is not None
+        log.warning("libvirtd answers again after %.1f s", call.finished - call.started)
+        self.conn = self.reader.conn = self.inventory.conn = conn
+        return False
 
     def tidy(self, names: dict[str, str]) -> None:
         """Between ticks: log the abandoned calls that returned (their libvirtd thread is
@@ -151,7 +223,7 @@ class Session:
         """
         inventory = self.inventory
         domains = inventory.known()
-        if not self.guard.busy_with(CallKind.LIST, CallKind.DESCRIBE):
+        if not self.guard.busy_with(CallKind.LIST, CallKind.DESCRIBE) and not self.down():
             try:
                 handles = self.call(CallKind.LIST, [], inventory.listing)
                 work = inventory.to_read(handles, self.owns)

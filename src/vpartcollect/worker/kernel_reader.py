@@ -1,0 +1,249 @@
+"""Reading, without libvirtd, what libvirtd itself reads from the kernel for a QEMU domain.
+
+The bulk groups cpu-total, vcpu and interface are, in libvirtd, reads of the
+domain's cgroup, its vCPU threads in /proc and its tap devices' counters
+(kernel_counters.py says exactly which, and parses them). On the same host, as
+root, a worker reads them itself: a few µs each, no RPC, no libvirtd thread, and
+they keep coming while libvirtd restarts, wedges or is stopped. libvirtd is then
+asked only for what needs QEMU or its own state (block, balloon, state, perf).
+
+Chosen per domain: a domain whose QEMU pid is unknown, whose cgroup holds no CPU
+accounting, or whose values once disagreed with libvirt's keeps libvirtd's groups
+(logged once, with why). ``check`` compares both sources for a domain, once per
+refresh interval, so a kernel or libvirt change cannot make values silently wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from vpartcollect import kernel_counters as kc
+from vpartcollect.mounts import read_mountinfo
+from vpartcollect.samples import Stats
+from vpartcollect.worker.inventory import Domain
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: str) -> str:
+    """A small kernel file as text: one open, one read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return None
+
+
+_REMOTE = ("ssh", "libssh", "libssh2", "tcp", "tls", "ext")
+
+
+def why_not(enabled: bool, euid: int, driver: str, uri: str) -> str | None:
+    """Why the kernel reader cannot stand in for libvirtd on this connection (None: it
+    can): it reads this host's /proc and cgroups, as only root may for every QEMU, and
+    knows what QEMU domains' counters mean."""
+    scheme, _, rest = uri.partition("://")
+    transport = scheme.partition("+")[2]
+    if not enabled:
+        return "kernel_reader = false"
+    if transport in _REMOTE or rest.split("/", 1)[0] not in ("", "localhost"):
+        return f"{uri} is another host's libvirtd"
+    if driver != "QEMU":
+        return f"the {driver} driver's domains have no QEMU to read"
+    if euid != 0:
+        return "not root: other users' QEMU processes cannot be read"
+    return None
+
+
+def cgroup_mounts(mountinfo: str) -> tuple[str | None, str | None]:
+    """(where cgroup v2 is mounted, where v1's cpuacct controller is), if anywhere."""
+    v2 = v1 = None
+    for m in read_mountinfo(mountinfo):
+        if m.fstype == "cgroup2" and v2 is None:
+            v2 = m.target
+        elif m.fstype == "cgroup" and "cpuacct" in m.options.split(",") and v1 is None:
+            v1 = m.target
+    return v2, v1
+
+
+@dataclass
+class Located:
+    """Where one domain's counters are: its QEMU, its cgroup files, its vCPU threads."""
+
+    pid: int
+    cpu_files: tuple[str, ...]  # v2: (cpu.stat,); v1: (cpuacct.usage, cpuacct.stat)
+    vcpus: dict[int, str] = field(default_factory=dict)  # vCPU -> /proc/<pid>/task/<tid>/
+    maximum: int | None = None  # vcpu.maximum, as libvirt last said (the kernel cannot)
+    checked: float = -1e18  # monotonic time of the last agreement check
+
+
+class KernelReader:
+    """The kernel-side counters of the domains one worker samples."""
+
+    def __init__(self, pid_of: Callable[[Domain], int | None], proc: str = "/proc",
+                 mountinfo: str | None = None) -> None:
+        """``pid_of``: a domain's QEMU pid (qemu_proc finds it), or None."""
+        self.pid_of = pid_of
+        self.proc = proc
+        if mountinfo is None:
+            mountinfo = _read_or_none(f"{proc}/self/mountinfo") or ""
+        self.v2_root, self.v1_root = cgroup_mounts(mountinfo)
+        self.clk_tck = os.sysconf("SC_CLK_TCK")
+        self.cpus = os.cpu_count() or 1
+        self._at: dict[str, Located] = {}
+        self.off: dict[str, str] = {}  # uuid -> why libvirtd's groups are used instead
+        self._sched_wait = True  # whether sched files carry wait_sum (a kernel option)
+
+    def __repr__(self) -> str:
+        return (f"<KernelReader v2={self.v2_root} v1-cpuacct={self.v1_root} "
+                f"{len(self._at)} domain(s), {len(self.off)} on libvirtd>")
+
+    # -- which domains ------------------------------------------------------
+    def covers(self, dom: Domain) -> frozenset[str]:
+        """The bulk groups the kernel gives for ``dom`` (empty: ask libvirtd for all)."""
+        if dom.uuid in self.off or dom.interfaces is None:
+            return frozenset()
+        at = self._locate(dom)
+        if at is None:
+            return frozenset()
+        groups = {"cpu-total", "vcpu"}
+        if all(tap for dev, tap in dom.interfaces if dev):
+            groups.add("interface")  # macvtap and the like: libvirtd's orientation rules
+        return frozenset(groups)
+
+    def forget_except(self, uuids: Sequence[str]) -> None:
+        """Drop what is known of domains that no longer run."""
+        keep = set(uuids)
+        self._at = {u: a for u, a in self._at.items() if u in keep}
+        self.off = {u: r for u, r in self.off.items() if u in keep}
+
+    def turn_off(self, dom: Domain, why: str) -> None:
+        """Use libvirtd's groups for ``dom`` from now on, and say why once."""
+        if dom.uuid not in self.off:
+            log.warning("%s: counters from libvirtd, not the kernel: %s", dom.name, why)
+        self.off[dom.uuid] = why
+        self._at.pop(dom.uuid, None)
+
+    def _locate(self, dom: Domain) -> Located | None:
+        pid = self.pid_of(dom)
+        if pid is None:
+            return None  # not found yet (qemu_proc looks again): not worth a line
+        at = self._at.get(dom.uuid)
+        if at is not None and at.pid == pid:
+            return at
+        try:
+            v2, v1 = kc.cgroup_paths(_read(f"{self.proc}/{pid}/cgroup"))
+        except OSError:
+            return None
+        group = kc.domain_cgroup(v2) if v2 is not None else None
+        if group and self.v2_root and os.path.exists(f"{self.v2_root}{group}/cpu.stat"):
+            files: tuple[str, ...] = (f"{self.v2_root}{group}/cpu.stat",)
+        elif (group := kc.domain_cgroup(v1.get("cpuacct", "/"))) and self.v1_root:
+            files = (f"{self.v1_root}{group}/cpuacct.usage", f"{self.v1_root}{group}/cpuacct.stat")
+        else:
+            self.turn_off(dom, "its QEMU has no cgroup with cpu accounting")
+            return None
+        at = self._at[dom.uuid] = Located(pid, files)
+        return at
+
+    # -- reading --------------------------------------------------------------
+    def read(self, dom: Domain, groups: frozenset[str]) -> Stats | None:
+        """``dom``'s counters for ``groups`` (those ``covers`` gave), or None when they
+        cannot be read (the domain then goes back to libvirtd's groups)."""
+        at = self._at.get(dom.uuid)
+        if at is None:
+            return None
+        try:
+            out: Stats = {}
+            if "cpu-total" in groups:
+                out.update(self._cpu(at))
+            if "vcpu" in groups:
+                out.update(self._vcpus(at))
+                if at.maximum is not None:
+                    out["vcpu.maximum"] = at.maximum
+            if "interface" in groups and dom.interfaces is not None:
+                counters = kc.net_dev(_read(f"{self.proc}/net/dev"))
+                out.update(kc.interface_stats(dom.interfaces, counters))
+            return out
+        except FileNotFoundError:
+            self._at.pop(dom.uuid, None)  # QEMU gone or restarted: located again next time
+            return None
+        except (OSError, kc.Unreadable) as exc:
+            self.turn_off(dom, f"reading {exc}")
+            return None
+
+    def _cpu(self, at: Located) -> Stats:
+        if len(at.cpu_files) == 1:
+            return kc.cpu_from_v2(_read(at.cpu_files[0]))
+        return kc.cpu_from_v1(_read(at.cpu_files[0]), _read(at.cpu_files[1]), self.clk_tck)
+
+    def _vcpus(self, at: Located) -> Stats:
+        threads = {}
+        for attempt in range(2):
+            if not at.vcpus or attempt:
+                at.vcpus = self._vcpu_threads(at.pid)
+            try:
+                for n, task in at.vcpus.items():
+                    sched = _read_or_none(task + "sched") if self._sched_wait else None
+                    if sched is not None and "wait_sum" not in sched:
+                        self._sched_wait = False  # this kernel keeps none: stop reading it
+                    threads[n] = (_read(task + "stat"), sched, _read_or_none(task + "schedstat"))
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                threads = {}  # a vCPU unplugged (its thread gone): list them again
+        return kc.vcpu_stats(threads, self.clk_tck)
+
+    def _vcpu_threads(self, pid: int) -> dict[int, str]:
+        out = {}
+        base = f"{self.proc}/{pid}/task"
+        for tid in os.listdir(base):
+            try:
+                n = kc.vcpu_number(_read(f"{base}/{tid}/comm"))
+            except OSError:
+                continue
+            if n is not None:
+                out[n] = f"{base}/{tid}/"
+        return out
+
+    # -- agreeing with libvirt ----------------------------------------------
+    def due(self, dom: Domain, every: float) -> bool:
+        """Whether ``dom``'s counters should be compared with libvirt's now."""
+        at = self._at.get(dom.uuid)
+        return at is not None and time.monotonic() - at.checked >= every
+
+    def agree(self, dom: Domain, libvirt: Stats, groups: frozenset[str],
+              elapsed: float) -> bool:
+        """Compare libvirt's answer for ``groups`` (read ``elapsed`` s before now) with the
+        kernel's, read now; on a difference, log it and go back to libvirtd's groups."""
+        at = self._at.get(dom.uuid)
+        if at is None:
+            return False
+        at.checked = time.monotonic()
+        if "vcpu.maximum" in libvirt:
+            at.maximum = int(libvirt["vcpu.maximum"])
+        ours = self.read(dom, groups)
+        if ours is None:
+            return False
+        wanted = {k: v for k, v in libvirt.items() if _group_of(k) in groups}
+        problems = kc.disagreements(ours, wanted, elapsed, self.cpus)
+        if problems:
+            self.turn_off(dom, "it disagrees with libvirt: " + "; ".join(problems[:4]))
+            return False
+        return True
+
+
+def _group_of(key: str) -> str:
+    head = key.split(".", 1)[0]
+    return {"cpu": "cpu-total", "vcpu": "vcpu", "net": "interface"}.get(head, head)

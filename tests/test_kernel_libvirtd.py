@@ -1,0 +1,120 @@
+"""The kernel reader beside a real libvirtd and real QEMU domains (the session's lab-0..5).
+
+1. Every value the kernel reader produces equals libvirt's bulk answer read at the same
+   moment: the same names, the same units, counters within the drift between the two
+   reads.
+2. libvirtd stopped (SIGSTOP) for 20 s: cpu, vCPU and interface values of every running
+   domain keep arriving, at every tick, with rates that /proc's account of each QEMU
+   confirms; block and balloon values are missing meanwhile, and no domain is flagged
+   unresponsive (their QEMUs are fine: libvirtd is not).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import libvirt
+import pytest
+from harness import PrivateLibvirtd
+from soak import Outcome, soak
+
+from vpartcollect.kernel_counters import comparable, disagreements
+from vpartcollect.worker.inventory import Domain, parse_devices
+from vpartcollect.worker.kernel_reader import KernelReader
+
+pytestmark = pytest.mark.libvirtd
+
+ALL = [f"lab-{i}" for i in range(6)]
+KERNEL_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU
+                 | libvirt.VIR_DOMAIN_STATS_INTERFACE)
+
+
+def test_kernel_values_are_libvirts(libvirtd: PrivateLibvirtd) -> None:
+    conn = libvirt.openReadOnly(libvirtd.uri)
+    try:
+        handles = {h.name(): h for h in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                   if h.name() in ALL}
+        assert sorted(handles) == ALL
+        pids = {name: libvirtd.qemu_pid(name) for name in ALL}
+        reader = KernelReader(lambda d: pids[d.name])
+        domains = {}
+        for name, h in handles.items():
+            dom = Domain(h, h.UUIDString(), name, None, 0.0)
+            dom.interfaces = parse_devices(h.XMLDesc(0)).interfaces
+            assert reader.covers(dom) == {"cpu-total", "vcpu", "interface"}, reader.off
+            domains[name] = dom
+        for _round in range(3):  # a few times: the counters move in between
+            started = time.monotonic()
+            answers = conn.domainListGetStats(list(handles.values()), KERNEL_GROUPS,
+                                              libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+            theirs = {h.name(): stats for h, stats in answers}
+            ours = {name: reader.read(dom, frozenset({"cpu-total", "vcpu", "interface"}))
+                    for name, dom in domains.items()}
+            elapsed = time.monotonic() - started
+            for name in ALL:
+                kernel = ours[name]
+                assert kernel is not None, name
+                # Names and units: every key libvirt gives (beyond what only QEMU's monitor
+                # or libvirtd's own state can) and none more.
+                assert set(comparable(theirs[name])) == set(comparable(kernel)), name
+                assert disagreements(kernel, theirs[name], elapsed, os.cpu_count() or 1) == []
+                # Tight, not only within the allowed slack: what one busy CPU can add between
+                # the two reads, and a few ms of the counters' granularity.
+                for key in ("cpu.time", "vcpu.0.time"):
+                    drift = int(kernel[key]) - int(theirs[name][key])
+                    assert 0 <= drift <= elapsed * 1e9 + 5e6, (name, key, drift, elapsed)
+                for key in ("net.0.rx.bytes", "net.0.tx.pkts"):
+                    assert kernel[key] == theirs[name][key], (name, key)
+            time.sleep(0.5)
+    finally:
+        conn.close()
+
+
+STOP_AT, STOP_FOR = 12.0, 20.0
+
+
+def test_libvirtd_stopped_for_20s(libvirtd: PrivateLibvirtd) -> None:
+    events: dict[str, float] = {}
+
+    def cont() -> None:
+        events["cont"] = time.time()
+        os.kill(libvirtd.pid, signal.SIGCONT)
+
+    def stop() -> None:
+        events["stop"] = time.time()
+        os.kill(libvirtd.pid, signal.SIGSTOP)
+        # A timer, not a soak action: the soak's own libvirtd probe blocks meanwhile.
+        threading.Timer(STOP_FOR, cont).start()
+
+    extra = "vcpu disk_capacity domain_state"
+    out = soak(libvirtd, ["--instances", "3", "--extra-stats", extra], [(STOP_AT, stop)],
+               seconds=STOP_AT + STOP_FOR + 14)
+    stopped, resumed = int(events["stop"]) + 1, int(events["cont"])
+    during = [t for t in out.window() if stopped < t < resumed]
+    after = [t for t in out.window() if t > resumed + 4]
+    assert len(during) >= STOP_FOR - 3 and after, (during, after)
+    for name in ALL:
+        for metric in ("virt_cpu_total", "virt_vcpu-0", "if_octets-lt{}.rx", "if_packets-lt{}.tx"):
+            metric = metric.format(name[-1])
+            missing = [t for t in out.window() if t not in out.stamps(name, metric)]
+            assert not missing, f"{name} {metric} missing at {missing}:\n{out.stderr[-3000:]}"
+        # What needs libvirtd (and QEMU's monitor) is missing, not made up, and comes back.
+        for metric in ("disk_capacity-vda", "memory-total", "domain_state.state"):
+            stamps = out.stamps(name, metric)
+            assert not any(t in stamps for t in during), (name, metric)
+            assert all(t in stamps for t in after), (name, metric, sorted(stamps)[-5:])
+        flagged = {t: v for t, v in out.values(name, "unresponsive").items() if v}
+        assert flagged == {}, (name, flagged)
+    assert_rates_true(out, events)
+    assert "counters from the kernel only" in out.stderr
+    assert "libvirtd answers again" in out.stderr
+
+
+def assert_rates_true(out: Outcome, events: dict[str, float]) -> None:
+    """cpu rates against /proc, through the stop too (the kernel's counters are the truth's
+    own: only the thaw's catch-up tick is left out)."""
+    wrong = out.cpu_errors(ALL, [events["cont"]])
+    assert not wrong, f"cpu rates off /proc (domain, tick, ours, /proc): {wrong[:5]}"
