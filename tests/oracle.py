@@ -19,6 +19,9 @@ def check_truth(lines: list[Line], stderr: str, healthy: list[str]) -> dict[str,
     wrong = [(p, v, ts) for p, v, ts in lines
              if p.endswith(".virt.virt_cpu_total") and abs(v / TRUTH - 1) > 0.03]
     assert not wrong, f"cpu rates off the truth: {wrong[:5]}\n{stderr[-3000:]}"
+    rates = [v / TRUTH - 1 for p, v, _ in lines if p.endswith(".virt.virt_cpu_total")]
+    print(f"{len(rates)} cpu rates, worst {max(map(abs, rates), default=0):.2%} off the truth; "
+          f"{len(lines)} lines, none twice")
     stamps = sorted({int(ts) for p, _, ts in lines if ".virt." in p})
     window = range(stamps[1], stamps[-1])
     rated = {d: {int(ts) for p, _, ts in lines if p == f"{d}.virt.virt_cpu_total"}

@@ -91,6 +91,7 @@ NET_DEV = "\n".join([
 def test_tap_counters_are_swapped_to_the_guests_view() -> None:
     counters = kc.net_dev(NET_DEV)
     assert counters["vnet0"][:4] == [356, 4, 1, 2]
+    assert kc.net_dev(NET_DEV, {"vnet0", "gone0"}) == {"vnet0": counters["vnet0"]}
     out = kc.interface_stats([("vnet0", True), ("", True), ("macvtap3", False),
                               ("gone0", True)], counters)
     assert out == {

@@ -18,7 +18,7 @@ import pytest
 
 from vpartcollect.kernel_counters import cgroup_paths
 from vpartcollect.worker.inventory import Domain
-from vpartcollect.worker.kernel_reader import KernelReader, why_not
+from vpartcollect.worker.kernel_reader import KernelReader, read_text, why_not
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
 
@@ -204,3 +204,15 @@ def test_a_domain_whose_counters_disagree_with_libvirt_goes_back_to_libvirtd(
         fake_qemu.kill()
         fake_qemu.wait()
         remove(group)
+
+
+def test_a_kernel_file_over_64_kib_is_read_whole(tmp_path: Path) -> None:
+    """/proc/net/dev of a host with a thousand taps is ~130 KB: a device past the first
+    read must not go missing (its domain would lose its interface values)."""
+    lines = [f"{'tap' + str(i):>7}: {i:>12} {1:>9} {0:>4} {0:>4} {0:>4} {0:>5} {0:>10} {0:>9} "
+             f"{2 * i:>12} {2:>9} {0:>4} {0:>4} {0:>4} {0:>5} {0:>7} {0:>10}" for i in range(1200)]
+    text = "Inter-|   Receive\n face |bytes\n" + "\n".join(lines) + "\n"
+    path = tmp_path / "dev"
+    path.write_text(text)
+    assert len(text) > 2 * 65536
+    assert read_text(str(path)) == text

@@ -29,18 +29,26 @@ from vpartcollect.worker.inventory import Domain
 log = logging.getLogger(__name__)
 
 
-def _read(path: str) -> str:
-    """A small kernel file as text: one open, one read."""
+def read_text(path: str) -> str:
+    """A kernel file as text: one open, and one read unless it is larger than 64 KiB
+    (/proc/net/dev of a host with hundreds of taps)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.read(fd, 65536).decode(errors="replace")
+        chunks = [os.read(fd, 65536)]
+        # A seq_file read stops short of the buffer when the next record does not fit:
+        # only an empty read says the end.
+        while len(chunks[-1]) > 60000:
+            chunks.append(os.read(fd, 65536))
+            if not chunks[-1]:
+                break
+        return b"".join(chunks).decode(errors="replace")
     finally:
         os.close(fd)
 
 
 def _read_or_none(path: str) -> str | None:
     try:
-        return _read(path)
+        return read_text(path)
     except FileNotFoundError:
         return None
 
@@ -142,7 +150,7 @@ class KernelReader:
         if at is not None and at.pid == pid:
             return at
         try:
-            v2, v1 = kc.cgroup_paths(_read(f"{self.proc}/{pid}/cgroup"))
+            v2, v1 = kc.cgroup_paths(read_text(f"{self.proc}/{pid}/cgroup"))
         except OSError:
             return None
         group = kc.domain_cgroup(v2) if v2 is not None else None
@@ -172,7 +180,8 @@ class KernelReader:
                 if at.maximum is not None:
                     out["vcpu.maximum"] = at.maximum
             if "interface" in groups and dom.interfaces is not None:
-                counters = kc.net_dev(_read(f"{self.proc}/net/dev"))
+                counters = kc.net_dev(read_text(f"{self.proc}/net/dev"),
+                                      {dev for dev, _ in dom.interfaces})
                 out.update(kc.interface_stats(dom.interfaces, counters))
             return out
         except FileNotFoundError:
@@ -184,8 +193,9 @@ class KernelReader:
 
     def _cpu(self, at: Located) -> Stats:
         if len(at.cpu_files) == 1:
-            return kc.cpu_from_v2(_read(at.cpu_files[0]))
-        return kc.cpu_from_v1(_read(at.cpu_files[0]), _read(at.cpu_files[1]), self.clk_tck)
+            return kc.cpu_from_v2(read_text(at.cpu_files[0]))
+        return kc.cpu_from_v1(read_text(at.cpu_files[0]), read_text(at.cpu_files[1]),
+                              self.clk_tck)
 
     def _vcpus(self, at: Located) -> Stats:
         threads = {}
@@ -197,7 +207,8 @@ class KernelReader:
                     sched = _read_or_none(task + "sched") if self._sched_wait else None
                     if sched is not None and "wait_sum" not in sched:
                         self._sched_wait = False  # this kernel keeps none: stop reading it
-                    threads[n] = (_read(task + "stat"), sched, _read_or_none(task + "schedstat"))
+                    threads[n] = (read_text(task + "stat"), sched,
+                                  _read_or_none(task + "schedstat"))
                 break
             except FileNotFoundError:
                 if attempt:
@@ -210,7 +221,7 @@ class KernelReader:
         base = f"{self.proc}/{pid}/task"
         for tid in os.listdir(base):
             try:
-                n = kc.vcpu_number(_read(f"{base}/{tid}/comm"))
+                n = kc.vcpu_number(read_text(f"{base}/{tid}/comm"))
             except OSError:
                 continue
             if n is not None:
