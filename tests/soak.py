@@ -25,10 +25,11 @@ SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "60"))
 Action = tuple[float, Callable[[], None]]
 
 
-def qemu_cpu_ns(pid: int) -> float:
-    """CPU time of every thread of a process, in ns (their schedstat, which the kernel
-    keeps to the nanosecond; /proc/<pid>/stat counts 10 ms ticks)."""
-    total = 0.0
+def qemu_cpu_ns(pid: int, seen: dict[str, float]) -> float:
+    """CPU time of every thread a process has had, in ns (their schedstat, which the
+    kernel keeps to the nanosecond; /proc/<pid>/stat counts 10 ms ticks). ``seen`` keeps
+    each thread's last reading: a thread that exited (QEMU's thread-pool workers come and
+    go) still counts what it ran, as the domain's cgroup does."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -36,10 +37,10 @@ def qemu_cpu_ns(pid: int) -> float:
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                total += float(fh.read().split()[0])
+                seen[tid] = float(fh.read().split()[0])
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return sum(seen.values())
 
 
 class CpuTruth:
@@ -61,9 +62,10 @@ class CpuTruth:
         self._thread.join()
 
     def _run(self) -> None:
+        threads: dict[str, dict[str, float]] = {d: {} for d in self.pids}
         while not self._stop.wait(0.1):
             for domain, pid in self.pids.items():
-                self.readings[domain].append((time.time(), qemu_cpu_ns(pid)))
+                self.readings[domain].append((time.time(), qemu_cpu_ns(pid, threads[domain])))
 
     def at(self, domain: str, ts: float) -> float | None:
         """CPU ns of ``domain`` at wall-clock ``ts``, interpolated; None outside the run."""
