@@ -216,3 +216,19 @@ def test_a_kernel_file_over_64_kib_is_read_whole(tmp_path: Path) -> None:
     path.write_text(text)
     assert len(text) > 2 * 65536
     assert read_text(str(path)) == text
+
+
+def test_one_read_of_net_dev_serves_a_batch_of_domains(tmp_path: Path) -> None:
+    """The host's device list is read once per batch, not once per domain (domains x
+    devices of work), and holds each domain's devices only."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "dev").write_text(
+        "Inter-|   Receive\n face |bytes\n"
+        "  vnet0: 1 2 0 0 0 0 0 0 3 4 0 0 0 0 0 0\n"
+        "  vnet1: 5 6 0 0 0 0 0 0 7 8 0 0 0 0 0 0\n"
+        "   eth0: 9 9 0 0 0 0 0 0 9 9 0 0 0 0 0 0\n")
+    reader = KernelReader(lambda d: None, proc=str(tmp_path), mountinfo="")
+    a, b = Domain(None, "a", "a", None, 0.0), Domain(None, "b", "b", None, 0.0)
+    a.interfaces, b.interfaces = [("vnet0", True)], [("vnet1", True), ("", False)]
+    assert reader.net_devices([a, b]) == {"vnet0": [1, 2] + [0] * 6 + [3, 4] + [0] * 6,
+                                          "vnet1": [5, 6] + [0] * 6 + [7, 8] + [0] * 6}

@@ -165,9 +165,17 @@ class KernelReader:
         return at
 
     # -- reading --------------------------------------------------------------
-    def read(self, dom: Domain, groups: frozenset[str]) -> Stats | None:
+    def net_devices(self, domains: Sequence[Domain]) -> dict[str, list[int]]:
+        """/proc/net/dev's counters of these domains' devices, in one read: the file lists
+        every device of the host, so reading it per domain would cost domains x devices."""
+        wanted = {dev for d in domains for dev, _ in d.interfaces or ()}
+        return kc.net_dev(read_text(f"{self.proc}/net/dev"), wanted)
+
+    def read(self, dom: Domain, groups: frozenset[str],
+             net: dict[str, list[int]] | None = None) -> Stats | None:
         """``dom``'s counters for ``groups`` (those ``covers`` gave), or None when they
-        cannot be read (the domain then goes back to libvirtd's groups)."""
+        cannot be read (the domain then goes back to libvirtd's groups). ``net``: what
+        ``net_devices`` read for a batch of domains just before (else read here)."""
         at = self._at.get(dom.uuid)
         if at is None:
             return None
@@ -180,8 +188,7 @@ class KernelReader:
                 if at.maximum is not None:
                     out["vcpu.maximum"] = at.maximum
             if "interface" in groups and dom.interfaces is not None:
-                counters = kc.net_dev(read_text(f"{self.proc}/net/dev"),
-                                      {dev for dev, _ in dom.interfaces})
+                counters = self.net_devices([dom]) if net is None else net
                 out.update(kc.interface_stats(dom.interfaces, counters))
             return out
         except FileNotFoundError:

@@ -236,14 +236,21 @@ class StatsReader:
 
     def _from_kernel(self, domains: Sequence[Domain], out: dict[str, Answer],
                      covered: frozenset[str]) -> None:
-        """Add the kernel's counters to each answer, read now (its read time with them)."""
+        """Add the kernel's counters to each answer, read now (its read time with them;
+        the batch's /proc/net/dev is read once, just before, at a steady offset)."""
         if not covered or self.kernel is None:
             return
+        net = None
+        if "interface" in covered:
+            try:
+                net = self.kernel.net_devices(domains)
+            except OSError:
+                net = None  # each domain tries on its own, and says why if it fails
         for dom in domains:
             answer = out.get(dom.uuid)
             if answer is None:
                 continue  # it stopped meanwhile
-            stats = self.kernel.read(dom, covered)
+            stats = self.kernel.read(dom, covered, net)
             if stats is not None:
                 answer.stats.update(stats)
                 answer.read_at = time.time()
