@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,18 @@ def test_file_then_flags(tmp_path: Path) -> None:
     assert cfg.graphite == (Endpoint("127.0.0.1", 2003), Endpoint("::1", 2004))
     assert not cfg.use_stdout
     assert cfg.wants("prod-db") and not cfg.wants("test-db")
+
+
+def test_collectd_domain_list_keeps_or_drops(tmp_path: Path) -> None:
+    """collectd's Domain entries (exact or /regex/), kept or with IgnoreSelected dropped;
+    a reload's new list applies, not the one the old config worked out."""
+    path = tmp_path / "c.toml"
+    path.write_text('domains = ["db-1", "/^web-/"]\n')
+    keep = load(path, {})
+    assert [keep.wants(d) for d in ("db-1", "web-7", "db-2")] == [True, True, False]
+    drop = dataclasses.replace(keep, ignore_selected=True)
+    assert [drop.wants(d) for d in ("db-1", "web-7", "db-2")] == [False, False, True]
+    assert keep.wants("db-1")
 
 
 @pytest.mark.parametrize(("values", "message"), [

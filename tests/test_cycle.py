@@ -21,7 +21,7 @@ from nodes import tagged_node
 from vpartcollect import wire
 from vpartcollect.config import load
 from vpartcollect.samples import Stats
-from vpartcollect.worker.cycle import Cycle
+from vpartcollect.worker.cycle import Cycle, clean_stats
 from vpartcollect.worker.datastores import Probes
 from vpartcollect.worker.guard import Guard
 from vpartcollect.worker.inventory import Domain
@@ -165,3 +165,15 @@ def test_a_domain_whose_store_died_meanwhile_is_not_asked_again(
     Cycle(wire.Tick(101.0), session, triage).run(cycle.domains)
     assert reader.asked == [["domain-A", "domain-B", "domain-C"]]
     assert sorted(d.name for d in samples(out_r)) == ["domain-A", "domain-B", "domain-C"]
+
+
+def test_only_wire_safe_values_leave_the_worker() -> None:
+    """Bools become 0/1, numbers and text pass (subclasses too), anything else is dropped."""
+    class Count(int):
+        pass
+
+    raw = {"a": 1, "b": 2.5, "c": "vda", "d": True, "e": False, "f": None, "g": [1],
+           "h": Count(7), "i": b"raw"}
+    out = clean_stats(raw)
+    assert out == {"a": 1, "b": 2.5, "c": "vda", "d": 1, "e": 0, "h": 7}
+    assert type(out["d"]) is int and type(out["e"]) is int

@@ -131,7 +131,9 @@ def test_values_ignore_missing_and_non_numeric() -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [(5, "5"), (5.0, "5"), (0.1, "0.1"),
-                                             (1e20, "1e+20"), (2.5e-7, "2.5e-07")])
+                                             (1e20, "1e+20"), (2.5e-7, "2.5e-07"),
+                                             (True, "1"), (2**64 + 1, "18446744073709551617"),
+                                             (-3, "-3"), (2.0**60, "1.15292150460685e+18")])
 def test_format_number(value: float, text: str) -> None:
     assert format_number(value) == text
 
@@ -139,6 +141,9 @@ def test_format_number(value: float, text: str) -> None:
 def test_format_line_timestamps() -> None:
     assert format_line("a.b", 1, 1700000000.0) == "a.b 1 1700000000\n"
     assert format_line("a.b", 1, 1700000000.5) == "a.b 1 1700000000.500\n"
+    # A stamp worked out once is not handed to another: 1700000000 and its float agree.
+    assert format_line("a.b", 2, 1700000000) == "a.b 2 1700000000\n"
+    assert format_line("a.b", 2, 1700000000.25) == "a.b 2 1700000000.250\n"
 
 
 def test_domains_that_went_away_leave_nothing_behind() -> None:

@@ -11,6 +11,7 @@ import socket
 import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,16 @@ class Config:
             return self.hostname_metadata_ns or NOVA_NS, path, attribute
         return self.hostname_metadata_ns, self.hostname_metadata_path, None
 
+    @cached_property
+    def _ignore_list(self) -> IgnoreList:
+        # Built once: every worker asks for every listed domain at every tick.
+        return IgnoreList(self.domains, self.ignore_selected)
+
     def wants(self, domain: str) -> bool:
         """Whether the include/exclude regexes, and collectd's Domain list, keep a domain."""
         if self.include and not any(re.search(p, domain) for p in self.include):
             return False
-        if IgnoreList(self.domains, self.ignore_selected).ignored(domain):
+        if self._ignore_list.ignored(domain):
             return False
         return not any(re.search(p, domain) for p in self.exclude)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from functools import lru_cache
 from typing import NamedTuple
 
 from vpartcollect.collectd_values import Selection, collectd_values
@@ -17,6 +18,8 @@ from vpartcollect.samples import DomainSample, Stats
 
 def format_number(value: float) -> str:
     """Graphite value text: integers exactly, floats to 15 significant digits."""
+    if type(value) is int:
+        return str(value)
     if isinstance(value, int) or (value.is_integer() and abs(value) < 2**53):
         return str(int(value))
     return format(value, ".15g")
@@ -24,8 +27,13 @@ def format_number(value: float) -> str:
 
 def format_line(path: str, value: float, ts: float) -> str:
     """One plaintext-protocol line."""
-    stamp = str(int(ts)) if float(ts).is_integer() else f"{ts:.3f}"
-    return f"{path} {format_number(value)} {stamp}\n"
+    return f"{path} {format_number(value)} {_stamp(ts)}\n"
+
+
+@lru_cache(maxsize=64)
+def _stamp(ts: float) -> str:
+    # A batch shares a handful of timestamps: worked out once each, not once per line.
+    return str(int(ts)) if float(ts).is_integer() else f"{ts:.3f}"
 
 
 class Metric(NamedTuple):
