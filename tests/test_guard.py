@@ -64,3 +64,35 @@ def test_guard_passes_exceptions_through() -> None:
 
     with pytest.raises(ValueError, match="libvirt said no"):
         Guard().run(CallKind.STATS, [], 1.0, boom)
+
+
+def helpers() -> int:
+    return sum(t.name == "libvirt-call" for t in threading.enumerate())
+
+
+def test_calls_share_helper_threads_but_never_with_a_stuck_call() -> None:
+    guard = Guard()
+    before = helpers()
+    assert len({guard.run(CallKind.STATS, [], 1.0, threading.current_thread)
+                for _ in range(50)}) == 1  # one thread served them all, one after another
+    release = threading.Event()
+    stuck: list[threading.Thread] = []
+
+    def hang() -> None:
+        stuck.append(threading.current_thread())
+        release.wait()
+
+    for _ in range(4):  # four hangs at once: each holds a thread of its own
+        with pytest.raises(Abandoned):
+            guard.run(CallKind.STATS, ["a"], 0.02, hang)
+    assert len(set(stuck)) == 4
+    fresh = guard.run(CallKind.LIST, [], 1.0, threading.current_thread)
+    assert fresh not in stuck  # the next call does not queue behind a stuck one
+    release.set()
+    deadline = time.monotonic() + 2
+    while guard.outstanding() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    # Back from the hang, the extra threads end: at most KEEP wait for the next call.
+    assert helpers() - before <= Guard.KEEP
+    assert guard.run(CallKind.STATS, [], 1.0, lambda: 7) == 7

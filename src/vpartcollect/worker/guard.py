@@ -3,14 +3,18 @@
 Killing a client never frees libvirtd's worker thread: a call stuck on a frozen
 monitor or a wedged domain lock keeps its thread until libvirtd finishes it.
 So a worker runs each call that may block on a helper thread and waits at most
-its deadline. A call that overruns is *abandoned*, never retried or killed: it
-stays in ``outstanding()`` (one libvirtd thread, the domains it involves) until
-it returns, which is how the worker knows the thread is free again. What an
-abandoned call returns is not used: its tick was decided when it was abandoned.
+its deadline. Helper threads are kept between calls (starting one per call was a
+fair share of a worker's CPU per cycle); one whose call was abandoned serves
+nobody else until that call returns. A call that overruns is *abandoned*, never
+retried or killed: it stays in ``outstanding()`` (one libvirtd thread, the domains
+it involves) until it returns, which is how the worker knows the thread is free
+again. What an abandoned call returns is not used: its tick was decided when it
+was abandoned.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,14 +43,17 @@ class Call(Generic[T]):
                  else f"running for {time.monotonic() - self.started:.2f} s")
         return f"<Call {self.kind.value} of {len(self.uuids)} domain(s), {state}>"
 
-    def run(self, fn: Callable[[], T]) -> None:
-        """Thread body: call ``fn``, keep its value or exception, mark done."""
+    def run(self, fn: Callable[[], T], then: Callable[[], None] | None = None) -> None:
+        """Thread body: call ``fn``, keep its value or exception, run ``then`` (the
+        thread is free again), mark done."""
         try:
             self._value = fn()
         except BaseException as exc:  # handed to the caller, re-raised there
             self._error = exc
         finally:
             self.finished = time.monotonic()
+            if then is not None:
+                then()  # before done: the caller's next call may reuse this thread
             self.done.set()
 
     def value(self) -> T:
@@ -65,11 +72,44 @@ class Abandoned(Exception):
         self.call: Call[Any] = call
 
 
+_Job = tuple[Call[Any], Callable[[], Any]]
+
+
+class _Runner:
+    """A helper thread that runs one call at a time, handed to it by ``Guard.run``."""
+
+    def __init__(self, idle: list[_Runner], lock: threading.Lock, keep: int) -> None:
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._idle, self._lock, self._keep = idle, lock, keep
+        self._alive = True
+        threading.Thread(target=self._serve, name="libvirt-call", daemon=True).start()
+
+    def submit(self, call: Call[Any], fn: Callable[[], Any]) -> None:
+        """Run ``fn`` for ``call`` on this thread."""
+        self._jobs.put((call, fn))
+
+    def _serve(self) -> None:
+        while self._alive:
+            call, fn = self._jobs.get()
+            call.run(fn, self._free)
+
+    def _free(self) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(self)
+            else:  # enough threads wait already (after a hang, several were started)
+                self._alive = False
+
+
 class Guard:
     """Runs calls with deadlines; remembers the abandoned ones until they return."""
 
+    KEEP = 2  # idle helper threads kept: a cycle's calls run one after another
+
     def __init__(self) -> None:
         self._abandoned: list[Call[Any]] = []
+        self._idle: list[_Runner] = []
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Guard {len(self.outstanding())} call(s) left in libvirtd>"
@@ -80,8 +120,11 @@ class Guard:
 
         ``conn``: the connection ``fn`` uses, remembered with the call."""
         call: Call[T] = Call(kind, uuids, conn)
-        threading.Thread(target=call.run, args=(fn,), name=f"libvirt-{kind.value}",
-                         daemon=True).start()
+        with self._lock:
+            runner = self._idle.pop() if self._idle else None
+        if runner is None:
+            runner = _Runner(self._idle, self._lock, self.KEEP)
+        runner.submit(call, fn)
         if not call.done.wait(timeout):
             self._abandoned.append(call)
             raise Abandoned(call)
