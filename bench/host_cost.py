@@ -6,12 +6,12 @@ Starts the test suite's private libvirtd with tiny QEMU domains, then measures,
 each for the same time at a 1 s interval: the floor (one process doing
 listAllDomains, metadata and one bulk NOWAIT stats call per cycle and nothing
 else), the same loop asking only the groups the kernel cannot give (what libvirtd
-must still do for any client) and vpartcollect asking for every group too, with 1 and 4 instances, each
-with its kernel reader (cpu, vCPU and interface counters read from the kernel,
-not asked) and without. CPU counts the client processes and libvirtd, not QEMU,
-and says libvirtd's share. Where collectd is installed (Debian's collectd-core),
-its virt plugin (4 instances, the ExtraStats behind shared/reference's paths) is
-measured the same way beside it.
+must still do for any client) and vpartcollect asking for every group too, with 1
+and 4 instances, each with its kernel reader (cpu, vCPU and interface counters read
+from the kernel, not asked) and without. CPU counts the client processes and
+libvirtd, not QEMU, and says libvirtd's share. Where collectd is installed
+(Debian's collectd-core), its virt plugin (4 instances, the ExtraStats behind
+shared/reference's paths) is measured the same way beside it.
 """
 
 from __future__ import annotations
