@@ -32,6 +32,7 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvir
         daemon.start()
         for i in range(6):
             daemon.create(f"lab-{i}", f"virt-{i % 3}", nic=f"lt{i}")
+        settle({d: daemon.qemu_pid(d) for d in (f"lab-{i}" for i in range(6))})
         yield daemon
     finally:
         daemon.stop()
