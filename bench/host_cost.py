@@ -171,6 +171,8 @@ def main() -> None:
                         help="repeat the floors and our runs, each round against its own "
                         "floor (libvirtd's cost on one host drifts by a third between runs)")
     args = parser.parse_args()
+    if args.rounds < 1 or args.domains < 1 or args.seconds <= 0:
+        parser.error("--rounds and --domains must be at least 1, --seconds above 0")
     runs: list[tuple[int, bool]] = [(1, False), (1, True), (4, False), (4, True)]
     with qemu_lab(args.domains) as daemon:
         print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s "
