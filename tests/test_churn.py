@@ -23,6 +23,11 @@ pytestmark = pytest.mark.libvirtd
 
 CHURNED = 10_000
 LIVE = 300  # domains alive at any time: each lives about two seconds
+# The collector forgets a domain FORGET s after its last sample (forget_after; 10
+# intervals of 1 s is the floor), checking every FORGET / 4 s: all are gone FORGET * 1.25
+# plus a tick after the last was destroyed. The test waits twice that.
+FORGET = 10
+SETTLE = 2 * (FORGET * 1.25 + 1)
 
 
 def rss_kib(pid: int) -> int:
@@ -46,13 +51,16 @@ def churn(conn: libvirt.virConnect, first: int, count: int) -> None:
         live.popleft().destroy()
 
 
-def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd) -> None:
+def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd,
+                                               tmp_path: Path) -> None:
     uri = f"test+unix:///default?socket={libvirtd.base}/sock/libvirt-sock"
     conn = libvirt.open(uri)
     rounds = []
+    conf = tmp_path / "c.toml"
+    conf.write_text(f"forget_after = {FORGET}\n")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = cli_popen("run", "--connect", uri, "--instances", "4", "--interval", "1",
-                         "--log-level", "info", stdout=out, stderr=err)
+        proc = cli_popen("run", "--config", str(conf), "--connect", uri, "--instances", "4",
+                         "--interval", "1", "--log-level", "info", stdout=out, stderr=err)
         try:
             time.sleep(4)
             pids = [proc.pid, *children(proc.pid)]
@@ -60,7 +68,7 @@ def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd) -> Non
             for first in (0, CHURNED // 2):  # two rounds: the second must reuse, not grow
                 churn(conn, first, CHURNED // 2)
                 peak = {pid: rss_kib(pid) for pid in pids}
-                time.sleep(75)  # past the 60 s after which an unsampled domain is forgotten
+                time.sleep(SETTLE)  # past the FORGET s after which a domain is forgotten
                 rounds.append((peak, {pid: rss_kib(pid) for pid in pids}))
             workers_now = children(proc.pid)
         finally:

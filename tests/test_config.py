@@ -127,3 +127,13 @@ def test_the_environments_spool_dir_yields_to_the_file_and_the_flags(tmp_path: P
     assert load(path, {}, fallback).spool_dir == "/srv/spool"
     assert load(path, {"spool_dir": "/x"}, fallback).spool_dir == "/x"
     assert build().spool_dir is None  # nothing said: lines wait in memory only
+
+
+def test_forget_after_is_bounded(tmp_path: Path) -> None:
+    """forget_after (how long an unsampled domain is remembered) defaults to 60 s; 0 or a
+    day and more is a one-line error."""
+    assert build().forget_after == 60.0
+    assert build({"forget_after": 12}).forget_after == 12.0
+    for bad in (0, 86401, "soon"):
+        with pytest.raises(ConfigError, match="forget_after"):
+            build({"forget_after": bad})

@@ -23,8 +23,9 @@ MAX_INSTANCES = 64
 # Upper bounds: beyond them a value is a typo, and some would overflow a timer or a loop.
 MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600.0,
                "flush_timeout": 3600.0, "graphite_resend_seconds": 86400.0,
-               "spool_drain_rate": 10_000_000.0}  # the last one: lines a second
-MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536}
+               "spool_drain_rate": 10_000_000.0,  # lines a second
+               "forget_after": 86400.0}
+MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536, "forget_after": 1.0}
 MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
              "spool_max_bytes": 1 << 44}
 FORMATS = ("graphite", "json")
@@ -107,6 +108,8 @@ class Config:
     spool_max_bytes: int = 1 << 30
     spool_drain_rate: float = 50_000.0  # spooled lines sent a second once carbon is back
     log_level: str = "info"
+    # A domain not sampled for this long (or 10 intervals, if longer) is forgotten.
+    forget_after: float = 60.0
 
     @property
     def call_timeout(self) -> float:

@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 ONCE_LIMIT = 120.0  # --once gives up after this long
 STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
-# Per-domain state (rates, names, tags) of a domain not sampled for this long, or for
-# PRUNE_INTERVALS intervals if longer, is forgotten: on a host where VMs come and go
-# nothing may grow without bound. A domain back after that only misses one rate.
-PRUNE_SECONDS = 60.0
+# Per-domain state (rates, names, tags) of a domain not sampled for ``forget_after``
+# seconds (60 by default), or for PRUNE_INTERVALS intervals if longer, is forgotten: on a
+# host where VMs come and go nothing may grow without bound. A domain back after that
+# only misses one rate.
+PRUNE_SECONDS = 60.0  # the default of forget_after
 PRUNE_INTERVALS = 10
 RELEASE_AFTER = 100  # domains forgotten at once before freed memory is handed back
 
@@ -122,7 +123,7 @@ class Supervisor:
         if ts is not None:
             if not self.once:
                 self.publisher.new_tick(ts, self.tracked())
-                horizon = max(PRUNE_SECONDS, PRUNE_INTERVALS * self.cfg.interval)
+                horizon = max(self.cfg.forget_after, PRUNE_INTERVALS * self.cfg.interval)
                 if ts - self._pruned >= horizon / 4:
                     self._prune(ts - horizon)
                     self._pruned = ts
