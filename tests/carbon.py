@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import socket
 import struct
@@ -13,11 +15,32 @@ import whisper
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    """A TCP port on 127.0.0.1 nobody listens on right now (someone may take it before it
+    is used: PrivateCarbon.start retries with fresh ports when carbon cannot bind)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a TCP socket listening on ``port`` (/proc/net/tcp)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in table:
+        fields = row.split()
+        if (fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+                and fields[9] in inodes):
+            return True
+    return False
 
 
 class PrivateCarbon:
@@ -25,6 +48,7 @@ class PrivateCarbon:
 
     def __init__(self, base: Path, port: int | None = None) -> None:
         self.base = base.resolve()
+        self.fixed_port = port is not None  # and once started: a client knows the port
         self.port = port or free_port()
         self.query_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,6 +56,9 @@ class PrivateCarbon:
         (self.base / "log").mkdir(exist_ok=True)
         (self.base / "storage-schemas.conf").write_text(
             "[all]\npattern = .*\nretentions = 1s:2h\n")
+        self._configure()
+
+    def _configure(self) -> None:
         (self.base / "carbon.conf").write_text(f"""[cache]
 STORAGE_DIR = {self.base}/storage
 LOCAL_DATA_DIR = {self.base}/storage/whisper
@@ -63,7 +90,25 @@ CACHE_WRITE_STRATEGY = sorted
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> PrivateCarbon:
-        """Start carbon-cache in the foreground of a child; wait until it accepts."""
+        """Start carbon-cache in the foreground of a child; wait until it accepts.
+
+        A port of ours taken meanwhile by someone else (free_port checks, then carbon
+        binds): carbon exits, and it starts again on fresh ports, three times at most."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError as exc:
+                last = (attempt == 2 or self.fixed_port
+                        or "Address already in use" not in str(exc))
+                if last:
+                    raise
+                self.port, self.query_port = free_port(), free_port()
+                self._configure()
+            finally:
+                self.fixed_port = self.fixed_port or self.proc is not None
+        raise AssertionError("unreachable")
+
+    def _start(self) -> PrivateCarbon:
         log = open(self.base / "log" / "console.log", "ab")  # noqa: SIM115 - child's stdio
         self.proc = subprocess.Popen(
             ["carbon-cache", f"--config={self.base}/carbon.conf", "--nodaemon",
@@ -72,12 +117,11 @@ CACHE_WRITE_STRATEGY = sorted
         limit = time.monotonic() + 30
         while time.monotonic() < limit:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise RuntimeError((self.base / "log" / "console.log").read_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if listens(self.proc.pid, self.port):  # carbon itself, not whoever took it
                 return self
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise RuntimeError("carbon-cache did not listen within 30 s")
 
     def stop(self) -> None:

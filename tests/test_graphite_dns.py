@@ -7,6 +7,7 @@ Each collector runs in a private mount namespace with its own /etc/resolv.conf a
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +29,6 @@ pytestmark = [
                        reason="needs root and unshare for a private /etc/resolv.conf"),
 ]
 
-DEAD_DNS = "127.0.0.9"  # loopback address of the resolver that never answers
 
 
 @pytest.fixture
@@ -36,10 +36,20 @@ def dead_dns() -> Iterator[str]:
     """FAKE DNS server: a bound UDP socket nobody reads, so every query goes unanswered
     (a real server cannot be made to go silent on demand; one that is merely absent
     answers at once with ICMP "port unreachable")."""
+    # A loopback address of its own (resolv.conf has no port): another run on this host
+    # (a second checkout, a parallel worker) may hold any fixed one.
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((DEAD_DNS, 53))
+    for _ in range(50):
+        address = f"127.53.{random.randrange(256)}.{random.randrange(1, 255)}"
+        try:
+            sock.bind((address, 53))
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no free loopback address for the silent resolver")
     try:
-        yield DEAD_DNS
+        yield address
     finally:
         sock.close()
 
