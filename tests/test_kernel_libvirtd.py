@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -32,7 +33,19 @@ KERNEL_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_V
                  | libvirt.VIR_DOMAIN_STATS_INTERFACE)
 
 
+def send_into(tap: str, count: int) -> None:
+    """Transmit ``count`` broadcast frames on the host side of ``tap``: what the guest
+    receives (libvirt's rx, the tap's tx), with nothing coming back from a guest that has
+    no network driver, so a swapped rx/tx shows."""
+    frame = b"\xff" * 6 + b"\x02" + b"\x00" * 5 + b"\x88\xb5" + b"vpartcollect".ljust(46, b".")
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((tap, 0))
+        for _ in range(count):
+            sock.send(frame)
+
+
 def test_kernel_values_are_libvirts(libvirtd: PrivateLibvirtd) -> None:
+    sent = {name: 0 for name in ALL}
     conn = libvirt.openReadOnly(libvirtd.uri)
     try:
         handles = {h.name(): h for h in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
@@ -47,6 +60,9 @@ def test_kernel_values_are_libvirts(libvirtd: PrivateLibvirtd) -> None:
             assert reader.covers(dom) == {"cpu-total", "vcpu", "interface"}, reader.off
             domains[name] = dom
         for _round in range(3):  # a few times: the counters move in between
+            for i, name in enumerate(ALL):  # a different count each: a mix-up shows too
+                send_into(f"lt{i}", 5 + i)
+                sent[name] += 5 + i
             started = time.monotonic()
             answers = conn.domainListGetStats(list(handles.values()), KERNEL_GROUPS,
                                               libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
@@ -68,8 +84,11 @@ def test_kernel_values_are_libvirts(libvirtd: PrivateLibvirtd) -> None:
                 for key in ("cpu.time", "vcpu.0.time"):
                     drift = int(kernel[key]) - int(theirs[name][key])
                     assert 0 <= drift <= elapsed * 1e9 + 5e6, (name, key, drift, elapsed)
-                for key in ("net.0.rx.bytes", "net.0.tx.pkts"):
+                for key in ("net.0.rx.bytes", "net.0.rx.pkts", "net.0.tx.bytes", "net.0.tx.pkts"):
                     assert kernel[key] == theirs[name][key], (name, key)
+                # The frames sent are the guest's rx: the comparison above sees a swap.
+                assert int(theirs[name]["net.0.rx.pkts"]) >= sent[name], (name, theirs[name])
+                assert int(theirs[name]["net.0.rx.pkts"]) > int(theirs[name]["net.0.tx.pkts"])
             time.sleep(0.5)
     finally:
         conn.close()
