@@ -22,7 +22,8 @@ from harness import PrivateLibvirtd
 from runner import cli_popen
 from soak import SOAK, Action, Outcome, freeze, soak, thaw
 
-pytestmark = pytest.mark.libvirtd
+# A soak made longer (VPARTCOLLECT_SOAK_SECONDS) gets a limit to match.
+pytestmark = [pytest.mark.libvirtd, pytest.mark.timeout(max(600.0, 300 + 3 * SOAK))]
 
 FREEZE_AT = 12.0
 FREEZE_FOR = min(30.0, SOAK - FREEZE_AT - 12)

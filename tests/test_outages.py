@@ -297,6 +297,7 @@ def _release(fifo: Path, dump: subprocess.Popen[bytes]) -> None:
     dump.wait(timeout=60)
 
 
+@pytest.mark.timeout(600 + 2 * WEDGE)  # the long wedge of the issue runs 10 minutes
 def test_wedged_domain_lock(lab: Lab) -> None:
     """``virsh dump o-5 FIFO`` holds o-5's lock: listing blocks too, no QEMU is frozen."""
     fifo = lab.dir / "dump.fifo"
