@@ -41,6 +41,12 @@ PARTITION = {n: i % 4 for i, n in enumerate(NAMES)}
 WEDGE = float(os.environ.get("VPARTCOLLECT_WEDGE_SECONDS", "20"))
 
 
+# Another client's ``virsh domstats``: a call blocked behind ours waits out the outage
+# (18 s and more, or its 10 s timeout: inf); a busy 2-core host alone can take a second
+# to start virsh. 3 s tells the two apart.
+CLIENT_BUDGET = 3.0
+
+
 def part(n: int) -> list[str]:
     return [name for name in NAMES if PARTITION[name] == n]
 
@@ -174,7 +180,7 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
            flagged=f"{len(flagged)}/{len(frozen)}", flagged_within_s=max(flagged, default=-1))
     assert threads <= 3
     assert max(out.blocked_calls().values()) <= 1  # the cap, as each instance counts it
-    assert client.seconds and max(client.seconds) < 1.0, client.seconds
+    assert client.seconds and max(client.seconds) < CLIENT_BUDGET, client.seconds
     assert healthy == 1.0 and healthy_disk == 1.0
     assert cpu >= 0.9 and state >= 0.9
     assert not out.cpu_errors(NAMES, ev.values())
@@ -216,7 +222,7 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
            flagged=f"{len(flagged)}/{len(part(3))}", flagged_within_s=max(flagged, default=-1))
     assert threads <= 1
     assert max(out.blocked_calls().values()) <= 1
-    assert client.seconds and max(client.seconds) < 1.0, client.seconds
+    assert client.seconds and max(client.seconds) < CLIENT_BUDGET, client.seconds
     assert got == 1.0
     assert cpu >= 0.9
     assert len(flagged) == len(part(3))
