@@ -20,7 +20,7 @@ from typing import IO
 from harness import PrivateLibvirtd
 from runner import cli_popen, no_traceback, parse_lines
 
-SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "60"))
+SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "40"))
 
 Action = tuple[float, Callable[[], None]]
 

@@ -1,6 +1,6 @@
 """Hung VMs cost the others nothing: real libvirtd, real QEMU frozen with SIGSTOP.
 
-Every scenario runs the real CLI for SOAK seconds (default 60) at a 1 s interval
+Every scenario runs the real CLI for SOAK seconds (default 40) at a 1 s interval
 against the session's private libvirtd (lab-0..5 tagged virt-0,1,2,0,1,2) and
 checks what an operator would see in Graphite: every healthy domain has a
 sample for every interval, the frozen one keeps its cpu and says unresponsive,
@@ -58,7 +58,22 @@ def assert_frozen_vm_reported(out: Outcome, name: str, events: dict[str, float])
     assert back and all(t in disk and unresponsive.get(t) == 0 for t in back)
 
 
+def assert_self_metrics(out: Outcome, instance: int) -> None:
+    """The collector's own metrics say what happened: one domain unresponsive, no call
+    left blocked in libvirtd, nobody killed."""
+    mine: dict[str, list[float]] = defaultdict(list)
+    for path, value, _ in out.lines:
+        if f".vpartcollect-virt-{instance}." in path:
+            mine[path.rsplit(".", 1)[1]].append(value)
+    assert max(mine["watchdog_kills"]) == 0 and max(mine["respawns"]) == 0
+    assert max(mine["blocked_calls"]) == 0
+    assert max(mine["unresponsive_domains"]) == 1 and mine["unresponsive_domains"][-1] == 0
+    assert set(mine["domains"]) == {2}
+
+
 def test_one_frozen_vm(libvirtd: PrivateLibvirtd) -> None:
+    """One soak for every check of a single freeze (the collector's own metrics included:
+    they used to have a soak of their own)."""
     ev: dict[str, float] = {}
     out = soak(libvirtd, ["--instances", "3"], [
         (FREEZE_AT, freeze(libvirtd, "lab-1", ev)),
@@ -69,8 +84,7 @@ def test_one_frozen_vm(libvirtd: PrivateLibvirtd) -> None:
     assert_complete(out, healthy, "virt_cpu_total")
     assert_frozen_vm_reported(out, "lab-1", ev)
     assert out.held_threads(FREEZE_AT, SOAK) == 0
-    kills = {p: v for p, v, _ in out.lines if p.endswith("vpartcollect-virt-1.watchdog_kills")}
-    assert max(kills.values()) == 0  # nothing hung: the frozen QEMU was never asked
+    assert_self_metrics(out, 1)  # nothing hung: the frozen QEMU was never asked
     assert_cpu_true(out, ev)
 
 
@@ -157,23 +171,6 @@ def test_no_process_survives_sigkill_of_the_parent(libvirtd: PrivateLibvirtd) ->
             break
         time.sleep(0.1)
     assert res.returncode, f"workers left behind: {res.stdout!r}"
-
-
-def test_per_instance_self_metrics(libvirtd: PrivateLibvirtd) -> None:
-    """The collector's own metrics say what happened: one domain unresponsive, no call
-    left blocked in libvirtd, nobody killed."""
-    ev: dict[str, float] = {}
-    out = soak(libvirtd, ["--instances", "3"], [(6.0, freeze(libvirtd, "lab-2", ev)),
-                                                (14.0, thaw(libvirtd, "lab-2", ev))], seconds=20)
-    mine: dict[str, list[float]] = defaultdict(list)
-    for path, value, _ in out.lines:
-        if ".vpartcollect-virt-2." in path:
-            mine[path.rsplit(".", 1)[1]].append(value)
-    assert max(mine["watchdog_kills"]) == 0 and max(mine["respawns"]) == 0
-    assert max(mine["blocked_calls"]) == 0
-    assert max(mine["unresponsive_domains"]) == 1 and mine["unresponsive_domains"][-1] == 0
-    assert set(mine["domains"]) == {2}
-    assert_cpu_true(out, ev)
 
 
 def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
