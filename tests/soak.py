@@ -129,28 +129,30 @@ class Outcome:
         stamps = sorted({int(ts) for _, _, ts in self.lines})
         return range(stamps[1], stamps[-1])
 
-    def steady_cpu(self, domains: list[str], events: Iterable[float] = ()
-                   ) -> list[tuple[str, int, float, float]]:
+    def steady_cpu(self, domains: list[str], events: Iterable[float] = (),
+                   settle: float = 0.0) -> list[tuple[str, int, float, float]]:
         """(domain, tick, our virt_cpu_total, /proc's over the tick's interval) for every
         steady tick: not each domain's first rate (its span starts at the domain's first
         read, which start-up puts late in its tick), and not within two intervals of an
         event (a freeze, a thaw): a VM's cpu jumps there, and a read a few hundred ms
         after its tick (after a call that hung) is true over its own span, which /proc
-        cannot be lined up with from the output."""
+        cannot be lined up with from the output. ``settle``: seconds after an event left
+        out, if more than two intervals."""
         assert self.truth is not None
         near = list(events)
+        settle = max(2 * self.interval, settle)
         rows = []
         for domain in domains:
             for ts, ours in sorted(self.values(domain, "virt_cpu_total").items())[1:]:
-                if any(abs(ts - e) <= 2 * self.interval for e in near):
+                if any(-2 * self.interval <= ts - e <= settle for e in near):
                     continue
                 truth = self.truth.rate(domain, ts - self.interval + 0.02, ts + 0.02)
                 if truth is not None:
                     rows.append((domain, ts, ours, truth))
         return rows
 
-    def cpu_errors(self, domains: list[str], events: Iterable[float] = ()
-                   ) -> list[tuple[str, int, float, float]]:
+    def cpu_errors(self, domains: list[str], events: Iterable[float] = (),
+                   settle: float = 0.0) -> list[tuple[str, int, float, float]]:
         """Where our virt_cpu_total disagrees with /proc's account of each QEMU.
 
         Two checks. Per tick, jitter between two reads is real (reads land 5-60 ms
@@ -162,7 +164,7 @@ class Outcome:
         ``MIN_STEADY_TICKS`` of them and for all of them pooled (there are too few
         steady ticks for a check of the mean: AssertionError). A mean off is reported
         as (domain or "all", -1, our mean, /proc's)."""
-        rows = self.steady_cpu(domains, events)
+        rows = self.steady_cpu(domains, events, settle)
         lo, hi = TICK_BAND
         wrong = [(d, ts, ours, truth) for d, ts, ours, truth in rows
                  if not lo * truth - TICK_SLACK_NS <= ours <= hi * truth + TICK_SLACK_NS]

@@ -45,6 +45,10 @@ WEDGE = float(os.environ.get("VPARTCOLLECT_WEDGE_SECONDS", "20"))
 # (18 s and more, or its 10 s timeout: inf); a busy 2-core host alone can take a second
 # to start virsh. 3 s tells the two apart.
 CLIENT_BUDGET = 3.0
+# cpu against /proc: ticks this long after an event are not steady. 21 VMs thawed at once
+# burst for seconds (timers catching up), read a few hundred ms apart: o-1 read 70 ms/s
+# against /proc's 41 at 5.6 s after the thaw.
+SETTLE = 8.0
 
 
 def part(n: int) -> list[str]:
@@ -183,7 +187,7 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     assert client.seconds and max(client.seconds) < CLIENT_BUDGET, client.seconds
     assert healthy == 1.0 and healthy_disk == 1.0
     assert cpu >= 0.9 and state >= 0.9
-    assert not out.cpu_errors(NAMES, ev.values())
+    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
     assert len(flagged) == len(frozen)
     # After the thaw everything comes back, monitor-side values included.
     after = ticks(out, ev["thaw"] + 3 * INTERVAL)
@@ -231,7 +235,7 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, part(3), "disk_capacity-vda", after) == 1.0
     assert all(out.values(n, "unresponsive").get(t) == 0 for n in part(3) for t in after)
-    assert not out.cpu_errors(NAMES, ev.values())
+    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
 
 
 def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
@@ -269,7 +273,7 @@ def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
     assert not any(t in out.stamps(n, "disk_capacity-vda") for n in HIDDEN for t in during[1:])
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, HIDDEN, "disk_capacity-vda", after) == 1.0
-    assert not out.cpu_errors(NAMES + HIDDEN, ev.values())
+    assert not out.cpu_errors(NAMES + HIDDEN, ev.values(), SETTLE)
 
 
 def _dump_threads(lab: Lab, fifo: Path) -> int:
@@ -345,7 +349,7 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
     assert any(v == 1 for t, v in flag.items() if ev["wedge"] + 2 * INTERVAL < t < ev["release"])
-    assert not out.cpu_errors(NAMES, ev.values())
+    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
 
 
 def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
@@ -387,4 +391,4 @@ def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
     assert cpu >= 0.9, missing(out, ["o-9"], "virt_cpu_total", during)
     assert got == 1.0, missing(out, others, "memory-total", ticks(out))
     assert all(out.values("o-9", "unresponsive").get(t) == 1 for t in during)
-    assert not out.cpu_errors(NAMES, ev.values())
+    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
