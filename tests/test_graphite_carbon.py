@@ -67,14 +67,14 @@ def test_carbon_restart_loses_no_point(tmp_path: Path) -> None:
     carbon = PrivateCarbon(tmp_path / "carbon").start()
     try:
         lines, stderr = run_collector(
-            ["--graphite", carbon.address, "--stdout"], 62,
-            {20.0: carbon.stop, 40.0: carbon.start})
+            ["--graphite", carbon.address, "--stdout"], 40,
+            {12.0: carbon.stop, 26.0: carbon.start})
         carbon.settle(lines)
     finally:
         carbon.stop()
     # Every domain sampled through the whole run, carbon's outage included.
     cpu_ticks = Counter(p.split(".")[0] for p, _, _ in lines if p.endswith(".virt_cpu_total"))
-    assert len(cpu_ticks) == 10 and min(cpu_ticks.values()) >= 55, cpu_ticks
+    assert len(cpu_ticks) == 10 and min(cpu_ticks.values()) >= 34, cpu_ticks
     missing = carbon.missing(lines)
     stamps = sorted({int(ts) for _, _, ts in lines})
     assert missing == [], (len(missing), stamps[0], stamps[-1], missing[:3], missing[-3:],
