@@ -128,9 +128,16 @@ class PrivateLibvirtd:
         for name in list(self.frozen):
             self.thaw(name)
         if self.proc is not None:
-            for name in self.domains:
-                subprocess.run(["virsh", "-c", self.uri, "destroy", name], capture_output=True,
-                               timeout=30, check=False)
+            # All at once: one by one, 30 domains took a minute of the outage lab's teardown.
+            destroys = [subprocess.Popen(["virsh", "-c", self.uri, "destroy", name],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        for name in self.domains]
+            for destroy in destroys:
+                try:
+                    destroy.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    destroy.kill()
+                    destroy.wait()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)
