@@ -1,0 +1,65 @@
+"""The soak's checks themselves: they fail on the answers they were written to reject.
+
+Pure: an Outcome built from numbers (a QEMU at 7 ms of cpu a second, as the lab's settle
+at), no collector run.
+"""
+
+from __future__ import annotations
+
+import pytest
+from soak import MIN_BUSY_SAMPLES, MIN_STEADY_TICKS, CpuTruth, Outcome
+
+RATE = 7e6  # ns of cpu a second: a settled tiny QEMU
+T0 = 1_000_000
+
+
+def outcome(ours: dict[int, float], busy: list[tuple[float, int]] | None = None) -> Outcome:
+    """virt_cpu_total of domain "d" at the given ticks; /proc's account says RATE."""
+    truth = CpuTruth({"d": 0})
+    truth.readings["d"] = [(T0 + k / 10, RATE * k / 10) for k in range(0, 700)]
+    lines = [("d.virt.virt_cpu_total", v, float(ts)) for ts, v in ours.items()]
+    return Outcome(lines, "", busy or [], 0.0, truth=truth)
+
+
+def steady(n: int = 40, factor: float = 1.0) -> dict[int, float]:
+    return {T0 + k: RATE * factor for k in range(2, 2 + n)}
+
+
+def test_true_rates_pass() -> None:
+    assert outcome(steady()).cpu_errors(["d"]) == []
+
+
+@pytest.mark.parametrize("factor", [0.4, 1.7, 0.0])
+def test_one_tick_of_a_late_answers_size_fails(factor: float) -> None:
+    """A late answer rated from when it was handed on was 0.4-1.7x the truth; the old
+    bound (0.3x + 3 ms/s: 1.9-12.1 ms/s here) let 0.4x and 1.7x through."""
+    ours = steady()
+    ours[T0 + 20] = RATE * factor
+    wrong = outcome(ours).cpu_errors(["d"])
+    assert [(d, ts) for d, ts, _, _ in wrong] == [("d", T0 + 20)]
+
+
+def test_a_bias_within_the_per_tick_band_fails_on_the_mean() -> None:
+    wrong = outcome(steady(factor=1.08)).cpu_errors(["d"])
+    assert {(d, ts) for d, ts, _, _ in wrong} == {("d", -1), ("all", -1)}
+
+
+def test_too_few_steady_ticks_is_no_pass() -> None:
+    with pytest.raises(AssertionError, match="steady ticks"):
+        outcome(steady(MIN_STEADY_TICKS - 1)).cpu_errors(["d"])
+
+
+def test_ticks_near_an_event_are_left_out() -> None:
+    ours = steady()
+    ours[T0 + 20] = 0.0  # a freeze there
+    assert outcome(ours).cpu_errors(["d"], [T0 + 20.5]) == []
+
+
+def test_a_thread_count_needs_readings_behind_it() -> None:
+    every_quarter = [(k / 4, 0) for k in range(0, 80)]
+    assert outcome(steady(), every_quarter).held_threads(0, 20) == 0
+    held = [(at, 2) for at, _ in every_quarter]
+    assert outcome(steady(), held).held_threads(0, 20) == 2
+    gap = [(at, b) for at, b in every_quarter if not 8 <= at < 12]  # virt-admin failing
+    with pytest.raises(AssertionError, match=f"need {MIN_BUSY_SAMPLES}"):
+        outcome(steady(), gap).held_threads(0, 20)
