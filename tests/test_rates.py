@@ -49,3 +49,28 @@ def test_a_read_stamped_late_is_rated_over_its_own_span() -> None:
     r.rate("d", "cpu", 100.0, wall(100.0))
     assert r.rate("d", "cpu", 101.9, wall(101.9)) == pytest.approx(NS, rel=1e-6)
     assert r.rate("d", "cpu", 102.0, wall(102.0)) == pytest.approx(NS, rel=1e-6)
+
+
+def test_rates_use_monotonic_times_and_none_spans_a_step_of_the_wall_clock() -> None:
+    """Read times are monotonic; the wall clock is ``offset`` ahead. A counter that
+    follows the wall clock (the test driver's cpu time) jumps with a step: no rate
+    across it, the next one is the truth again. Slewing (offset creeping) changes nothing."""
+    r = RateTracker(min_gap=0.5)
+    off = 1_700_000_000.0
+    assert r.rate("d", "cpu", 100.0, wall(off + 100.0), off) is None
+    assert r.rate("d", "cpu", 101.0, wall(off + 101.0), off) == NS
+    off += 0.0005  # slewing
+    assert r.rate("d", "cpu", 102.0, wall(off + 102.0), off) == pytest.approx(NS, rel=1e-3)
+    # +1 h: the counter jumps 3600 s; a rate across it would be 3601 times the truth.
+    off += 3600
+    assert r.rate("d", "cpu", 103.0, wall(off + 103.0), off) is None
+    assert r.rate("d", "cpu", 104.0, wall(off + 104.0), off) == NS
+    # -1 h: the wall clock goes back, the monotonic read times never do.
+    off -= 3600
+    assert r.rate("d", "cpu", 105.0, wall(off + 105.0), off) is None  # went backwards anyway
+    assert r.rate("d", "cpu", 106.0, wall(off + 106.0), off) == NS  # on main: None for 1 h
+    # A counter that does not follow the wall clock (a real vCPU) is not rated across a
+    # step either: one rate is lost, none is wrong.
+    assert r.rate("d", "net", 105.0, 1000, off) is None
+    assert r.rate("d", "net", 106.0, 2000, off + 3600) is None
+    assert r.rate("d", "net", 107.0, 3000, off + 3600) == 1000.0

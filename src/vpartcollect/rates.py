@@ -8,14 +8,24 @@ not shifted by it. Each counter keeps its last two reads: a read that lands
 less than ``min_gap`` after the previous one (a replay just before the next
 tick) is rated against the read before that, since two reads milliseconds apart
 give noise (cgroup cpu time moves in scheduler ticks), not a rate.
+
+Read times are monotonic (clock.py): a step of the wall clock changes no denominator.
+Each read also carries the wall-minus-monotonic offset at that moment; when it jumped
+between two reads (the wall clock stepped), no rate is given across them and the
+counter starts again from the new read: what was sampled under one clock is never
+compared with what was sampled under another (counters that follow the wall clock
+would jump by the step).
 """
 
 from __future__ import annotations
 
 import math
 
-# counter -> (last read time, its value, the read before: time, value)
-_Reads = tuple[float, float, float, float]
+from vpartcollect.clock import STEP_TOLERANCE
+
+# counter -> (last read time, its value, the read before: time, value; the offset of the
+# wall clock from the monotonic one at the last read)
+_Reads = tuple[float, float, float, float, float]
 
 
 class RateTracker:
@@ -27,25 +37,29 @@ class RateTracker:
         # each and are forgotten together.
         self._last: dict[str, dict[str, _Reads]] = {}
 
-    def rate(self, domain: str, what: str, read_at: float, value: float) -> float | None:
-        """Record ``value`` read at ``read_at`` for counter ``what`` of ``domain``; return
-        its rate, or None: for a first read, for a read not later than the last one (it
-        changes nothing), for a counter that went backwards (reboot, re-plugged device:
-        rates start again from it, never a spike), or with no earlier read far enough."""
+    def rate(self, domain: str, what: str, read_at: float, value: float,
+             offset: float = 0.0) -> float | None:
+        """Record ``value`` read at monotonic ``read_at`` (the wall clock then ``offset``
+        ahead of it) for counter ``what`` of ``domain``; return its rate, or None: for a
+        first read, for a read not later than the last one (it changes nothing), for a
+        counter that went backwards (reboot, re-plugged device: rates start again from
+        it, never a spike), for the first read after a step of the wall clock, or with
+        no earlier read far enough."""
         counters = self._last.get(domain)
         if counters is None:
             counters = self._last[domain] = {}
         prev = counters.get(what)
         if prev is None:
-            counters[what] = (read_at, value, -math.inf, 0.0)
+            counters[what] = (read_at, value, -math.inf, 0.0, offset)
             return None
-        t1, v1, t0, v0 = prev
+        t1, v1, t0, v0, before = prev
         if read_at <= t1:
             return None
-        if value < v1:
-            counters[what] = (read_at, value, -math.inf, 0.0)
+        # clock.stepped(), inlined: this runs for every counter of every domain
+        if value < v1 or abs(offset - before) > STEP_TOLERANCE:
+            counters[what] = (read_at, value, -math.inf, 0.0, offset)
             return None
-        counters[what] = (read_at, value, t1, v1)
+        counters[what] = (read_at, value, t1, v1, offset)
         if read_at - t1 >= self.min_gap:
             return (value - v1) / (read_at - t1)
         if t0 > -math.inf and read_at - t0 >= self.min_gap:
