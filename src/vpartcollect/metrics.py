@@ -120,7 +120,7 @@ class MetricBuilder:
         """
         uuid, name, tag, stats = sample.uuid, sample.name, sample.tag, sample.stats
         sampled = sample.monotonic
-        offset = sample.read_at - sampled
+        self.rates.clock(uuid, sample.read_at - sampled)
         self.last_seen[uuid] = max(sampled, self.last_seen.get(uuid, sampled))
         head, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
@@ -134,13 +134,13 @@ class MetricBuilder:
             if scale != 1:
                 value = value * scale
             if is_percent:  # cpu time as a share of every host cpu (ExtraStats cpu_util)
-                util = rate(uuid, "cpu_util", sampled, value, offset)
+                util = rate(uuid, "cpu_util", sampled, value)
                 if util is not None and ncpus > 0:
                     out.append(Metric(head + suffix, util * 100 / (ncpus * 1e9), ts, name,
                                       uuid, tag, instance))
                 continue
             if counter and self.store_rates:
-                per_second = rate(uuid, suffix, sampled, value, offset)
+                per_second = rate(uuid, suffix, sampled, value)
                 if per_second is not None:
                     out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
                 continue
