@@ -32,3 +32,18 @@ def test_forgotten_domains_take_no_memory() -> None:
         ledger.admit(f"d{i}", 100.0)
     ledger.forget(f"d{i}" for i in range(999))
     assert ledger.tracked() == 1
+
+
+def test_after_a_step_back_the_new_clocks_older_ticks_are_admitted_once() -> None:
+    ledger = Ledger(keep=3)
+    for tick in (7200.0, 7201.0, 7202.0):
+        assert ledger.admit("a", tick)
+    assert not ledger.admit("a", 3601.0)  # on one clock: older than all kept, refused
+    ledger.new_era()  # the wall clock stepped an hour back
+    for tick in (3601.0, 3602.0, 3603.0, 3604.0):
+        assert ledger.admit("a", tick)
+    assert not ledger.admit("a", 3603.0)
+    assert not ledger.admit("a", 7202.0)  # a late replay of the old clock: written already
+    assert ledger.tracked() == 1
+    ledger.forget(["a"])
+    assert ledger.tracked() == 0

@@ -161,3 +161,19 @@ def test_domains_that_went_away_leave_nothing_behind() -> None:
     assert len(gone) == 10_000 and "keep" not in gone
     assert len(builder._plans) == 1 and set(builder.last_seen) == {"keep"}
     assert list(builder.rates._last) == ["keep"]
+
+
+def test_rates_divide_by_monotonic_read_times_and_skip_a_wall_clock_step() -> None:
+    builder = reference_builder()
+
+    def cpu(ts: float, wall: float, mono: float, k: int) -> float | None:
+        sample = DomainSample("uuid-7", "lab-7", None, False, qemu_stats(k), wall, None, mono)
+        got = {m.path: m.value for m in builder.domain_metrics(0, ts, sample, 2)}
+        return got.get("lab-7.virt.virt_cpu_total")
+
+    assert cpu(100.0, 100.0, 5.0, 0) is None
+    assert cpu(110.0, 110.0, 15.0, 10) == 1e9  # 10 s of cpu over 10 s
+    assert cpu(3720.0, 3725.0, 20.0, 15) is None  # the wall clock stepped +1 h meanwhile
+    assert cpu(3730.0, 3735.0, 30.0, 25) == 1e9  # over 10 monotonic seconds
+    assert builder.forget_older_than(25.0) == set()  # last seen at monotonic 30
+    assert builder.forget_older_than(31.0) == {"uuid-7"}

@@ -49,3 +49,34 @@ def test_a_read_stamped_late_is_rated_over_its_own_span() -> None:
     r.rate("d", "cpu", 100.0, wall(100.0))
     assert r.rate("d", "cpu", 101.9, wall(101.9)) == pytest.approx(NS, rel=1e-6)
     assert r.rate("d", "cpu", 102.0, wall(102.0)) == pytest.approx(NS, rel=1e-6)
+
+
+def test_rates_use_monotonic_times_and_none_spans_a_step_of_the_wall_clock() -> None:
+    """Read times are monotonic; each sample says how far the wall clock was ahead
+    (``offset``). A counter that follows the wall clock (the test driver's cpu time)
+    jumps with a step: no rate across it, the next one is the truth again. Slewing
+    (the offset creeping) changes nothing."""
+    r = RateTracker(min_gap=0.5)
+    off = 1_700_000_000.0
+
+    def cpu(mono: float) -> float | None:
+        r.clock("d", off)
+        return r.rate("d", "cpu", mono, wall(off + mono))
+
+    assert cpu(100.0) is None
+    assert cpu(101.0) == NS
+    off += 0.0005  # slewing
+    assert cpu(102.0) == pytest.approx(NS, rel=1e-3)
+    off += 3600  # +1 h: a rate across it would be 3601 times the truth
+    assert cpu(103.0) is None
+    assert cpu(104.0) == NS
+    off -= 3600  # -1 h: the wall clock goes back, the monotonic read times never do
+    assert cpu(105.0) is None
+    assert cpu(106.0) == NS  # on main: None for an hour ("older than the last read")
+    # A counter that does not follow the wall clock (a real vCPU) is not rated across a
+    # step either: one rate is lost, none is wrong.
+    assert not r.clock("e", off) and r.rate("e", "net", 105.0, 1000) is None
+    assert r.clock("e", off + 3600) and r.rate("e", "net", 106.0, 2000) is None
+    assert not r.clock("e", off + 3600) and r.rate("e", "net", 107.0, 3000) == 1000.0
+    assert r.forget_older_than(200.0) == 2 and r.domains() == 0
+    assert not r.clock("e", off)  # forgotten with its counters: a first sample again

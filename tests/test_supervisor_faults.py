@@ -20,6 +20,7 @@ from runner import DEMO_URI
 from vpartcollect import supervisor, wire
 from vpartcollect.config import build
 from vpartcollect.supervisor import Supervisor
+from vpartcollect.ticks import Schedule
 
 
 def run_for(seconds: float, instances: int = 1) -> Supervisor:
@@ -95,3 +96,21 @@ def test_every_per_domain_table_is_pruned() -> None:
     assert sup.tracked() == 1  # u0 was sampled again; the 999 others are gone everywhere
     assert sup.roster.tags.keys() == {"u0"} and sup.roster.names.keys() == {"u0"}
     assert sup.roster.suspects_of(0) == [] and sup.roster.suspects_of(1) == []
+
+
+def test_a_clock_step_realigns_drops_old_ticks_and_opens_a_ledger_era(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sup = Supervisor(build({"connect": DEMO_URI, "instances": 2, "interval": 10.0,
+                            "stdout": False}))
+    sup.schedule = Schedule(10.0, 7_195.0)
+    assert sup.schedule.due(7_200.0) == 7_200.0
+    sample = wire.DomainSample("u0", "vm0", None, False, {"state.state": 1}, 7_200.0)
+    sup.publisher.samples(0, wire.Results(7_200.0, [sample]), 1)
+    sup.slots[1].queue(wire.Tick(7_200.0), 4)  # a busy worker's tick of the old clock
+    with caplog.at_level(logging.WARNING):
+        sup.clock_stepped(-3600.0, 3_603.0)
+    assert "the wall clock stepped -3600.0 s" in caplog.text
+    assert not sup.slots[1].pending and sup.slots[1].missed_ticks == 1
+    assert sup.schedule.due(3_603.0) == 3_600.0  # the present tick of the new clock
+    assert sup.publisher.ledger.admit("u0", 3_600.0)  # older than 7200: a new era
+    assert not sup.publisher.ledger.admit("u0", 7_200.0)  # written already

@@ -17,6 +17,7 @@ MESSAGES: list[wire.Message] = [
                           {"cpu.time": 2**63 + 5, "block.0.name": "vda", "x": 0.5},
                           1700000000.25),
         wire.DomainSample("u2", "vm 2", None, True, {}, 1700000000.5, "web-2"),
+        wire.DomainSample("u3", "vm-3", None, False, {}, 1700000000.5, None, 8123.25),
     ]),
     wire.Done(1700000000.0, 0.125, 2),
     wire.Done(1700000000.0, 0.125, 2, 1),

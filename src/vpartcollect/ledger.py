@@ -9,6 +9,10 @@ first: an ``unresponsive 1`` by a later ``0``, a rate by another. The ledger
 remembers the ticks emitted for each domain (the last ``keep`` of them: a
 worker replays at most its backlog) and drops, counting them, the samples of
 any (domain, tick) already emitted, or too old to tell.
+
+"Too old" holds within one wall clock: after a step back (clock.py) every new tick is
+older than the remembered ones. At a step the ledger starts a new era: the ticks of the
+era before are still never admitted again, and order is judged within the new one.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ class Ledger:
     def __init__(self, keep: int) -> None:
         self.keep = max(2, keep)
         self._ticks: dict[str, tuple[float, ...]] = {}  # uuid -> recent ticks, ascending
+        self._before: dict[str, frozenset[float]] = {}  # uuid -> its ticks of the era before
 
     def admit(self, uuid: str, tick: float) -> bool:
         """True (and remembered) when ``tick`` is the first sample of ``uuid`` for it;
         False for a second one, or for one older than every tick remembered when the
         memory of that domain is full (it may have been emitted: never write it twice)."""
         seen = self._ticks.get(uuid, ())
-        if tick in seen:
+        if tick in seen or (self._before and tick in self._before.get(uuid, ())):
             return False
         if len(seen) >= self.keep and tick < seen[0]:
             return False
@@ -37,11 +42,22 @@ class Ledger:
         self._ticks[uuid] = ticks[-self.keep:]
         return True
 
+    def new_era(self) -> None:
+        """The wall clock stepped: ticks of the new clock may be older than every tick
+        remembered (a step back) and are admitted; those remembered stay refused (a
+        worker may still replay one). Two steps within ``keep`` ticks forget the
+        oldest era's."""
+        self._before = {uuid: frozenset(ticks) for uuid, ticks in self._ticks.items()}
+        self._ticks = {}
+
     def forget(self, uuids: Iterable[str]) -> None:
         """Domains not sampled for long: nothing of theirs can come back as a duplicate."""
         for uuid in uuids:
             self._ticks.pop(uuid, None)
+            self._before.pop(uuid, None)
 
     def tracked(self) -> int:
         """How many domains the ledger remembers."""
-        return len(self._ticks)
+        if not self._before:
+            return len(self._ticks)
+        return len(self._ticks.keys() | self._before.keys())

@@ -66,7 +66,7 @@ class MetricBuilder:
         self.store_rates = store_rates
         self.rates = RateTracker(min_gap)
         self._plans: dict[tuple[str, str, str | None, tuple[str, ...]], tuple[str, _Plan]] = {}
-        self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was read
+        self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was read (mono)
 
     @property
     def naming(self) -> Naming:
@@ -114,11 +114,13 @@ class MetricBuilder:
                        ncpus: int) -> list[Metric]:
         """All metrics of one domain sample stamped ``ts``.
 
-        Rates divide by the time between the samples as read (``sample.read_at``), so
-        a sample collected late (after a watchdog respawn) cannot fake a spike.
+        Rates divide by the time between the samples as read (``sample.monotonic``), so
+        a sample collected late (after a watchdog respawn) cannot fake a spike, and a
+        step of the wall clock gives no rate across it.
         """
         uuid, name, tag, stats = sample.uuid, sample.name, sample.tag, sample.stats
-        sampled = sample.read_at
+        sampled = sample.monotonic
+        self.rates.clock(uuid, sample.read_at - sampled)
         self.last_seen[uuid] = max(sampled, self.last_seen.get(uuid, sampled))
         head, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
@@ -153,7 +155,8 @@ class MetricBuilder:
                    self.rates.domains())
 
     def forget_older_than(self, ts: float) -> set[str]:
-        """Drop rate state and plans of domains not sampled since ``ts``; return their uuids."""
+        """Drop rate state and plans of domains not sampled since monotonic ``ts``; return
+        their uuids."""
         gone = {uuid for uuid, seen in self.last_seen.items() if seen < ts}
         for uuid in gone:
             del self.last_seen[uuid]

@@ -106,8 +106,12 @@ class Publisher:
         naming = self.builder.naming
         self.emit([Metric(naming.self_path(None, k), v, ts) for k, v in values.items()])
 
+    def clock_stepped(self) -> None:
+        """The wall clock stepped: ticks of the new clock may be older than those seen."""
+        self.ledger.new_era()
+
     def forget_older_than(self, ts: float) -> set[str]:
-        """Drop the state of domains not sampled since ``ts``; return their uuids."""
+        """Drop the state of domains not sampled since monotonic ``ts``; return their uuids."""
         gone = self.builder.forget_older_than(ts)
         self.ledger.forget(gone)
         return gone

@@ -12,8 +12,11 @@ Stats = dict[str, StatValue]  # keyed like virConnectGetAllDomainStats: "block.0
 class DomainSample:
     """One domain's raw statistics for one tick, keyed like virConnectGetAllDomainStats.
 
-    ``read_at`` is when libvirt answered (wall clock, just before the call returned),
-    not when the sample was handed on: rates divide by the time between two reads.
+    ``read_at`` is when libvirt answered (wall clock, just after the call returned),
+    not when the sample was handed on; ``read_mono`` is the same moment on the host's
+    monotonic clock (None: the same as ``read_at``, a clock that never stepped). Rates
+    divide by the monotonic time between two reads, and give none across a step of the
+    wall clock (the two clocks' difference moved: rates.py).
     A sample with no statistics (``stats`` empty) only says ``unresponsive``.
     """
 
@@ -24,3 +27,9 @@ class DomainSample:
     stats: Stats
     read_at: float
     label: str | None = None  # the metadata value a hostname_format may name
+    read_mono: float | None = None
+
+    @property
+    def monotonic(self) -> float:
+        """When it was read, on the monotonic clock."""
+        return self.read_at if self.read_mono is None else self.read_mono

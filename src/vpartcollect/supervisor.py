@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from vpartcollect import wire
+from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.publisher import OutputClosed, Publisher
@@ -59,7 +60,8 @@ class Supervisor:
         self.schedule = Schedule(cfg.interval, time.time(), once, cfg.store_rates)
         self.roster = Roster()  # names, tags (for new workers), suspects
         self.signals: SignalPipe | None = None
-        self._pruned = time.time()
+        self.clock = ClockWatch(*read_clocks())
+        self._pruned = time.monotonic()
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> int:
@@ -69,6 +71,7 @@ class Supervisor:
         self.selector.register(self.signals.fd, selectors.EVENT_READ, ("wakeup", None))
         self.schedule = Schedule(self.cfg.interval, time.time(), self.once,
                                  self.cfg.store_rates)
+        self.clock = ClockWatch(*read_clocks())
         started = time.monotonic()
         try:
             while not self.stopping:
@@ -119,14 +122,17 @@ class Supervisor:
     # -- ticks --------------------------------------------------------------
     def schedule_ticks(self) -> None:
         """Queue the due tick for every instance and hand it to idle workers."""
-        ts = self.schedule.due(time.time())
+        wall, mono = read_clocks()
+        if (step := self.clock.step(wall, mono)) and not self.once:
+            self.clock_stepped(step, wall)
+        ts = self.schedule.due(wall)
         if ts is not None:
             if not self.once:
                 self.publisher.new_tick(ts, self.tracked())
                 horizon = max(self.cfg.forget_after, PRUNE_INTERVALS * self.cfg.interval)
-                if ts - self._pruned >= horizon / 4:
-                    self._prune(ts - horizon)
-                    self._pruned = ts
+                if mono - self._pruned >= horizon / 4:
+                    self._prune(mono - horizon)
+                    self._pruned = mono
             for slot in self.slots:
                 slot.queue(wire.Tick(ts), self.backlog)
         for index in self.schedule.again_due(time.monotonic()):
@@ -134,13 +140,32 @@ class Supervisor:
         for slot in self.slots:
             self.feed(slot)
 
+    def clock_stepped(self, step: float, wall: float) -> None:
+        """The wall clock stepped by ``step`` seconds and now reads ``wall``: ticks follow
+        the new clock at once (never a stamp already written), ticks of the old clock
+        still waiting for a worker go (counted as missed), and no rate spans the step
+        (rates.py does that from each sample's read times)."""
+        resume = self.schedule.realign(wall)
+        self.publisher.clock_stepped()
+        for slot in self.slots:
+            slot.missed_ticks += len(slot.pending)
+            slot.pending.clear()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(resume))
+        if resume - wall > self.cfg.interval:
+            log.warning("the wall clock stepped %+.1f s; the times it went back to were "
+                        "written already: writing resumes at %s (in %.0f s)", step, stamp,
+                        resume - wall)
+        else:
+            log.warning("the wall clock stepped %+.1f s; ticks follow the new clock from %s",
+                        step, stamp)
+
     def _prune(self, before: float) -> None:
-        """Forget every domain not sampled since ``before``, in every per-domain table."""
+        """Forget every domain not sampled since monotonic ``before``, in every table."""
         gone = self.publisher.forget_older_than(before)
         self.roster.forget(gone)
         if gone:
             log.info("forgot %d domain(s) not sampled for %.0f s; tracking %d", len(gone),
-                     time.time() - before, self.tracked())
+                     time.monotonic() - before, self.tracked())
         if len(gone) >= RELEASE_AFTER:
             release_memory()
 

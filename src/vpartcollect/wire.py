@@ -115,7 +115,7 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Results):
         body = [
             "results", msg.tick,
-            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.read_at, d.label]
+            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.read_at, d.label, d.read_mono]
              for d in msg.domains],
         ]
     elif isinstance(msg, Done):
@@ -168,13 +168,14 @@ def _stats(value: object) -> Stats:
 
 def _sample(value: object) -> DomainSample:
     row = _need(value, list, "domain")
-    if len(row) != 7:
-        raise WireError("domain: expected 7 fields")
+    if len(row) != 8:
+        raise WireError("domain: expected 8 fields")
     tag = None if row[2] is None else _need(row[2], str, "tag")
     label = None if row[6] is None else _need(row[6], str, "label")
     return DomainSample(
         _need(row[0], str, "uuid"), _need(row[1], str, "name"), tag,
         _need(row[3], bool, "unresponsive"), _stats(row[4]), _number(row[5], "read_at"), label,
+        None if row[7] is None else _number(row[7], "read_mono"),
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from vpartcollect import wire
 from vpartcollect.calls import CallKind
+from vpartcollect.clock import read_clocks
 from vpartcollect.daemon import few
 from vpartcollect.samples import DomainSample, Stats
 from vpartcollect.worker import second_ask
@@ -257,6 +258,7 @@ class Cycle:
                 stats = clean_stats(answer.stats)
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
+            wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()
             samples.append(DomainSample(dom.uuid, dom.name, dom.tag, unresponsive, stats,
-                                        answer.read_at if answer else time.time(), dom.label))
+                                        wall, dom.label, mono))
         self.session.link.results(self.tick.ts, samples)

@@ -19,6 +19,7 @@ from typing import Any
 
 import libvirt
 
+from vpartcollect.clock import read_clocks
 from vpartcollect.samples import Stats
 from vpartcollect.worker.datastores import is_file_image
 from vpartcollect.worker.extras import QEMU_FREE, add_calls, describe_devices
@@ -55,10 +56,16 @@ FROZEN_BULK = ("state", "interface")
 @dataclass
 class Answer:
     """One domain's statistics, and when libvirt read them: the wall clock just after the
-    call that gave the cpu time returned (rates divide by the time between two reads)."""
+    call that gave the cpu time returned, and the monotonic clock then (rates divide by
+    the monotonic time between two reads; the wall clock says whether it stepped)."""
 
     stats: Stats
     read_at: float
+    read_mono: float | None = None  # None: the same as read_at (a clock that never stepped)
+
+    def read_now(self, clocks: tuple[float, float] | None = None) -> None:
+        """The statistics were read now (or at ``clocks``: wall, monotonic)."""
+        self.read_at, self.read_mono = clocks or read_clocks()
 
 
 def as_block_info(stats: Stats, sizes: Mapping[str, tuple[int, int]]) -> None:
@@ -253,7 +260,7 @@ class StatsReader:
             stats = self.kernel.read(dom, covered, net)
             if stats is not None:
                 answer.stats.update(stats)
-                answer.read_at = time.time()
+                answer.read_now()
 
     def collect_frozen(self, domains: Sequence[Domain]) -> dict[str, Answer]:
         """What libvirtd answers without the QEMU monitor, for domains whose QEMU is frozen."""
@@ -273,14 +280,14 @@ class StatsReader:
                       covered: frozenset[str]) -> None:
         """The per-domain calls that answer without QEMU's monitor, for what the kernel
         does not give."""
-        answer = out.setdefault(dom.uuid, Answer({}, time.time()))
+        answer = out.setdefault(dom.uuid, Answer({}, *read_clocks()))
         stats, h = answer.stats, dom.handle
         try:
             info = h.info()
             stats["balloon.maximum"], stats["balloon.current"] = info[1], info[2]
             if "cpu-total" not in covered:
                 cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
-                answer.read_at = time.time()
+                answer.read_now()
                 for key, name in (("cpu_time", "time"), ("user_time", "user"),
                                   ("system_time", "system")):
                     if key in cpu:
@@ -318,11 +325,11 @@ class StatsReader:
         out = {d.uuid: Answer({}, 0.0) for d in domains}
         if bits and domains:
             bulk = self._bulk(domains, bits)
-            returned = time.time()
+            returned = read_clocks()
             for handle, stats in bulk:
                 answer = out.setdefault(handle.UUIDString(), Answer({}, 0.0))
                 answer.stats.update(stats)
-                answer.read_at = returned
+                answer.read_now(returned)
         for dom in domains:
             answer = out[dom.uuid]
             for group in fallback:
@@ -334,9 +341,9 @@ class StatsReader:
                         break
                     log.debug("%s: %s stats failed: %s", dom.name, group, exc)
                 if group == "cpu-total":  # the counter a rate most depends on was just read
-                    answer.read_at = time.time()
+                    answer.read_now()
             if not answer.read_at:
-                answer.read_at = time.time()
+                answer.read_now()
         return {uuid: answer for uuid, answer in out.items() if answer.stats}
 
     def _extras(self, domains: Sequence[Domain], out: dict[str, Answer],
