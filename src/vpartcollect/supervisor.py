@@ -36,7 +36,6 @@ STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
 # seconds (60 by default), or for PRUNE_INTERVALS intervals if longer, is forgotten: on a
 # host where VMs come and go nothing may grow without bound. A domain back after that
 # only misses one rate.
-PRUNE_SECONDS = 60.0  # the default of forget_after
 PRUNE_INTERVALS = 10
 RELEASE_AFTER = 100  # domains forgotten at once before freed memory is handed back
 
