@@ -4,6 +4,7 @@ to it; reading what it wrote; finding what it left behind."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,11 +16,15 @@ from typing import IO, TypeVar
 DEMO_NODE = Path(__file__).parent.parent / "src" / "vpartcollect" / "data" / "demo-node.xml"
 DEMO_URI = f"test://{DEMO_NODE.resolve()}"
 T = TypeVar("T")
+# The collector under test: this checkout's, or the command VPC_COLLECTOR_CMD names (the
+# installed package's /usr/bin/vpartcollect, to run the suite against what was shipped).
+COLLECTOR = (shlex.split(os.environ.get("VPC_COLLECTOR_CMD", ""))
+             or [sys.executable, "-m", "vpartcollect"])
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``vpartcollect ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "vpartcollect", *args], capture_output=True,
+    return subprocess.run([*COLLECTOR, *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -30,7 +35,7 @@ def cli_popen(*args: str, stdout: IO[str] | int = subprocess.PIPE,
 
     A long run must get files for stdout/stderr: nobody reads a pipe until the end.
     """
-    return subprocess.Popen([sys.executable, "-m", "vpartcollect", *args], text=True,
+    return subprocess.Popen([*COLLECTOR, *args], text=True,
                             stdout=stdout, stderr=stderr, start_new_session=True,
                             env={**os.environ, **(env or {})})
 

@@ -12,7 +12,7 @@ import pytest
 from harness import session_members
 from nodes import domain_xml, tagged_node, write_node
 from oracle import TRUTH
-from runner import cli, cli_popen, no_traceback, parse_lines
+from runner import COLLECTOR, cli, cli_popen, no_traceback, parse_lines
 from seed_tables import SEED_EXAMPLES
 
 DOMAINS = [f"domain-{c}" for c in "ABCDEFGHIJ"]
@@ -301,9 +301,8 @@ def test_a_config_file_that_is_not_utf8(tmp_path: Path, demo_uri: str) -> None:
 
 def test_closed_stdout_without_graphite_is_one_line(demo_uri: str) -> None:
     import subprocess
-    import sys
 
-    res = subprocess.run([sys.executable, "-m", "vpartcollect", "run", "--once", "--connect",
+    res = subprocess.run([*COLLECTOR, "run", "--once", "--connect",
                           demo_uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, timeout=60, check=False,
                          preexec_fn=lambda: __import__("os").close(1))

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from carbon import PrivateCarbon
-from runner import DEMO_URI, no_traceback, parse_lines
+from runner import COLLECTOR, DEMO_URI, no_traceback, parse_lines
 
 pytestmark = [
     pytest.mark.carbon,
@@ -61,7 +60,7 @@ def namespaced(tmp: Path, hosts: str, nameserver: str, *args: str) -> list[str]:
     script = (f"mount --bind {tmp}/resolv.conf /etc/resolv.conf && "
               f"mount --bind {tmp}/hosts /etc/hosts && exec \"$@\"")
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-            sys.executable, "-m", "vpartcollect", *args]
+            *COLLECTOR, *args]
 
 
 def run_timed(argv: list[str], seconds: float) -> tuple[list[tuple[float, str]], str, int]:

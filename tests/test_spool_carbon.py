@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import IO
 import pytest
 from carbon import PrivateCarbon
 from nodes import tagged_node
-from runner import no_traceback, parse_lines
+from runner import COLLECTOR, no_traceback, parse_lines
 
 from vpartcollect.sinks import segments
 from vpartcollect.sinks.spool import Spool
@@ -42,7 +41,7 @@ class Run:
         self.out_path, self.err_path = base / f"{name}.out", base / f"{name}.err"
         self.out: IO[str] = open(self.out_path, "w")  # noqa: SIM115 - closed in stop()
         self.err: IO[str] = open(self.err_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "vpartcollect", "run", "-c",
+        self.proc = subprocess.Popen([*COLLECTOR, "run", "-c",
                                       str(conf)], stdout=self.out, stderr=self.err,
                                      start_new_session=True)
 

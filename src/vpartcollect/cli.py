@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from vpartcollect import __version__
 from vpartcollect import config as config_mod
 from vpartcollect.collectd_conf import CollectdConfError
 from vpartcollect.config import Config, ConfigError
@@ -57,6 +58,8 @@ def _load(config_path: str | None, **flags: Any) -> Config:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="vpartcollect",
+                      message="%(prog)s %(version)s")
 def cli() -> None:
     """Partitioned libvirt statistics collector (collectd virt compatible)."""
 
