@@ -47,6 +47,8 @@ def reconnect_cap(interval: float) -> float:
     shorter, so a libvirtd back from a restart is asked again within two ticks. One try
     at a time per worker, and a refused one costs libvirtd nothing (no process listens)."""
     return max(RECONNECT_MIN, min(RECONNECT_MAX, interval))
+
+
 T = TypeVar("T")
 
 
