@@ -194,9 +194,11 @@ class Cycle:
     def _from_kernel_only(self, domains: Sequence[Domain]) -> None:
         """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
         rest (block, balloon, state) missing; not the domains' fault, so not flagged.
-        A domain the kernel reader does not cover is flagged, as any domain not read."""
-        answers = self.session.reader.kernel_only(domains)
-        self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in domains)
+        A domain the kernel reader does not cover is flagged, as any domain not read; one
+        whose QEMU exited meanwhile stopped running, and is not sampled."""
+        running = [d for d in domains if not self.triage.qemu.exited(d.uuid)]
+        answers = self.session.reader.kernel_only(running)
+        self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in running)
 
     def _check_kernel(self, domains: Sequence[Domain]) -> None:
         """Once per refresh interval, a domain's kernel counters against libvirt's."""

@@ -30,17 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def read_text(path: str) -> str:
-    """A kernel file as text: one open, and one read unless it is larger than 64 KiB
-    (/proc/net/dev of a host with hundreds of taps)."""
+    """A kernel file as text, whole: read until a read returns nothing. /proc and sysfs
+    files are seq_files, and one read of a seq_file returns about one page however large
+    the buffer: /proc/net/dev of a host with 80 devices gave 4,033 of its 10,233 bytes."""
     fd = os.open(path, os.O_RDONLY)
     try:
         chunks = [os.read(fd, 65536)]
-        # A seq_file read stops short of the buffer when the next record does not fit:
-        # only an empty read says the end.
-        while len(chunks[-1]) > 60000:
+        while chunks[-1]:  # one more read (an empty one) for most files: ~0.1 µs
             chunks.append(os.read(fd, 65536))
-            if not chunks[-1]:
-                break
         return b"".join(chunks).decode(errors="replace")
     finally:
         os.close(fd)

@@ -49,6 +49,7 @@ class Worker:
         # Outlives connections too; finds QEMUs where triage does.
         self.kernel = KernelReader(lambda d: self.triage.qemu.pid(d.uuid, d.name))
         self.last: list[Domain] = []  # the domains of the previous tick
+        self.skipped_for = 0.0  # the reconnection whose passed ticks were said skipped
 
     def __repr__(self) -> str:
         return f"<Worker {instance_name(self.index)} pid {os.getpid()} {self.guard!r}>"
@@ -64,6 +65,8 @@ class Worker:
     def serve(self, tick: wire.Tick, session: Session) -> Session:
         """Sample one tick; after a lost connection, reconnect and sample what is left of
         it (the domains already sent are not sent again). Return the session to go on."""
+        if self.passed(tick, session):
+            return session
         session.tidy({d.uuid: d.name for d in self.last})
         sent: set[str] = set()
         while True:
@@ -85,6 +88,21 @@ class Worker:
                 known = {d.uuid: (d.name, d.tag, d.label) for d in session.inventory.known()}
                 session = Session.open(self.index, self.cfg, self.link, self.guard, known,
                                        session.parked, self.kernel)
+                if self.passed(tick, session):
+                    return session
+
+    def passed(self, tick: wire.Tick, session: Session) -> bool:
+        """Whether ``tick``'s interval ended before libvirtd answered again: nothing was
+        read of it then, and what is read now is not stamped with it (the tick is done,
+        empty). A worker that connected at its first try replays its ticks as ever."""
+        if not session.back_at or tick.ts + self.cfg.interval > session.back_at:
+            return False
+        if self.skipped_for != session.back_at:
+            self.skipped_for = session.back_at
+            log.warning("ticks that passed while libvirtd did not answer are not sampled "
+                        "late (from %s)", tick.ts)
+        self.link.done(tick.ts, 0.0, 0, len(self.guard.outstanding()))
+        return True
 
 
 def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int,
@@ -98,7 +116,11 @@ def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: i
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # Ignored: libvirt's client writes to libvirtd's socket, and a libvirtd that went
+        # away (a restart, a crash) must cost a lost connection (EPIPE, a libvirtError), not
+        # the worker. A supervisor that went away still ends us: PDEATHSIG below, and
+        # EPIPE on our result pipe (BrokenPipeError) or EOF on the control pipe.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         die_with_parent()
         if os.getppid() != parent_pid:

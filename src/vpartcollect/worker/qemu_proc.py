@@ -103,6 +103,7 @@ class QemuProcesses:
         self.longest = longest  # no look takes longer (a worker keeps it within its timeout)
         self.pid_dir = pid_dir
         self._pids: dict[str, int] = {}  # uuid -> pid
+        self._started: dict[int, str | None] = {}  # pid -> its start time when found
         self._scanned = -RESCAN_SECONDS
 
     def pid(self, uuid: str, name: str) -> int | None:
@@ -117,12 +118,37 @@ class QemuProcesses:
             pid = self._pids.get(uuid)
         if pid is not None:
             self._pids[uuid] = pid
+            self._started[pid] = self._start_time(pid)
         return pid
+
+    def exited(self, uuid: str) -> bool:
+        """Whether the QEMU found for ``uuid`` no longer runs: its pid is gone, or is
+        another process's now (another start time). While libvirtd does not answer, the
+        last known domain -> QEMU mapping is all there is: this keeps it honest. The pid
+        is forgotten (found again, if ever, by its pid file or a scan)."""
+        pid = self._pids.get(uuid.lower())
+        if pid is None:
+            return False
+        now = self._start_time(pid)
+        # Found by a scan, the pid has no start time yet: this one is its QEMU's.
+        if now is not None and now == self._started.setdefault(pid, now):
+            return False
+        del self._pids[uuid.lower()]
+        self._started.pop(pid, None)
+        return True
+
+    def _start_time(self, pid: int) -> str | None:
+        """Field 22 of /proc/<pid>/stat (clock ticks after boot); None: no such pid."""
+        try:
+            return _read(f"{self.proc}/{pid}/stat").rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return None
 
     def forget_except(self, uuids: Iterable[str]) -> None:
         """Drop the pids of domains that no longer run."""
         keep = {u.lower() for u in uuids}
         self._pids = {u: p for u, p in self._pids.items() if u in keep}
+        self._started = {p: t for p, t in self._started.items() if p in self._pids.values()}
 
     def frozen(self, domains: Iterable[tuple[str, str]]) -> set[str]:
         """The uuids, among (uuid, name) pairs, whose QEMU main thread is frozen now:

@@ -40,6 +40,15 @@ _SAID: set[str] = set()  # why the kernel reader is off, said once a process
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0  # libvirtd back from a restart is found within seconds
+
+
+def reconnect_cap(interval: float) -> float:
+    """The longest wait between two tries to connect: RECONNECT_MAX, or one interval when
+    shorter, so a libvirtd back from a restart is asked again within two ticks. One try
+    at a time per worker, and a refused one costs libvirtd nothing (no process listens)."""
+    return max(RECONNECT_MIN, min(RECONNECT_MAX, interval))
+
+
 T = TypeVar("T")
 
 
@@ -66,6 +75,9 @@ class Session:
                                    adopter=index == 0, seed=seed)
         # Connections left to a call stuck in them, closed once it returns.
         self.parked: list[Any] = []
+        # Wall time libvirtd answered again after Session.open had to wait for it (0: at
+        # the first try): a tick whose interval ended before then had nothing read of it.
+        self.back_at = 0.0
 
     def __repr__(self) -> str:
         return (f"<Session {self.cfg.connect} {len(self.inventory.known())} domain(s), "
@@ -78,7 +90,7 @@ class Session:
         """Connect read-only, retrying with capped backoff (each try announced); then say
         hello. ``parked``: connections a previous session left to stuck calls;
         ``kernel``: the worker's kernel reader, used if this connection allows it."""
-        failures, last_error = 0, ""
+        failures, last_error, cap = 0, "", reconnect_cap(cfg.interval)
         while True:
             link.busy(CallKind.CONNECT, [])
             try:
@@ -89,11 +101,11 @@ class Session:
             except libvirt.libvirtError as exc:
                 message = error_text(exc)
                 if message != last_error:
-                    log.warning("cannot connect to %s: %s (retrying every %.0f s at most)",
-                                cfg.connect, message, RECONNECT_MAX)
+                    log.warning("cannot connect to %s: %s (retrying every %.1f s at most)",
+                                cfg.connect, message, cap)
                     last_error = message
                 link.idle("connect failed")
-                time.sleep(backoff(failures, RECONNECT_MIN, RECONNECT_MAX))
+                time.sleep(backoff(failures, RECONNECT_MIN, cap))
                 failures += 1
         if last_error:
             log.warning("connected to %s again", cfg.connect)
@@ -104,6 +116,7 @@ class Session:
         session = cls(index, cfg, link, guard, conn, bulk, fallback, seed,
                       None if off else kernel)
         session.parked = list(parked)
+        session.back_at = time.time() if failures else 0.0
         link.hello(index, ncpus, driver, bulk, fallback)
         return session
 
@@ -168,12 +181,12 @@ class Session:
         log.warning("counters from the kernel only until libvirtd is back")
 
     def _open_retrying(self) -> Any:
-        failures = 0
+        failures, cap = 0, reconnect_cap(self.cfg.interval)
         while True:
             try:
                 return open_readonly(self.cfg.connect)
             except libvirt.libvirtError:
-                time.sleep(backoff(failures, RECONNECT_MIN, RECONNECT_MAX))
+                time.sleep(backoff(failures, RECONNECT_MIN, cap))
                 failures += 1
 
     def down(self) -> bool:
