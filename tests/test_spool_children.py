@@ -264,3 +264,46 @@ def test_a_renamed_destinations_backlog_is_warned_about_and_counted(tmp_path: Pa
     assert counted and set(counted) == {120.0}, counted
     assert stderr.count("old-carbon_2003: 120 line(s) left for a destination no longer "
                         "configured") == 1, stderr
+
+
+# -- audit: a child that cannot be forked --------------------------------------------------
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (PIDS_CGROUP / "cgroup.procs").exists(),
+                    reason="needs root and the cgroup v1 pids controller")
+def test_a_worker_that_cannot_be_forked_costs_the_supervisor_nothing(tmp_path: Path,
+                                                                    demo_uri: str) -> None:
+    """The kernel refuses fork (a pids cgroup at its limit, as on a host out of pids):
+    today's main died of the OSError. Now the supervisor logs one line, tries again with
+    backoff, and the worker is back once forks work again."""
+    group = PIDS_CGROUP / f"vpc-test-{os.getpid()}"
+    group.mkdir()
+    err_path = tmp_path / "err"
+    try:
+        with open(tmp_path / "out", "w") as out, open(err_path, "w") as err:
+            proc = cli_popen("run", "--connect", demo_uri, "--instances", "2", "--interval",
+                             "0.5", "--hostname", "hv", stdout=out, stderr=err)
+            time.sleep(2)
+            (group / "pids.max").write_text("1")  # the supervisor alone
+            (group / "cgroup.procs").write_text(str(proc.pid))
+            workers = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                       .read_text().split()]
+            os.kill(workers[0], signal.SIGKILL)
+            time.sleep(3)
+            alive = proc.poll() is None
+            (group / "pids.max").write_text("max")
+            restored = time.time()
+            time.sleep(3)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    finally:
+        group.rmdir()
+    stderr = err_path.read_text()
+    no_traceback(stderr)
+    assert alive and proc.returncode == 0, stderr
+    assert "cannot start a worker" in stderr, stderr
+    lines = parse_lines((tmp_path / "out").read_text())
+    late = {p.split(".")[0] for p, _v, ts in lines if ts > restored + 1.5}
+    early = {p.split(".")[0] for p, _v, ts in lines if ts < restored - 3}
+    assert late == early, (early, late)  # every domain of both instances is back

@@ -53,11 +53,11 @@ class Stranded:
 
     RECOUNT = 60.0
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, warned: set[str] | None = None) -> None:
         self.root = Path(cfg.spool_dir) if cfg.spool_dir else None
         self.in_use = {s.directory.name for ep in cfg.graphite
                        if (s := spool_settings(cfg, ep)) is not None}
-        self.warned: set[str] = set()
+        self.warned: set[str] = set(warned or ())
         self.counted_at = -float("inf")
         self.total = 0
         self.lines(time.monotonic())
@@ -221,7 +221,7 @@ class Publisher:
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
-        self.stranded = Stranded(new)
+        self.stranded = Stranded(new, self.stranded.warned)
         same_spool = spool_settings(old) == spool_settings(new)
         keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
         for sink in self.graphite:

@@ -99,7 +99,12 @@ class Lookup:
         self.deadline = clock() + LOOKUP_SECONDS
         self._buf = b""
         r, w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # the caller counts a failed attempt; no descriptor may leak
+            os.close(r)
+            os.close(w)
+            raise
         if pid == 0:  # child: look up, write, leave without running any parent code
             os.close(r)
             _lookup_child(host, port, w)
@@ -122,6 +127,8 @@ class Lookup:
         except BlockingIOError:
             return None
         self.close(finished=True)
+        if not self._buf:  # killed (or died) before it answered
+            return [], "name lookup ended without an answer"
         return decode_reply(self._buf)
 
     def expired(self) -> bool:

@@ -172,7 +172,8 @@ class Supervisor:
         parent, seed = os.getpid(), self.roster.seed()
         slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
                    self.selector)
-        children.register(slot.pid, lambda status: self._exited(slot, status))
+        if slot.pid:  # else it could not fork: tried again after a backoff
+            children.register(slot.pid, lambda status: self._exited(slot, status))
 
     def read_worker(self, slot: Slot) -> None:
         """Act on what a worker sent (a worker sending garbage is killed)."""
