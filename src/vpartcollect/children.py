@@ -37,9 +37,8 @@ def exited(pid: int, status: int) -> bool:
     return True
 
 
-def reap(others: Callable[[int, int], bool] = lambda _pid, _status: False) -> None:
-    """Collect every child that exited: each to ``others`` (e.g. the supervisor's slots)
-    when it claims the pid, else to its registered owner."""
+def reap() -> None:
+    """Collect every child that exited and hand each to its owner."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -47,7 +46,7 @@ def reap(others: Callable[[int, int], bool] = lambda _pid, _status: False) -> No
             return
         if pid == 0:
             return
-        if not others(pid, status) and not exited(pid, status):
+        if not exited(pid, status):
             log.debug("reaped pid %d, which nobody owned", pid)
 
 
