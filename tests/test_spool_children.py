@@ -24,6 +24,7 @@ from runner import cli, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import ConfigError, Endpoint, build
 from vpartcollect.metrics import Metric
+from vpartcollect.publisher import spool_settings
 from vpartcollect.sinks import segments
 from vpartcollect.sinks.spool import Spool
 from vpartcollect.sinks.spool_channel import SpoolChannel
@@ -233,10 +234,26 @@ def test_a_destination_listed_twice_is_one_line(listed: list[str]) -> None:
         build({"graphite": listed})
 
 
-def test_a_resend_window_of_zero_is_accepted_and_means_none() -> None:
-    assert build({"graphite_resend_seconds": 0}).graphite_resend_seconds == 0
+def test_a_resend_window_of_zero_is_accepted_and_means_none(tmp_path: Path) -> None:
+    """0 (README: before a carbon-aggregator, which would sum a repeat): nothing is sent
+    twice, neither the live lines after a reconnect nor a spooled batch already handed."""
+    cfg = build({"graphite_resend_seconds": 0, "graphite": ["a:2003"],
+                 "spool_dir": str(tmp_path)})
+    assert cfg.graphite_resend_seconds == 0
     with pytest.raises(ConfigError, match="graphite_resend_seconds: must be at least 0"):
         build({"graphite_resend_seconds": -1})
+    where = spool_settings(cfg, cfg.graphite[0])
+    assert where is not None and where.resend_seconds == 0
+    spool = Spool(where.directory, 1 << 30, where.resend_seconds, segment_bytes=1)
+    spool.append(b"a 1 1\n", 1, 1.0)
+    spool.append(b"b 2 2\n", 1, 2.0)
+    first = spool.next_batch()
+    assert first is not None
+    spool.handed(first)
+    spool.rewind(time.monotonic())  # the drain connection died right after
+    again = spool.next_batch()
+    assert again is not None and again.payload == b"b 2 2\n"
+    spool.close()
 
 
 # -- item 15: a renamed destination's backlog -------------------------------------------
