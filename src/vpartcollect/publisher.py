@@ -22,7 +22,7 @@ from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.sinks import Destination
 from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool import stranded
+from vpartcollect.sinks.spool import Stranded
 from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import SpoolSettings
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
@@ -45,36 +45,11 @@ def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettin
                          cfg.graphite_buffer, cfg.graphite_resend_seconds, cfg.flush_timeout)
 
 
-class Stranded:
-    """Lines spooled for destinations no longer configured (renamed or removed): never
-    sent by this configuration. Counted at start, at SIGHUP and every RECOUNT seconds
-    (a destination just removed leaves its last lines as its spooler stops); each
-    directory is warned about once."""
-
-    RECOUNT = 60.0
-
-    def __init__(self, cfg: Config, warned: set[str] | None = None) -> None:
-        self.root = Path(cfg.spool_dir) if cfg.spool_dir else None
-        self.in_use = {s.directory.name for ep in cfg.graphite
-                       if (s := spool_settings(cfg, ep)) is not None}
-        self.warned: set[str] = set(warned or ())
-        self.counted_at = -float("inf")
-        self.total = 0
-        self.lines(time.monotonic())
-
-    def lines(self, now: float) -> int:
-        """The count, looked at again when it is RECOUNT seconds old."""
-        if self.root is None or now - self.counted_at < self.RECOUNT:
-            return self.total
-        self.counted_at = now
-        found = stranded(self.root, self.in_use)
-        for name in sorted(found.keys() - self.warned):
-            log.warning("spool %s: %d line(s) left for a destination no longer configured "
-                        "are not sent (list it again to send them, or remove the directory)",
-                        self.root / name, found[name])
-        self.warned |= found.keys()
-        self.total = sum(found.values())
-        return self.total
+def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
+    """What the spool directory holds for destinations ``cfg`` does not list."""
+    in_use = {s.directory.name for ep in cfg.graphite
+              if (s := spool_settings(cfg, ep)) is not None}
+    return Stranded(Path(cfg.spool_dir) if cfg.spool_dir else None, in_use, warned)
 
 
 def rate_gap(interval: float) -> float:
@@ -96,7 +71,7 @@ class Publisher:
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
         self._selector: selectors.BaseSelector | None = None
-        self.stranded = Stranded(cfg)
+        self.stranded = stranded_spools(cfg)
 
     # -- samples in -------------------------------------------------------
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
@@ -221,7 +196,7 @@ class Publisher:
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
-        self.stranded = Stranded(new, self.stranded.warned)
+        self.stranded = stranded_spools(new, self.stranded.warned)
         same_spool = spool_settings(old) == spool_settings(new)
         keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
         for sink in self.graphite:

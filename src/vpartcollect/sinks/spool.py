@@ -342,3 +342,34 @@ def stranded(spool_dir: Path, in_use: set[str]) -> dict[str, int]:
         if lines:
             found[entry.name] = lines
     return found
+
+
+class Stranded:
+    """Lines in ``root`` for destinations no longer configured (directories not
+    ``in_use``: renamed or removed), never sent by this configuration. Counted at
+    start, at SIGHUP and every RECOUNT seconds (a destination just removed leaves its
+    last lines as its spooler stops); each directory is warned about once."""
+
+    RECOUNT = 60.0
+
+    def __init__(self, root: Path | None, in_use: set[str],
+                 warned: set[str] | None = None) -> None:
+        self.root, self.in_use = root, in_use
+        self.warned: set[str] = set(warned or ())
+        self.counted_at = -float("inf")
+        self.total = 0
+        self.lines(time.monotonic())
+
+    def lines(self, now: float) -> int:
+        """The count, looked at again when it is RECOUNT seconds old."""
+        if self.root is None or now - self.counted_at < self.RECOUNT:
+            return self.total
+        self.counted_at = now
+        found = stranded(self.root, self.in_use)
+        for name in sorted(found.keys() - self.warned):
+            log.warning("spool %s: %d line(s) left for a destination no longer configured "
+                        "are not sent (list it again to send them, or remove the directory)",
+                        self.root / name, found[name])
+        self.warned |= found.keys()
+        self.total = sum(found.values())
+        return self.total
