@@ -10,6 +10,7 @@ import time
 import msgpack
 import pytest
 
+from vpartcollect import children
 from vpartcollect.resolve import Lookup, decode_reply, encode_reply, numeric, order_addresses
 
 V6 = socket.AF_INET6
@@ -86,5 +87,20 @@ def test_closing_a_lookup_in_progress_stops_its_child() -> None:
     pid = lookup.pid
     lookup.close()
     assert lookup.fd == -1 and lookup.pid == 0
+    limit = time.monotonic() + 5
+    while children.running(pid) and time.monotonic() < limit:
+        children.reap()  # the process's one reaper collects it, as the supervisor's loop does
+        time.sleep(0.01)
     with pytest.raises(ProcessLookupError):  # killed and collected: no zombie left
         os.kill(pid, 0)
+
+
+def test_a_lookup_collected_by_the_reaper_is_never_signalled() -> None:
+    """Once reaped, a lookup's pid may be another process's: closing it kills nothing."""
+    lookup = Lookup("localhost", 2003)
+    pid = lookup.pid
+    _, status = os.waitpid(pid, 0)  # it answered and exited; the reaper's waitpid(-1)
+    assert children.exited(pid, status)  # hands it to its owner
+    assert lookup.pid == 0 and not children.running(pid)
+    lookup.close()  # must not kill(pid): that pid is free for anyone now
+    assert lookup.fd == -1

@@ -21,6 +21,7 @@ from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import setup_logging
 from vpartcollect.planning import PlanRow, plan_rows, render_plan
 from vpartcollect.preflight import PreflightError, check_libvirt
+from vpartcollect.sinks.spool import check_spool_dir
 from vpartcollect.tagging import TagCommandError
 
 EXIT_CONFIG = 2
@@ -109,11 +110,7 @@ def _spool_dir_or_fail(cfg: Config) -> None:
     if not (cfg.spool_dir and cfg.graphite):
         return
     try:
-        os.makedirs(cfg.spool_dir, mode=0o700, exist_ok=True)
-        probe = os.path.join(cfg.spool_dir, ".vpartcollect-write-test")
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.unlink(probe)
+        check_spool_dir(cfg.spool_dir)
     except OSError as exc:
         raise ConfigError(f"spool_dir {cfg.spool_dir}: {exc.strerror or exc}") from None
 

@@ -26,6 +26,8 @@ MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600
                "spool_drain_rate": 10_000_000.0,  # lines a second
                "forget_after": 86400.0}
 MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536, "forget_after": 1.0}
+# 0 is a choice here: no resend window (in front of a carbon-aggregator, which would sum).
+ZERO_MEANS_NONE = frozenset({"graphite_resend_seconds"})
 MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
              "spool_max_bytes": 1 << 44}
 FORMATS = ("graphite", "json")
@@ -190,12 +192,15 @@ def _kind(key: str, value: Any, kind: type, label: str) -> Any:
 
 
 def _bounded(key: str, value: Any, *, integer: bool = False) -> Any:
-    """A number in (minimum, maximum] for ``key``: the bounds the README lists."""
+    """A number in (minimum, maximum] for ``key`` ([0, maximum] for a key where 0 means
+    none): the bounds the README lists."""
     value = _kind(key, value, int if integer else float, "an integer" if integer else "a number")
     minimum = MIN_SECONDS.get(key, 0)
     maximum = MAX_COUNT[key] if integer else MAX_SECONDS[key]
-    if (not integer and not math.isfinite(value)) or value <= minimum:
-        raise ConfigError(f"{key}: must be greater than {minimum:g}, got {_short(value)}")
+    if (not integer and not math.isfinite(value)) or value < minimum or (
+            value == minimum and key not in ZERO_MEANS_NONE):
+        least = "at least" if key in ZERO_MEANS_NONE else "greater than"
+        raise ConfigError(f"{key}: must be {least} {minimum:g}, got {_short(value)}")
     if value > maximum:  # an int is compared as it is: no float conversion to overflow
         raise ConfigError(f"{key}: at most {maximum:.15g}, got {_short(value)}")
     return value
@@ -223,6 +228,18 @@ def parse_endpoint(text: str, key: str = "graphite") -> Endpoint:
     if not 0 < port < 65536:
         raise ConfigError(f"{key}: port must be 1-65535, got {port}")
     return Endpoint(host, port)
+
+
+def _unique_endpoints(key: str, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Each destination once: twice would mean two queues (and two spools on one
+    directory) for one carbon."""
+    seen: set[tuple[str, int]] = set()
+    for ep in endpoints:
+        same = (ep.host.lower(), ep.port)  # host names are case-insensitive
+        if same in seen:
+            raise ConfigError(f"{key}: {ep} is listed twice")
+        seen.add(same)
+    return endpoints
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -291,7 +308,8 @@ def _check(key: str, value: Any) -> Any:
             raise ConfigError("spool_dir: must be a directory path")
         return path
     if key == "graphite":
-        return tuple(parse_endpoint(t, key) for t in _strings(key, value))
+        return _unique_endpoints(key, tuple(parse_endpoint(t, key)
+                                            for t in _strings(key, value)))
     if key in _FLAGS:
         return _kind(key, value, bool, "true or false")
     if key in _CHOICES:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from vpartcollect import children
+
 _PR_SET_PDEATHSIG = 1
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -112,6 +114,7 @@ def fork_child(keep: set[int], child: Callable[[], NoReturn]) -> int:
     pid = os.fork()
     if pid == 0:
         _keep_only_fds(keep)
+        children.forget_all()
         child()
     return pid
 

@@ -22,6 +22,7 @@ from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.sinks import Destination
 from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.spool import Stranded
 from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import SpoolSettings
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
@@ -44,6 +45,13 @@ def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettin
                          cfg.graphite_buffer, cfg.graphite_resend_seconds, cfg.flush_timeout)
 
 
+def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
+    """What the spool directory holds for destinations ``cfg`` does not list."""
+    in_use = {s.directory.name for ep in cfg.graphite
+              if (s := spool_settings(cfg, ep)) is not None}
+    return Stranded(Path(cfg.spool_dir) if cfg.spool_dir else None, in_use, warned)
+
+
 def rate_gap(interval: float) -> float:
     """Reads closer than this give no rate of their own (see rates.py): half a second,
     or half the interval when it is shorter."""
@@ -63,6 +71,7 @@ class Publisher:
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
         self._selector: selectors.BaseSelector | None = None
+        self.stranded = stranded_spools(cfg)
 
     # -- samples in -------------------------------------------------------
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
@@ -100,6 +109,7 @@ class Publisher:
                               ("spool_drained_per_second", "drained"),
                               ("spool_corrupt_bytes", "corrupt")):
                 values[name] = sum(r.get(key, 0) for r in spooled)
+            values["spool_stranded_lines"] = self.stranded.lines(time.monotonic())
             oldest = [r["oldest"] for r in spooled if r.get("oldest")]
             if oldest:
                 values["spool_oldest_timestamp"] = min(oldest)
@@ -190,6 +200,7 @@ class Publisher:
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
             self.stdout = StdoutSink(new.format) if new.use_stdout else None
+        self.stranded = stranded_spools(new, self.stranded.warned)
         same_spool = spool_settings(old) == spool_settings(new)
         keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
         for sink in self.graphite:

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from vpartcollect import children
 from vpartcollect.daemon import die_with_parent
 
 LOOKUP_SECONDS = 30.0  # a lookup still unanswered after this has failed
@@ -98,13 +99,22 @@ class Lookup:
         self.deadline = clock() + LOOKUP_SECONDS
         self._buf = b""
         r, w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # the caller counts a failed attempt; no descriptor may leak
+            os.close(r)
+            os.close(w)
+            raise
         if pid == 0:  # child: look up, write, leave without running any parent code
             os.close(r)
             _lookup_child(host, port, w)
         os.close(w)
         os.set_blocking(r, False)
         self.pid, self.fd = pid, r
+        children.register(pid, self._reaped)
+
+    def _reaped(self, _status: int) -> None:
+        self.pid = 0  # gone: its pid may be someone else's from now on
 
     def read(self) -> tuple[list[Address], str] | None:
         """Read what the child wrote: the outcome once it is complete, else None."""
@@ -117,6 +127,8 @@ class Lookup:
         except BlockingIOError:
             return None
         self.close(finished=True)
+        if not self._buf:  # killed (or died) before it answered
+            return [], "name lookup ended without an answer"
         return decode_reply(self._buf)
 
     def expired(self) -> bool:
@@ -124,20 +136,15 @@ class Lookup:
         return self.clock() >= self.deadline
 
     def close(self, finished: bool = False) -> None:
-        """Release the pipe; stop the child unless it ``finished`` (wrote its answer)."""
+        """Release the pipe; stop the child unless it ``finished`` (wrote its answer).
+        The process's reaper (children.reap) collects it."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.pid:
-            # The supervisor's reap (waitpid(-1)) may collect the child first: never block.
-            with contextlib.suppress(ChildProcessError):
-                if not finished:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                else:
-                    os.waitpid(self.pid, os.WNOHANG)
-            self.pid = 0
+        if self.pid and not finished and children.running(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.pid = 0
 
 
 def _lookup_child(host: str, port: int, out: int) -> None:

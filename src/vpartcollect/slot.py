@@ -10,6 +10,7 @@ import logging
 import os
 import selectors
 import signal
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from vpartcollect.calls import CallKind
 from vpartcollect.daemon import fork_child
 from vpartcollect.partition import instance_name
 from vpartcollect.ticks import queue_tick
-from vpartcollect.watchdog import respawn_delay
+from vpartcollect.watchdog import RESPAWN_MIN, respawn_delay
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,22 @@ class Slot:
               selector: selectors.BaseSelector) -> None:
         """Fork a worker with a control pipe (to it) and a result pipe (from it); the
         child runs ``child(ctl_r, out_w)``."""
-        ctl_r, ctl_w = os.pipe()
-        out_r, out_w = os.pipe()
-        pid = fork_child({ctl_r, out_w}, lambda: child(ctl_r, out_w))
+        fds: list[int] = []
+        try:
+            ctl_r, ctl_w = os.pipe()
+            fds += (ctl_r, ctl_w)
+            out_r, out_w = os.pipe()
+            fds += (out_r, out_w)
+            pid = fork_child({ctl_r, out_w}, lambda: child(ctl_r, out_w))
+        except OSError as exc:  # out of processes or descriptors: the supervisor goes on
+            for fd in fds:
+                os.close(fd)
+            self.failures += 1
+            delay = max(RESPAWN_MIN, respawn_delay(self.failures))  # never a busy loop
+            self.spawn_at = time.monotonic() + delay
+            log.warning("%s: cannot start a worker (%s); trying again in %.1f s", self.name,
+                        exc.strerror or exc, delay)
+            return
         os.close(ctl_r)
         os.close(out_w)
         os.set_blocking(out_r, False)

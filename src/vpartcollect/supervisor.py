@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from vpartcollect import wire
+from vpartcollect import children, wire
 from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
@@ -197,6 +197,8 @@ class Supervisor:
         parent, seed = os.getpid(), self.roster.seed()
         slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
                    self.selector)
+        if slot.pid:  # else it could not fork: tried again after a backoff
+            children.register(slot.pid, lambda status: self._exited(slot, status))
 
     def read_worker(self, slot: Slot) -> None:
         """Act on what a worker sent (a worker sending garbage is killed)."""
@@ -248,18 +250,11 @@ class Supervisor:
             self.publisher.instance_done(slot.index, msg.tick, slot.counters(msg))
         self.feed(slot)
 
-    def reap(self) -> None:
-        """Collect exited workers; requeue the tick each was in; schedule its respawn."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            slot = next((s for s in self.slots if s.pid == pid), None)
-            if slot is not None:
-                self._exited(slot, status)
+    @staticmethod
+    def reap() -> None:
+        """Collect every exited child and hand it to its owner: a worker's slot requeues
+        its tick and schedules its respawn; a spooler or a name lookup is its sink's."""
+        children.reap()
 
     def _exited(self, slot: Slot, status: int) -> None:
         while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
@@ -354,8 +349,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.pid:
                 os.kill(slot.pid, signal.SIGKILL)
-                os.waitpid(slot.pid, 0)
-                self._exited(slot, 0)
+                children.exited(*os.waitpid(slot.pid, 0))
         self.publisher.finish(self.selector)
         if self.signals is not None:
             self.signals.close()

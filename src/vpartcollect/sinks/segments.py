@@ -93,7 +93,8 @@ def segments(directory: Path) -> list[Path]:
     found = []
     for entry in os.scandir(directory):
         stem = entry.name[:-len(SUFFIX)]
-        if entry.name.endswith(SUFFIX) and stem.isdigit() and entry.is_file():
+        if (entry.name.endswith(SUFFIX) and stem.isdigit()
+                and entry.is_file(follow_symlinks=False)):  # a planted link is not ours
             found.append(Path(entry.path))
     return sorted(found)
 
@@ -101,3 +102,24 @@ def segments(directory: Path) -> list[Path]:
 def sequence_of(path: Path) -> int:
     """The number in a segment's name."""
     return int(path.name[:-len(SUFFIX)])
+
+
+def count_lines(path: Path) -> int:
+    """The lines a segment holds, read from its record headers only (the whole file is
+    decoded only when a header does not add up: a torn or corrupt segment)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        lines = pos = 0
+        while pos < size:
+            header = fh.read(HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                break
+            magic, length, count, _oldest, _crc = _HEADER.unpack(header)
+            if magic != MAGIC or pos + HEADER_BYTES + length > size:
+                break
+            lines += count
+            pos = fh.seek(length, os.SEEK_CUR)
+        else:
+            return lines
+        fh.seek(0)
+        return sum(r.lines for r in decode(fh.read()) if isinstance(r, Record))

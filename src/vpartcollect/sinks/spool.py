@@ -12,9 +12,12 @@ corrupt parts are skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import stat
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from vpartcollect.sinks.segments import Record, Skipped
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 4 * 1024 * 1024  # a new segment past this size
+_CREATE_TRIES = 100
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Spool:
         self.corrupt_bytes = 0  # bytes of torn or corrupt records skipped
         self._episode_dropped = 0
         self._bad_seen: set[tuple[str, int]] = set()  # (segment, offset) already counted
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory)
         self._segments: deque[Segment] = deque(self._recover())
         self._writer: int | None = None  # fd of the newest segment, opened for appending
         self._cursor = (0, 0)  # (index into _segments, offset) of the next record
@@ -176,7 +180,7 @@ class Spool:
         found = []
         for path in segments.segments(self.dir):
             try:
-                data = path.read_bytes()
+                data = _read(path)
             except OSError as exc:
                 log.warning("spool %s: cannot read %s (%s); leaving it", self.dir, path.name,
                             exc.strerror)
@@ -205,21 +209,41 @@ class Spool:
     def _open_next(self) -> None:
         if self._writer is not None:
             os.close(self._writer)
+            self._writer = None  # never keep a closed descriptor's number: it gets reused
         number = segments.sequence_of(self._segments[-1].path) + 1 if self._segments else 1
-        path = self.dir / segments.segment_name(number)
-        self._writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                               0o600)
-        self._segments.append(Segment(path))
+        for attempt in range(_CREATE_TRIES):
+            path = self.dir / segments.segment_name(number + attempt)
+            try:
+                self._writer = _create(path)
+            except FileNotFoundError:  # the directory was removed: made again
+                self._lost_directory()
+                self._writer = _create(path)
+            except FileExistsError:  # not ours (a planted file or link): the next number
+                log.warning("spool %s: %s is in the way; skipping it", self.dir, path.name)
+                continue
+            self._segments.append(Segment(path))
+            return
+        raise OSError(errno.EEXIST, f"{_CREATE_TRIES} segment names in a row are taken")
+
+    def _lost_directory(self) -> None:
+        """The spool directory went away with its segments: count what they held as
+        dropped, start afresh in a new one."""
+        lost = sum(max(s.lines, 0) for s in self._segments)
+        self.dropped += lost
+        log.warning("spool %s: the directory was removed (%d line(s) lost with it); "
+                    "making it again", self.dir, lost)
+        self._segments.clear()
+        self._handed.clear()
+        self._cursor, self._data = (0, 0), None
+        make_private_dir(self.dir)
 
     def _records(self, seg: Segment, offset: int) -> Iterator[Record | Skipped]:
         """The records of a segment from ``offset``: an older segment is read once and
         kept while it is being drained; the newest, which grows, from ``offset`` on."""
         if seg is self._segments[-1]:
-            with open(seg.path, "rb") as fh:
-                fh.seek(offset)
-                return segments.decode(fh.read(), 0, offset)
+            return segments.decode(_read(seg.path, offset), 0, offset)
         if self._data is None or self._data[0] != seg.path:
-            self._data = (seg.path, seg.path.read_bytes())
+            self._data = (seg.path, _read(seg.path))
         return segments.decode(self._data[1], offset)
 
     def _lines(self, handed: _Handed) -> int:
@@ -256,3 +280,96 @@ class Spool:
                         exc.strerror)
         if self._data is not None and self._data[0] == seg.path:
             self._data = None
+
+
+def make_private_dir(directory: Path) -> None:
+    """Make ``directory`` (0700) if missing; refuse a symbolic link or a non-directory in
+    its place, and take group and other access away from one made by an earlier version."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{directory} is not a directory (a symbolic link?)")
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(directory, 0o700)
+
+
+def _create(path: Path) -> int:
+    """A new segment, for appending; never through a link, never one that exists."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND
+                   | os.O_CLOEXEC, 0o600)
+
+
+def _read(path: Path, offset: int = 0) -> bytes:
+    """A segment's bytes from ``offset``; a symbolic link in its place is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        fh.seek(offset)
+        return fh.read()
+
+
+def check_spool_dir(where: str) -> None:
+    """At start: ``where`` exists (made 0700 if not), nobody but us (or root) may write
+    in it, and it takes a file (a probe of a fresh name, never through a planted link).
+    OSError, with its reason, if not."""
+    os.makedirs(where, mode=0o700, exist_ok=True)
+    st = os.stat(where)
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"other users may write in it (mode {st.st_mode & 0o7777:o}, "
+                                   f"owner uid {st.st_uid}); make it 0700 and ours")
+    fd, probe = tempfile.mkstemp(prefix=".vpartcollect-write-test.", dir=where)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def stranded(spool_dir: Path, in_use: set[str]) -> dict[str, int]:
+    """Lines left in ``spool_dir``'s destination directories other than ``in_use`` (a
+    destination renamed or removed in the configuration): nobody sends them."""
+    found: dict[str, int] = {}
+    try:
+        entries = [e for e in os.scandir(spool_dir) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name in in_use:
+            continue
+        try:
+            lines = sum(segments.count_lines(p) for p in segments.segments(Path(entry.path)))
+        except OSError:
+            continue
+        if lines:
+            found[entry.name] = lines
+    return found
+
+
+class Stranded:
+    """Lines in ``root`` for destinations no longer configured (directories not
+    ``in_use``: renamed or removed), never sent by this configuration. Counted at
+    start, at SIGHUP and every RECOUNT seconds (a destination just removed leaves its
+    last lines as its spooler stops); each directory is warned about once."""
+
+    RECOUNT = 60.0
+
+    def __init__(self, root: Path | None, in_use: set[str],
+                 warned: set[str] | None = None) -> None:
+        self.root, self.in_use = root, in_use
+        self.warned: set[str] = set(warned or ())
+        self.counted_at = -float("inf")
+        self.total = 0
+        self.lines(time.monotonic())
+
+    def lines(self, now: float) -> int:
+        """The count, looked at again when it is RECOUNT seconds old."""
+        if self.root is None or now - self.counted_at < self.RECOUNT:
+            return self.total
+        self.counted_at = now
+        found = stranded(self.root, self.in_use)
+        for name in sorted(found.keys() - self.warned):
+            log.warning("spool %s: %d line(s) left for a destination no longer configured "
+                        "are not sent (list it again to send them, or remove the directory)",
+                        self.root / name, found[name])
+        self.warned |= found.keys()
+        self.total = sum(found.values())
+        return self.total

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from vpartcollect import children
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import fork_child
@@ -90,7 +91,8 @@ class SpoolChannel:
         self.outbox.append((frame, len(metrics)))
         self.outbox_lines += len(metrics)
         self._trim()
-        self._send()
+        if self.sock is not None:  # else it waits (bounded) for the spooler's successor
+            self._send()
 
     def interest(self) -> tuple[socket.socket, int] | None:
         """The socket and events to wait for, or None while the spooler is down."""
@@ -142,12 +144,10 @@ class SpoolChannel:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.pid:
+        if self.pid and children.running(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, os.WNOHANG)  # the supervisor's reaping may be first
-            self.pid = 0
+        self.pid = 0  # the process's reaper collects it
 
     # -- internals ----------------------------------------------------------------
     def _start(self) -> None:
@@ -164,10 +164,17 @@ class SpoolChannel:
             theirs.close()
             self._died(f"cannot start it: {exc.strerror or exc}")
             return
+        pid = self.pid
+        children.register(pid, lambda _status: self._reaped(pid))
         theirs.close()
         mine.setblocking(False)
         self.sock, self.head_sent = mine, 0
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 20)
+
+    def _reaped(self, pid: int) -> None:
+        """The reaper collected a spooler of ours (its socket's end says the rest)."""
+        if pid == self.pid:
+            self.pid = 0  # its pid may be someone else's from now on
 
     def _died(self, why: str) -> None:
         self.close()

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from vpartcollect import children
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import OneLineFormatter, die_with_parent
 from vpartcollect.sinks.graphite import GraphiteSink
@@ -80,6 +81,7 @@ class Spooler:
         self.spool = Spool(settings.directory, settings.max_bytes, settings.resend_seconds,
                            max(64 * 1024, min(SEGMENT_BYTES, settings.max_bytes // 16)))
         self.live = GraphiteSink(endpoint, settings.max_lines, settings.resend_seconds)
+        self.watermark = min(LIVE_WATERMARK, settings.max_lines)
         # Never trimmed: what it holds is fed from the spool, DRAIN_QUEUE lines at most.
         self.drain = GraphiteSink(endpoint, 1 << 62, resend_seconds=0)
         self.pending: deque[bytes] = deque()  # lines on their way to the spool
@@ -175,16 +177,20 @@ class Spooler:
         elif (isinstance(frame, list) and len(frame) == 4 and frame[0] == "lines"
               and isinstance(frame[1], bytes)):
             lines = frame[1].splitlines(keepends=True)
-            if self.live.conn.up and self.live.buffered < LIVE_WATERMARK:
-                self.live.write_lines(lines)
-            else:
-                self._to_spool(lines, float(frame[3]))
+            # What fits under the watermark goes live, the rest to the spool: the live
+            # queue's own bound (graphite_buffer, maybe lower) must never drop a line.
+            room = self.watermark - self.live.buffered if self.live.conn.up else 0
+            if room > 0:
+                self.live.write_lines(lines[:room])
+            if len(lines) > max(room, 0):
+                self._to_spool(lines[max(room, 0):], float(frame[3]))
 
     # -- after each pass ----------------------------------------------------------
     def _after(self) -> None:
         if not self.live.conn.up and (self.live.queue or self.live.recent):
             self._to_spool(self.live.take_unsent(), float("-inf"))
-        excess = self.live.buffered - LIVE_WATERMARK
+        children.reap()  # our name lookups
+        excess = self.live.buffered - self.watermark
         if self.live.conn.up and excess > 0:  # carbon reads slowly: the rest waits on disk
             self._to_spool([self.live.queue.popleft() for _ in range(excess)], float("-inf"))
         if self.drain_was_up and not self.drain.conn.up:
