@@ -108,7 +108,7 @@ def test_vcpus_are_keyed_by_their_numbers_not_counted() -> None:
     vcpu.0, .2 and .3 with vcpu.current 3, and collectd writes virt_vcpu-0, -2 and -3
     (virt.c keys each by its number). Counting 0..current-1 would lose vCPU 3 and look
     for a vCPU 1 that is not there."""
-    gaps = {**STATS, "vcpu.current": 3, "vcpu.maximum": 4,
+    gaps: Stats = {**STATS, "vcpu.current": 3, "vcpu.maximum": 4,
             **{f"vcpu.{n}.{k}": 7 for n in (0, 2, 3) for k in ("state", "time", "wait")}}
     assert "vcpu.1.time" not in gaps
     got = names(gaps, Selection(frozenset({"vcpu"}))) - names(gaps, Selection())
