@@ -64,8 +64,10 @@ def test_cmdline_uuid() -> None:
 def child_qemu() -> Iterator[subprocess.Popen[bytes]]:
     """A forked child idling in its main loop, with ``-uuid U-1`` on its command line as
     QEMU has: a real /proc/<pid> whose state the kernel keeps."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                             "-uuid", "U-1"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); "
+                             "time.sleep(120)", "-uuid", "U-1"], stdout=subprocess.PIPE)
+    # Popen returns at exec's point of no return, before the new command line is in place.
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     try:
         yield proc
     finally:
