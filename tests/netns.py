@@ -28,7 +28,7 @@ def add_taps(names: list[str], netns: str | None = None) -> None:
 
 def del_links(names: list[str]) -> None:
     """Remove these devices of this namespace (those still there)."""
-    subprocess.run(["ip", "-batch", "-force", "-"], input="".join(
+    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(
         f"link del {n}\n" for n in names), capture_output=True, text=True, check=False)
 
 
