@@ -10,7 +10,8 @@ asked only for what needs QEMU or its own state (block, balloon, state, perf).
 Chosen per domain: a domain whose QEMU pid is unknown, whose cgroup holds no CPU
 accounting, or whose values disagreed with libvirt's keeps libvirtd's groups (logged,
 with why) until it is tried again: after one refresh interval, then twice as long each
-time it fails again, up to an hour. ``agree`` compares both sources for a domain, once
+time it fails again, up to an hour; tried means compared with libvirt first, so no
+value goes out from the kernel before they agree. ``agree`` compares both sources for a domain, once
 per refresh interval, so a kernel or libvirt change cannot make values silently wrong;
 interfaces that libvirt lists differently (one plugged or unplugged since the XML was
 read) are not a disagreement: the XML is read again and the check repeated.
@@ -128,8 +129,20 @@ class KernelReader:
     # -- which domains ------------------------------------------------------
     def covers(self, dom: Domain) -> frozenset[str]:
         """The bulk groups the kernel gives for ``dom`` (empty: ask libvirtd for all)."""
-        if dom.interfaces is None or (dom.uuid in self.off and not self._try_again(dom)):
+        if dom.interfaces is None or dom.uuid in self.off:
             return frozenset()
+        return self._groups(dom)
+
+    def on_trial(self, dom: Domain) -> frozenset[str]:
+        """For a domain on libvirtd's groups whose wait is over: the groups the kernel
+        would give, to be compared with libvirt's (``agree``) before any is sent."""
+        if (dom.interfaces is None or dom.uuid not in self.off
+                or time.monotonic() < self._retry[dom.uuid][0]):
+            return frozenset()
+        return self._groups(dom)
+
+    def _groups(self, dom: Domain) -> frozenset[str]:
+        assert dom.interfaces is not None
         at = self._locate(dom)
         if at is None:
             return frozenset()
@@ -157,14 +170,6 @@ class KernelReader:
             dom.name, why, wait)
         self.off[dom.uuid] = why
         self._at.pop(dom.uuid, None)
-
-    def _try_again(self, dom: Domain) -> bool:
-        """Whether ``dom``, on libvirtd's groups, is due to be tried on the kernel again."""
-        if time.monotonic() < self._retry[dom.uuid][0]:
-            return False
-        log.info("%s: trying the kernel's counters again", dom.name)
-        del self.off[dom.uuid]
-        return True
 
     def _locate(self, dom: Domain) -> Located | None:
         pid = self.pid_of(dom)
@@ -265,7 +270,10 @@ class KernelReader:
 
     # -- agreeing with libvirt ----------------------------------------------
     def due(self, dom: Domain, every: float) -> bool:
-        """Whether ``dom``'s counters should be compared with libvirt's now."""
+        """Whether ``dom``'s counters should be compared with libvirt's now (for one on
+        libvirtd's groups: whether its wait is over, see ``on_trial``)."""
+        if dom.uuid in self.off:
+            return time.monotonic() >= self._retry[dom.uuid][0]
         at = self._at.get(dom.uuid)
         return at is not None and time.monotonic() - at.checked >= every
 
@@ -298,6 +306,8 @@ class KernelReader:
             return False
         at.reread = False
         self._retry.pop(dom.uuid, None)  # agreed: a later disagreement is news again
+        if self.off.pop(dom.uuid, None) is not None:
+            log.info("%s: counters from the kernel again: they agree with libvirt's", dom.name)
         return True
 
 
