@@ -163,7 +163,8 @@ class PrivateLibvirtd:
     # -- domains ------------------------------------------------------------
     def domain_xml(self, name: str, tag: str | None, nic: str, image: Path,
                    extra_disks: Sequence[tuple[str, str, Path]] = (),
-                   extra_driver: str = "", acpi: bool = False) -> str:
+                   extra_driver: str = "", acpi: bool = False,
+                   vcpus: tuple[int, int] = (1, 1)) -> str:
         extra = "".join(f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='{fmt}'{extra_driver}/>
@@ -175,7 +176,7 @@ class PrivateLibvirtd:
         return f"""<domain type='{self.kind}'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
+  <vcpu current='{vcpus[0]}'>{vcpus[1]}</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   {"<features><acpi/></features>" if acpi else ""}
   {meta}
@@ -197,12 +198,14 @@ class PrivateLibvirtd:
     def create(self, name: str, tag: str | None = None, nic: str | None = None,
                image_dir: Path | None = None,
                extra_disks: Sequence[tuple[str, str, Path]] = (),
-               extra_driver: str = "", image_ready: bool = False, acpi: bool = False) -> None:
+               extra_driver: str = "", image_ready: bool = False, acpi: bool = False,
+               vcpus: tuple[int, int] = (1, 1)) -> None:
         """Define and start one tiny domain with a qcow2 disk (vda) and a tap NIC, and
         ``extra_disks`` given as (target, format, image), whose driver element gets
         ``extra_driver`` (attributes, e.g. `` io='native' cache='none'``).
         ``image_ready``: the image exists where libvirtd sees it (not where we do).
-        ``acpi``: PCI hot-plug needs it (attach-disk --live).
+        ``acpi``: PCI hot-plug needs it (attach-disk --live). ``vcpus``: (current,
+        maximum); a maximum above current leaves room for ``setvcpus --live``.
 
         Tap names are host-wide: two daemons side by side need distinct ``nic`` names.
         """
@@ -211,10 +214,18 @@ class PrivateLibvirtd:
             _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M")
         xml_path = self.base / "images" / f"{name}.xml"
         xml_path.write_text(self.domain_xml(name, tag, nic or f"lt{len(self.domains)}", image,
-                                            extra_disks, extra_driver, acpi))
+                                            extra_disks, extra_driver, acpi, vcpus))
         _run("virsh", "-c", self.uri, "define", str(xml_path))
         _run("virsh", "-c", self.uri, "start", name)
         self.domains.append(name)
+
+    def remove(self, name: str) -> None:
+        """Destroy and undefine one domain (a test's own, beside the session's)."""
+        for verb in ("destroy", "undefine"):
+            subprocess.run(["virsh", "-c", self.uri, verb, name], capture_output=True,
+                           timeout=30, check=False)
+        if name in self.domains:
+            self.domains.remove(name)
 
     def qemu_pid(self, name: str) -> int:
         """The QEMU process of a running domain."""

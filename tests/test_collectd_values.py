@@ -101,3 +101,18 @@ def test_only_the_groups_the_values_need_are_asked() -> None:
     assert "vcpu" in needed_groups(Selection(frozenset({"vcpu"})))
     assert needed_groups(Selection(report_block=False, report_net=False)) == {
         "state", "cpu-total", "balloon"}
+
+
+def test_vcpus_are_keyed_by_their_numbers_not_counted() -> None:
+    """vCPU 1 offline (``setvcpus --live`` down, or guest hot-unplug): libvirt gives
+    vcpu.0, .2 and .3 with vcpu.current 3, and collectd writes virt_vcpu-0, -2 and -3
+    (virt.c keys each by its number). Counting 0..current-1 would lose vCPU 3 and look
+    for a vCPU 1 that is not there."""
+    gaps: Stats = {**STATS, "vcpu.current": 3, "vcpu.maximum": 4,
+            **{f"vcpu.{n}.{k}": 7 for n in (0, 2, 3) for k in ("state", "time", "wait")}}
+    assert "vcpu.1.time" not in gaps
+    got = names(gaps, Selection(frozenset({"vcpu"}))) - names(gaps, Selection())
+    assert got == {"virt_vcpu-0", "virt_vcpu-2", "virt_vcpu-3"}
+    values = {v.type_instance: v.key for v in collectd_values(
+        gaps, "lab-7", Selection(frozenset({"vcpu"}))) if v.type == "virt_vcpu"}
+    assert values == {"0": "vcpu.0.time", "2": "vcpu.2.time", "3": "vcpu.3.time"}

@@ -15,10 +15,13 @@ import errno
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import libvirt
+import netns
 import pytest
 from harness import PrivateLibvirtd
 from soak import Outcome, soak
@@ -106,9 +109,9 @@ def test_kernel_values_are_libvirts(libvirtd: PrivateLibvirtd) -> None:
 STOP_AT, STOP_FOR = 12.0, 20.0
 
 
-def test_libvirtd_stopped_for_20s(libvirtd: PrivateLibvirtd) -> None:
-    events: dict[str, float] = {}
-
+def halt(libvirtd: PrivateLibvirtd, seconds: float, events: dict[str, float]
+         ) -> Callable[[], None]:
+    """A soak action: SIGSTOP libvirtd for ``seconds`` (``events`` gets "stop", "cont")."""
     def cont() -> None:
         events["cont"] = time.time()
         os.kill(libvirtd.pid, signal.SIGCONT)
@@ -117,8 +120,13 @@ def test_libvirtd_stopped_for_20s(libvirtd: PrivateLibvirtd) -> None:
         events["stop"] = time.time()
         os.kill(libvirtd.pid, signal.SIGSTOP)
         # A timer, not a soak action: the soak's own libvirtd probe blocks meanwhile.
-        threading.Timer(STOP_FOR, cont).start()
+        threading.Timer(seconds, cont).start()
+    return stop
 
+
+def test_libvirtd_stopped_for_20s(libvirtd: PrivateLibvirtd) -> None:
+    events: dict[str, float] = {}
+    stop = halt(libvirtd, STOP_FOR, events)
     extra = "vcpu disk_capacity domain_state"
     out = soak(libvirtd, ["--instances", "3", "--extra-stats", extra], [(STOP_AT, stop)],
                seconds=STOP_AT + STOP_FOR + 14)
@@ -148,3 +156,64 @@ def assert_rates_true(out: Outcome, events: dict[str, float]) -> None:
     own: only the thaw's catch-up tick is left out)."""
     wrong = out.cpu_errors(ALL, [events["cont"]])
     assert not wrong, f"cpu rates off /proc (domain, tick, ours, /proc): {wrong[:5]}"
+
+
+PADS = 120  # taps created before the test's domains': theirs come late in /proc/net/dev
+PLUG_AT, HALT_AT, HALT_FOR = 5.0, 9.0, 8.0
+
+
+def test_a_crowded_host_and_a_vcpu_plugged_live(libvirtd: PrivateLibvirtd) -> None:
+    """120 real taps before two domains' own (kt-0, kt-1): their counters lie past the
+    first page of /proc/net/dev. kt-0 (1 of 2 vCPUs) gets vCPU 1 plugged live, then
+    libvirtd is stopped for 8 s. Every domain's interface counters at every tick of the
+    stop, vCPU 1's time within 2 intervals of the plug and through the stop: all from
+    the kernel (libvirtd answers nothing then), and no domain sent back to libvirtd
+    (issue 24 #4, #5)."""
+    pads = [f"kpad{i}" for i in range(PADS)]
+    extra = ["kt-0", "kt-1"]
+    events: dict[str, float] = {}
+    netns.del_links(pads)  # left by a run that was killed
+    try:
+        netns.add_taps(pads)
+        libvirtd.create("kt-0", "virt-0", nic="ktap0", vcpus=(1, 2))
+        libvirtd.create("kt-1", "virt-1", nic="ktap1")
+        fd = os.open("/proc/net/dev", os.O_RDONLY)
+        try:
+            first_page = os.read(fd, 65536).decode()
+        finally:
+            os.close(fd)
+        assert "ktap0" not in first_page, "the test domains' taps are on the first page"
+
+        def plug() -> None:
+            subprocess.run(["virsh", "-c", libvirtd.uri, "setvcpus", "kt-0", "2", "--live"],
+                           check=True, capture_output=True, timeout=30)
+            events["plug"] = time.time()
+
+        out = soak(libvirtd, ["--instances", "3", "--refresh-interval", "3",
+                              "--extra-stats", "vcpu disk_capacity domain_state"],
+                   [(PLUG_AT, plug), (HALT_AT, halt(libvirtd, HALT_FOR, events))],
+                   seconds=HALT_AT + HALT_FOR + 5)
+    finally:
+        for name in extra:
+            libvirtd.remove(name)
+        netns.del_links(pads)
+    stopped, resumed = int(events["stop"]) + 1, int(events["cont"])
+    during = [t for t in out.window() if stopped < t < resumed]
+    assert len(during) >= HALT_FOR - 3, during
+    nics = {**{name: f"lt{name[-1]}" for name in ALL}, "kt-0": "ktap0", "kt-1": "ktap1"}
+    missing = {}
+    for name, nic in nics.items():
+        for metric in (f"if_octets-{nic}.rx", f"if_packets-{nic}.tx", "virt_vcpu-0"):
+            gaps = [t for t in during if t not in out.stamps(name, metric)]
+            if gaps:
+                missing[f"{name} {metric}"] = len(gaps)
+    plugged = sorted(out.stamps("kt-0", "virt_vcpu-1"))
+    print(f"\n{PADS} taps before the domains'; libvirtd stopped {len(during)} ticks: "
+          f"values missing (ticks) {missing or 'none'}; vCPU 1 plugged at "
+          f"{events['plug']:.1f}, first value at {plugged[:1]}, during the stop "
+          f"{sum(t in plugged for t in during)}/{len(during)} ticks")
+    assert not missing, f"{missing}\n{out.stderr[-3000:]}"
+    assert plugged and plugged[0] <= events["plug"] + 2 * out.interval, (plugged, events)
+    assert all(t in plugged for t in during), "vCPU 1 was not read from the kernel"
+    for said in ("counters from libvirtd", "disagrees"):
+        assert said not in out.stderr, out.stderr[-3000:]

@@ -1,9 +1,15 @@
-"""Is a domain's QEMU frozen? The /proc judgement, on a /proc laid out like the real one."""
+"""Is a domain's QEMU frozen? The /proc judgement, on a forked child's real /proc (and,
+for the one case the kernel cannot be made to show on demand, a fake /proc named so)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,28 +60,78 @@ def test_cmdline_uuid() -> None:
     assert cmdline_uuid(b"/bin/sh\0-c\0-uuid") is None
 
 
-def test_qemu_of_this_very_process_is_found_and_judged(tmp_path: Path) -> None:
-    """A /proc laid out like the real one (this test's own pid): found by the pid file or
-    the command line, judged by the main thread's state, forgotten when it goes away."""
-    pid = os.getpid()
+@pytest.fixture
+def child_qemu() -> Iterator[subprocess.Popen[bytes]]:
+    """A forked child idling in its main loop, with ``-uuid U-1`` on its command line as
+    QEMU has: a real /proc/<pid> whose state the kernel keeps."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); "
+                             "time.sleep(120)", "-uuid", "U-1"], stdout=subprocess.PIPE)
+    # Popen returns at exec's point of no return, before the new command line is in place.
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def state_of(pid: int) -> str:
+    return thread_state(Path(f"/proc/{pid}/task/{pid}/stat").read_text())
+
+
+def wait_for_state(pid: int, states: str) -> None:
+    for _ in range(200):
+        if state_of(pid) in states:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} stayed {state_of(pid)}, not {states}")
+
+
+def test_a_real_process_is_found_and_judged_frozen_when_stopped(
+        tmp_path: Path, child_qemu: subprocess.Popen[bytes]) -> None:
+    """A forked child, found by the pid file or the command line, judged by its main
+    thread's state as the kernel gives it: asleep in its main loop is fine; SIGSTOPped
+    (a storage stall does this to QEMU) is frozen; SIGCONT: fine again; gone: forgotten."""
+    pid = child_qemu.pid
+    pids = tmp_path / "run"
+    pids.mkdir()
+    (pids / "vm.pid").write_text(f"{pid}\n")
+    qemu = QemuProcesses(Path("/proc"), pids, longest=0.2)
+    assert qemu.pid("U-1", "vm") == pid
+    wait_for_state(pid, "S")
+    assert qemu.frozen([("u-1", "vm")]) == set()
+    os.kill(pid, signal.SIGSTOP)
+    wait_for_state(pid, "T")
+    assert qemu.frozen([("u-1", "vm")]) == {"u-1"}
+    os.kill(pid, signal.SIGCONT)
+    wait_for_state(pid, "S")
+    assert qemu.frozen([("u-1", "vm")]) == set()
+    fresh = QemuProcesses(Path("/proc"), tmp_path / "none")  # no pid file: the command line
+    assert fresh.pid("u-1", "other-name") == pid
+    assert fresh.pid("u-2", "vm") is None
+    child_qemu.kill()
+    child_qemu.wait()
+    assert fresh.frozen([("u-1", "vm")]) == set()  # gone: not frozen, and forgotten
+    assert qemu.pid("u-1", "vm") == pid  # cached until a check finds it gone
+    assert qemu.frozen([("u-1", "vm")]) == set()
+    assert qemu.pid("u-1", "vm") is None  # its pid file names a process that is not it
+
+
+def test_a_thread_in_d_that_is_still_scheduled_is_busy_not_frozen(tmp_path: Path) -> None:
+    """A FAKE /proc (files this test writes): a main thread in D on every look whose
+    context switches keep moving (I/O that completes) cannot be produced on demand here,
+    so its judgement is shown on written files: busy while the count moves, frozen once
+    it stops."""
+    pid = 4242
     proc = tmp_path / "proc"
     task = proc / str(pid) / "task" / str(pid)
     task.mkdir(parents=True)
     (proc / str(pid) / "cmdline").write_bytes(b"qemu\0-uuid\0u-1\0")
-    (task / "stat").write_text(f"{pid} (qemu-system-x86) S 1 2 3")
-    (task / "wchan").write_text("poll_schedule_timeout")
-    (task / "status").write_text("voluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t2\n")
-    pids = tmp_path / "run"
-    pids.mkdir()
-    (pids / "vm.pid").write_text(f"{pid}\n")
-    qemu = QemuProcesses(proc, pids, longest=0.2)
-    assert qemu.pid("U-1", "vm") == pid
-    assert qemu.frozen([("u-1", "vm")]) == set()
-    (task / "stat").write_text(f"{pid} (qemu-system-x86) T 1 2 3")
-    assert qemu.frozen([("u-1", "vm")]) == {"u-1"}
-    # In D on both reads but scheduled between them (I/O that completes): busy, not frozen.
     (task / "stat").write_text(f"{pid} (qemu-system-x86) D 1 2 3")
     (task / "wchan").write_text("folio_wait_bit")
+    (task / "status").write_text("voluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t2\n")
+    qemu = QemuProcesses(proc, tmp_path / "none", longest=0.2)
+    assert qemu.pid("u-1", "vm") == pid
     stop = threading.Event()
 
     def switching() -> None:
@@ -92,9 +148,3 @@ def test_qemu_of_this_very_process_is_found_and_judged(tmp_path: Path) -> None:
         stop.set()
         worker.join()
     assert qemu.frozen([("u-1", "vm")]) == {"u-1"}  # not scheduled any more: frozen
-    (pids / "vm.pid").unlink()
-    fresh = QemuProcesses(proc, pids)  # no pid file: the command line finds it
-    assert fresh.pid("u-1", "other-name") == pid
-    assert fresh.pid("u-2", "vm") is None
-    (task / "stat").unlink()  # the process went away
-    assert fresh.frozen([("u-1", "vm")]) == set()

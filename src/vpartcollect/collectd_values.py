@@ -142,6 +142,7 @@ def interface_instance(stats: Stats, i: int, name: str,
 
 
 _PIN = re.compile(r"vcpu\.(\d+)\.pin\.(\d+)$")
+_VCPU_TIME = re.compile(r"vcpu\.(\d+)\.time$")
 
 
 class _Values:
@@ -166,8 +167,9 @@ class _Values:
         self.add("cpu.time", "virt_cpu_total", "", "value", False, True)
         self.add("balloon.current", "memory", "total", "value", False, False, 1024)
         if "vcpu" in extra:
-            for i in range(int(_num(stats.get("vcpu.current")) or 0)):
-                self.add(f"vcpu.{i}.time", "virt_vcpu", str(i), "value", False, True)
+            # By number, as collectd keys them: with vCPU 1 offline they are 0, 2, 3.
+            for n, key in sorted((int(m[1]), k) for k in stats if (m := _VCPU_TIME.match(k))):
+                self.add(key, "virt_vcpu", str(n), "value", False, True)
         if "vcpupin" in extra:
             pins = sorted((int(m[1]), int(m[2]), k) for k in stats if (m := _PIN.match(k)))
             for vcpu, cpu, key in pins:

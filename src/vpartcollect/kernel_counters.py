@@ -182,6 +182,15 @@ def interface_stats(nics: list[tuple[str, bool]], counters: Mapping[str, list[in
 
 
 # -- agreement ---------------------------------------------------------------
+def interface_names(stats: Stats) -> list[str]:
+    """The host devices of a domain's interfaces, in libvirt's ``net.<i>`` order ("" for
+    one without): what changes when a NIC is plugged or unplugged."""
+    count = stats.get("net.count", 0)
+    if not isinstance(count, int):
+        return []
+    return [str(stats.get(f"net.{i}.name", "")) for i in range(count)]
+
+
 def comparable(stats: Stats) -> Stats:
     """The keys of libvirt's answer that this module produces too: the kernel groups,
     without what only QEMU's monitor or libvirtd's own state gives (halt-polling,

@@ -58,6 +58,11 @@ class Domain:
         return (f"<Domain {self.name} {self.uuid} tag={self.tag} "
                 f"disks={len(self.disks) if self.disks is not None else '?'}>")
 
+    def forget_devices(self) -> None:
+        """Have the devices read from the XML again at the next listing (they changed
+        under the running domain: a hot-plug)."""
+        self.disks, self.stores = None, None
+
     def devices_changed(self, disks: list[tuple[str, str]], nics: list[str]) -> bool:
         """Take the devices a bulk answer named; True when they differ from what was known
         (the datastores of the new images are then worked out, and probed, again). Only
@@ -281,7 +286,7 @@ class Inventory:
         dom.name = handle.name()
         dom.read_at = now
         if dom.disks is not None:  # devices too, where bulk stats do not name them
-            dom.disks, dom.stores = None, None
+            dom.forget_devices()
 
     @staticmethod
     def unresponsive(dom: Domain, suspect: bool = False) -> bool:

@@ -8,9 +8,13 @@ they keep coming while libvirtd restarts, wedges or is stopped. libvirtd is then
 asked only for what needs QEMU or its own state (block, balloon, state, perf).
 
 Chosen per domain: a domain whose QEMU pid is unknown, whose cgroup holds no CPU
-accounting, or whose values once disagreed with libvirt's keeps libvirtd's groups
-(logged once, with why). ``check`` compares both sources for a domain, once per
-refresh interval, so a kernel or libvirt change cannot make values silently wrong.
+accounting, or whose values disagreed with libvirt's keeps libvirtd's groups (logged,
+with why) until it is tried again: after one refresh interval, then twice as long each
+time it fails again, up to an hour; tried means compared with libvirt first, so no
+value goes out from the kernel before they agree. ``agree`` compares both sources for a domain, once
+per refresh interval, so a kernel or libvirt change cannot make values silently wrong;
+interfaces that libvirt lists differently (one plugged or unplugged since the XML was
+read) are not a disagreement: the XML is read again and the check repeated.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from vpartcollect.samples import Stats
 from vpartcollect.worker.inventory import Domain
 
 log = logging.getLogger(__name__)
+
+RETRY_MAX_SECONDS = 3600.0  # the longest a domain waits before the kernel is tried again
 
 
 def read_text(path: str) -> str:
@@ -88,17 +94,22 @@ class Located:
     pid: int
     cpu_files: tuple[str, ...]  # v2: (cpu.stat,); v1: (cpuacct.usage, cpuacct.stat)
     vcpus: dict[int, str] = field(default_factory=dict)  # vCPU -> /proc/<pid>/task/<tid>/
+    threads: int = 0  # st_nlink of /proc/<pid>/task when ``vcpus`` was listed
     maximum: int | None = None  # vcpu.maximum, as libvirt last said (the kernel cannot)
     checked: float = -1e18  # monotonic time of the last agreement check
+    reread: bool = False  # its XML is being read again: libvirt listed other interfaces
 
 
 class KernelReader:
     """The kernel-side counters of the domains one worker samples."""
 
     def __init__(self, pid_of: Callable[[Domain], int | None], proc: str = "/proc",
-                 mountinfo: str | None = None) -> None:
-        """``pid_of``: a domain's QEMU pid (qemu_proc finds it), or None."""
+                 mountinfo: str | None = None, retry: float = 60.0) -> None:
+        """``pid_of``: a domain's QEMU pid (qemu_proc finds it), or None; ``retry``: how
+        long a domain sent back to libvirtd waits at first before the kernel is tried
+        again (the refresh interval)."""
         self.pid_of = pid_of
+        self.retry = retry
         self.proc = proc
         if mountinfo is None:
             mountinfo = _read_or_none(f"{proc}/self/mountinfo") or ""
@@ -107,6 +118,8 @@ class KernelReader:
         self.cpus = os.cpu_count() or 1
         self._at: dict[str, Located] = {}
         self.off: dict[str, str] = {}  # uuid -> why libvirtd's groups are used instead
+        # uuid -> (monotonic time the kernel is tried again, the wait after that)
+        self._retry: dict[str, tuple[float, float]] = {}
         self._sched_wait = True  # whether sched files carry wait_sum (a kernel option)
 
     def __repr__(self) -> str:
@@ -116,8 +129,20 @@ class KernelReader:
     # -- which domains ------------------------------------------------------
     def covers(self, dom: Domain) -> frozenset[str]:
         """The bulk groups the kernel gives for ``dom`` (empty: ask libvirtd for all)."""
-        if dom.uuid in self.off or dom.interfaces is None:
+        if dom.interfaces is None or dom.uuid in self.off:
             return frozenset()
+        return self._groups(dom)
+
+    def on_trial(self, dom: Domain) -> frozenset[str]:
+        """For a domain on libvirtd's groups whose wait is over: the groups the kernel
+        would give, to be compared with libvirt's (``agree``) before any is sent."""
+        if (dom.interfaces is None or dom.uuid not in self.off
+                or time.monotonic() < self._retry[dom.uuid][0]):
+            return frozenset()
+        return self._groups(dom)
+
+    def _groups(self, dom: Domain) -> frozenset[str]:
+        assert dom.interfaces is not None
         at = self._locate(dom)
         if at is None:
             return frozenset()
@@ -131,11 +156,18 @@ class KernelReader:
         keep = set(uuids)
         self._at = {u: a for u, a in self._at.items() if u in keep}
         self.off = {u: r for u, r in self.off.items() if u in keep}
+        self._retry = {u: r for u, r in self._retry.items() if u in keep}
 
     def turn_off(self, dom: Domain, why: str) -> None:
-        """Use libvirtd's groups for ``dom`` from now on, and say why once."""
-        if dom.uuid not in self.off:
-            log.warning("%s: counters from libvirtd, not the kernel: %s", dom.name, why)
+        """Use libvirtd's groups for ``dom`` until it is tried again, and say why: a
+        warning the first time, a line at info each time it fails again (less and less
+        often: the wait doubles)."""
+        again = dom.uuid in self._retry
+        wait = self._retry[dom.uuid][1] if again else self.retry
+        self._retry[dom.uuid] = (time.monotonic() + wait, min(2 * wait, RETRY_MAX_SECONDS))
+        (log.info if again else log.warning)(
+            "%s: counters from libvirtd, not the kernel: %s (tried again in %.0f s)",
+            dom.name, why, wait)
         self.off[dom.uuid] = why
         self._at.pop(dom.uuid, None)
 
@@ -202,10 +234,14 @@ class KernelReader:
                               self.clk_tck)
 
     def _vcpus(self, at: Located) -> Stats:
+        # A vCPU plugged live (setvcpus --live) is a new thread: the task directory's link
+        # count (2 + threads) says the threads changed, for one stat() a read. QEMU's I/O
+        # workers come and go too; the list is then built again, ~20 small reads.
+        threads_now = os.stat(f"{self.proc}/{at.pid}/task").st_nlink
         threads = {}
         for attempt in range(2):
-            if not at.vcpus or attempt:
-                at.vcpus = self._vcpu_threads(at.pid)
+            if not at.vcpus or attempt or threads_now != at.threads:
+                at.vcpus, at.threads = self._vcpu_threads(at.pid), threads_now
             try:
                 for n, task in at.vcpus.items():
                     sched = _read_or_none(task + "sched") if self._sched_wait else None
@@ -234,7 +270,10 @@ class KernelReader:
 
     # -- agreeing with libvirt ----------------------------------------------
     def due(self, dom: Domain, every: float) -> bool:
-        """Whether ``dom``'s counters should be compared with libvirt's now."""
+        """Whether ``dom``'s counters should be compared with libvirt's now (for one on
+        libvirtd's groups: whether its wait is over, see ``on_trial``)."""
+        if dom.uuid in self.off:
+            return time.monotonic() >= self._retry[dom.uuid][0]
         at = self._at.get(dom.uuid)
         return at is not None and time.monotonic() - at.checked >= every
 
@@ -248,14 +287,27 @@ class KernelReader:
         at.checked = time.monotonic()
         if "vcpu.maximum" in libvirt:
             at.maximum = int(libvirt["vcpu.maximum"])
+        at.threads = -1  # the vCPU threads listed afresh: nothing plugged goes unseen
         ours = self.read(dom, groups)
         if ours is None:
             return False
         wanted = {k: v for k, v in libvirt.items() if _group_of(k) in groups}
+        if ("interface" in groups and not at.reread
+                and kc.interface_names(ours) != kc.interface_names(wanted)):
+            # A NIC plugged or unplugged since the XML was read: not the kernel's fault.
+            log.info("%s: its interfaces changed (libvirt lists %s); reading its XML again",
+                     dom.name, ", ".join(kc.interface_names(wanted)) or "none")
+            dom.forget_devices()
+            at.reread, at.checked = True, -1e18  # checked again once the XML is read
+            return False
         problems = kc.disagreements(ours, wanted, elapsed, self.cpus)
         if problems:
             self.turn_off(dom, "it disagrees with libvirt: " + "; ".join(problems[:4]))
             return False
+        at.reread = False
+        self._retry.pop(dom.uuid, None)  # agreed: a later disagreement is news again
+        if self.off.pop(dom.uuid, None) is not None:
+            log.info("%s: counters from the kernel again: they agree with libvirt's", dom.name)
         return True
 
 

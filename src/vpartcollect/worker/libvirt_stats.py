@@ -219,12 +219,15 @@ class StatsReader:
         return {uuid: answer for uuid, answer in out.items() if answer.stats}
 
     def check_kernel(self, domains: Sequence[Domain], every: float) -> None:
-        """Compare the kernel's counters with libvirt's for the domains due a check (one
-        bulk call, NOWAIT); a domain whose two sources differ goes back to libvirtd."""
+        """Compare the kernel's counters with libvirt's for the domains due a check, and
+        those on libvirtd's groups due a trial (one bulk call, NOWAIT); a domain whose two
+        sources differ goes (or stays) back to libvirtd."""
         if self.kernel is None:
             return
+        kernel = self.kernel
         due = {d.uuid: (d, covered) for d in self._bind(domains)
-               if (covered := self.kernel.covers(d) & self.wanted) and self.kernel.due(d, every)}
+               if (covered := (kernel.covers(d) or kernel.on_trial(d)) & self.wanted)
+               and kernel.due(d, every)}
         if not due:
             return
         started = time.monotonic()

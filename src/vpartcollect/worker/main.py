@@ -47,7 +47,8 @@ class Worker:
         self.guard = Guard()  # outlives connections: its calls hold libvirtd threads
         self.triage = Triage(cfg)
         # Outlives connections too; finds QEMUs where triage does.
-        self.kernel = KernelReader(lambda d: self.triage.qemu.pid(d.uuid, d.name))
+        self.kernel = KernelReader(lambda d: self.triage.qemu.pid(d.uuid, d.name),
+                                   retry=cfg.refresh_interval)
         self.last: list[Domain] = []  # the domains of the previous tick
         self.skipped_for = 0.0  # the reconnection whose passed ticks were said skipped
 
