@@ -101,3 +101,14 @@ def test_only_the_groups_the_values_need_are_asked() -> None:
     assert "vcpu" in needed_groups(Selection(frozenset({"vcpu"})))
     assert needed_groups(Selection(report_block=False, report_net=False)) == {
         "state", "cpu-total", "balloon"}
+
+
+def test_regex_entries_are_posix_extended_as_collectds() -> None:
+    """Issue 24, 9: collectd's regcomp(REG_EXTENDED) reads [[:alpha:]] as a class;
+    Python's re read a set and a "]", and left the domain out without a word."""
+    prod = IgnoreList(("/^[[:alpha:]]+-prod$/",))
+    assert not prod.ignored("web-prod") and prod.ignored("web1-prod")
+    devices = Selection(block_devices=IgnoreList(("/^lab-[[:digit:]]:vd[[:lower:]]$/",)))
+    assert "disk_ops-vda.read" in names(STATS, devices)
+    assert not any("hdc" in n for n in names(STATS, devices))
+
