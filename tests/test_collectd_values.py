@@ -112,3 +112,16 @@ def test_regex_entries_are_posix_extended_as_collectds() -> None:
     assert "disk_ops-vda.read" in names(STATS, devices)
     assert not any("hdc" in n for n in names(STATS, devices))
 
+
+def test_no_job_no_job_stats() -> None:
+    """Issue 24, 10: libvirt-python's jobStats() adds the job type to the parameters
+    ({"type": 0} when none runs); collectd submits the parameters only, so nothing."""
+    idle = {**STATS, "job.type": 0}
+    tripleo = Selection(frozenset({"pcpu", "cpu_util", "vcpupin", "vcpu", "memory", "disk",
+                                   "disk_err", "disk_allocation", "disk_capacity",
+                                   "disk_physical", "domain_state", "job_stats_background",
+                                   "perf"}))
+    assert not any(n.startswith("job_stats") for n in names(idle, tripleo))
+    running = {**idle, "job.type": 2, "job.time_elapsed": 1500, "job.data_total": 4096}
+    assert {n for n in names(running, tripleo) if n.startswith("job_stats")} == {
+        "job_stats-time_elapsed", "job_stats-data_total"}

@@ -149,6 +149,7 @@ def interface_instance(stats: Stats, i: int, name: str,
     return name, name
 
 
+_JOB_NOT_PARAMETERS = frozenset({"job.type"})
 _PIN = re.compile(r"vcpu\.(\d+)\.pin\.(\d+)$")
 
 
@@ -209,9 +210,11 @@ class _Values:
                 if typ in extra:
                     self.add(prefix + suffix, typ, inst, "value", False, False)
 
-    def keyed(self, head: str, typ: str, counter: bool, instance: str = "") -> None:
-        """Values whose raw keys start with ``head``: one type instance each."""
-        for key in sorted(k for k in self.stats if k.startswith(head)):
+    def keyed(self, head: str, typ: str, counter: bool, instance: str = "",
+              skip: frozenset[str] = frozenset()) -> None:
+        """Values whose raw keys start with ``head`` (but ``skip``): one type instance
+        each."""
+        for key in sorted(k for k in self.stats if k.startswith(head) and k not in skip):
             inst = key.replace(".", "_", 1) if instance == "perf" else key[len(head):]
             self.add(key, typ, inst, "value", False, counter)
 
@@ -243,7 +246,9 @@ def collectd_values(stats: Stats, domain: str, selection: Selection) -> list[Val
     if "perf" in extra:
         values.keyed("perf.", "perf", True, instance="perf")
     if extra & {"job_stats_completed", "job_stats_background"}:
-        values.keyed("job.", "job_stats", True)
+        # collectd submits the job's typed parameters only: none when no job runs.
+        # libvirt-python adds the job type (an out-parameter) to the same dict.
+        values.keyed("job.", "job_stats", True, skip=_JOB_NOT_PARAMETERS)
     return values.out
 
 
