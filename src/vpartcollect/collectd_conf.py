@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -59,14 +60,21 @@ class Item:
         return [c for c in self.children if c.key.lower() == key.lower()]
 
 
+# In a quoted string: a backslash and a line end continue the string (the next line's
+# leading blanks dropped); a backslash and any other character is that character.
+_ESCAPE = re.compile(r"\\(?:(\r?\n)[ \t\b]*|(.))", re.DOTALL)
+
+
 def _value(kind: str, text: str) -> Value:
-    if kind == "quoted":  # a backslash at the end of a line continues the string
-        joined = re.sub(r"\\\r?\n[ \t\b]*", "", text[1:-1])
-        return re.sub(r"\\(.)", r"\1", joined, flags=re.DOTALL)
+    if kind == "quoted":  # one pass, left to right: an escaped backslash ends no line
+        return _ESCAPE.sub(lambda m: "" if m[1] else m[2], text[1:-1])
     if kind in ("true", "false"):
         return kind == "true"
-    if kind == "number":  # strtod: decimal, or hexadecimal after 0x
-        return float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+    if kind == "number":  # strtod: decimal, or hexadecimal after 0x; inf beyond a double
+        try:
+            return float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+        except OverflowError:
+            return math.inf
     return text
 
 
@@ -108,6 +116,9 @@ def _values(tokens: list[tuple[str, str]], where: str) -> list[Value]:
 
 def parse(text: str, name: str = "collectd.conf") -> Item:
     """The tree of one file (its Include lines not followed yet)."""
+    if "\0" in text:  # collectd's strings end there: refuse rather than guess
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise CollectdConfError(f"{name}:{line}: a NUL byte")
     root = Item("", [], where=name)
     stack = [root]
     for line, tokens in _tokens(text, name):
@@ -141,8 +152,9 @@ def parse(text: str, name: str = "collectd.conf") -> Item:
 def read(path: str | Path, depth: int = 0) -> Item:
     """A whole configuration: ``path`` with every Include followed, as collectd does."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # newline="": a carriage return inside a quoted string is kept, as collectd does
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
     except OSError as exc:
         raise CollectdConfError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
