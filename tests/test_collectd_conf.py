@@ -75,7 +75,9 @@ def test_bad_files_are_one_line_with_the_place(text: str, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_includes_files_directories_globs_and_filters(tmp_path: Path) -> None:
+def test_includes_files_directories_globs_and_filters(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # collectd takes a relative Include from its directory
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "10-virt.conf").write_text("<Plugin virt>\nInstances 2\n</Plugin>\n")
     (tmp_path / "conf.d" / "20-other.txt").write_text("Interval 7\n")
@@ -94,6 +96,15 @@ def test_includes_files_directories_globs_and_filters(tmp_path: Path) -> None:
     (tmp_path / "missing.conf").write_text('Include "nowhere.conf"\n')
     with pytest.raises(CollectdConfError, match="no such file"):
         read(tmp_path / "missing.conf")
+    # Not from the including file's directory: collectd's wordexp and stat see the
+    # current directory (found running collectd 5.12 on such a file).
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "beside.conf").write_text("Interval 3\n")
+    (tmp_path / "etc" / "main.conf").write_text('Include "g.conf"\nInclude "beside.conf"\n')
+    with pytest.raises(CollectdConfError, match="read from the current directory"):
+        read(tmp_path / "etc" / "main.conf")
+    (tmp_path / "etc" / "main.conf").write_text('Include "g.conf"\n')
+    assert read(tmp_path / "etc" / "main.conf").children[0].values == ["from-glob"]
 
 
 FULL = """Hostname "hv01"
@@ -194,10 +205,12 @@ def test_the_command(tmp_path: Path) -> None:
     assert res.returncode == 2 and "No such file" in res.stderr
 
 
-def test_write_graphite_blocks_of_every_file_are_all_destinations(tmp_path: Path) -> None:
+def test_write_graphite_blocks_of_every_file_are_all_destinations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 24, 8: configuration management puts one node in collectd.conf and another
     in an included file; collectd writes to both (one writer per node, named by it)."""
     (tmp_path / "conf.d").mkdir()
+    monkeypatch.chdir(tmp_path)  # "conf.d" is relative: from the current directory
     (tmp_path / "conf.d" / "graphite.conf").write_text(
         '<Plugin write_graphite>\n  <Node "second">\n    Host "10.0.0.2"\n  </Node>\n'
         '</Plugin>\n<Plugin virt>\n  Domain "b"\n  Instances 2\n</Plugin>\n')

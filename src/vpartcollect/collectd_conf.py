@@ -7,7 +7,8 @@ backslash escapes), numbers (decimal, float, 0x hex, 0 octal), booleans
 comment; a backslash at the end of a line continues it. ``Include "path"``
 (a file, a directory of files read in order, or a shell glob), and the block
 form ``<Include "dir"> Filter "*.conf" </Include>``, are replaced by what they
-read, at the top level of each file, up to 8 levels deep.
+read, at the top level of each file, up to 8 levels deep; a relative path is taken
+from the current directory, as collectd takes it.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def read(path: str | Path, depth: int = 0) -> Item:
                 raise CollectdConfError(f"{child.where}: only Filter \"pattern\" may be in "
                                         "an <Include> block")
             pattern = child.values[0]
-        for included in _included(item.values[0], path.parent, item.where):
+        for included in _included(item.values[0], Path.cwd(), item.where):
             if pattern is None or fnmatch.fnmatch(included.name, pattern):
                 children.extend(read(included, depth + 1).children)
     root.children = children
@@ -185,8 +186,9 @@ def read(path: str | Path, depth: int = 0) -> Item:
 
 def _included(spec: str, base: Path, where: str) -> list[Path]:
     """The files an Include names: a file, a directory's files (sorted, dotfiles left
-    out, recursively) or a glob; relative paths from the including file's directory."""
-    spec = os.path.expanduser(spec)
+    out, recursively) or a glob; a relative path from the current directory, as
+    collectd's wordexp and stat take it (not from the including file's directory)."""
+    spec_given = spec = os.path.expanduser(spec)
     if not os.path.isabs(spec):
         spec = str(base / spec)
     found = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
@@ -201,5 +203,8 @@ def _included(spec: str, base: Path, where: str) -> list[Path]:
         elif entry.exists():
             files.append(entry)
         else:
-            raise CollectdConfError(f"{where}: Include {name}: no such file or directory")
+            relative = "" if os.path.isabs(spec_given) else \
+                " (a relative path is read from the current directory, as collectd does)"
+            raise CollectdConfError(f"{where}: Include {name}: no such file or "
+                                    f"directory{relative}")
     return files
