@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tomllib
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from runner import cli
 
 from vpartcollect.collectd_conf import CollectdConfError, Item, Value, parse, read
 from vpartcollect.collectd_import import import_collectd, to_toml
-from vpartcollect.config import build
+from vpartcollect.config import ConfigError, build
 
 
 def values(text: str) -> list[tuple[str, list[Value]]]:
@@ -74,7 +75,9 @@ def test_bad_files_are_one_line_with_the_place(text: str, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_includes_files_directories_globs_and_filters(tmp_path: Path) -> None:
+def test_includes_files_directories_globs_and_filters(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # collectd takes a relative Include from its directory
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "10-virt.conf").write_text("<Plugin virt>\nInstances 2\n</Plugin>\n")
     (tmp_path / "conf.d" / "20-other.txt").write_text("Interval 7\n")
@@ -93,6 +96,15 @@ def test_includes_files_directories_globs_and_filters(tmp_path: Path) -> None:
     (tmp_path / "missing.conf").write_text('Include "nowhere.conf"\n')
     with pytest.raises(CollectdConfError, match="no such file"):
         read(tmp_path / "missing.conf")
+    # Not from the including file's directory: collectd's wordexp and stat see the
+    # current directory (found running collectd 5.12 on such a file).
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "beside.conf").write_text("Interval 3\n")
+    (tmp_path / "etc" / "main.conf").write_text('Include "g.conf"\nInclude "beside.conf"\n')
+    with pytest.raises(CollectdConfError, match="read from the current directory"):
+        read(tmp_path / "etc" / "main.conf")
+    (tmp_path / "etc" / "main.conf").write_text('Include "g.conf"\n')
+    assert read(tmp_path / "etc" / "main.conf").children[0].values == ["from-glob"]
 
 
 FULL = """Hostname "hv01"
@@ -191,3 +203,172 @@ def test_the_command(tmp_path: Path) -> None:
     assert res.stderr.count("\n") == 1 and "never closed" in res.stderr
     res = cli("import-collectd", str(tmp_path / "absent.conf"))
     assert res.returncode == 2 and "No such file" in res.stderr
+
+
+def test_write_graphite_blocks_of_every_file_are_all_destinations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24, 8: configuration management puts one node in collectd.conf and another
+    in an included file; collectd writes to both (one writer per node, named by it)."""
+    (tmp_path / "conf.d").mkdir()
+    monkeypatch.chdir(tmp_path)  # "conf.d" is relative: from the current directory
+    (tmp_path / "conf.d" / "graphite.conf").write_text(
+        '<Plugin write_graphite>\n  <Node "second">\n    Host "10.0.0.2"\n  </Node>\n'
+        '</Plugin>\n<Plugin virt>\n  Domain "b"\n  Instances 2\n</Plugin>\n')
+    (tmp_path / "collectd.conf").write_text(
+        'FQDNLookup false\nLoadPlugin virt\n<Plugin virt>\n  Domain "a"\n</Plugin>\n'
+        '<Plugin write_graphite>\n  <Node "first">\n    Host "10.0.0.1"\n    Port 2004\n'
+        '  </Node>\n</Plugin>\nInclude "conf.d/*.conf"\n')
+    imported = import_collectd(read(tmp_path / "collectd.conf"))
+    assert imported.values["graphite"] == ["10.0.0.1:2004", "10.0.0.2:2003"]
+    # Two virt blocks: collectd reads both, lists grow, a later option wins.
+    assert imported.values["domains"] == ["a", "b"] and imported.values["instances"] == 2
+    assert build(tomllib.loads(to_toml(imported.values))).graphite[1].host == "10.0.0.2"
+
+
+def test_nodes_as_collectd_registers_them() -> None:
+    """A node named like an earlier one replaces it (collectd: "overwriting the old
+    entry"); two names for one host and port are one destination, said so."""
+    text = ('<Plugin write_graphite>\n  <Node "a">\n    Host "h1"\n  </Node>\n'
+            '  <Node "b">\n    Host "h2"\n  </Node>\n</Plugin>\n'
+            '<Plugin write_graphite>\n  <Node "a">\n    Host "h3"\n  </Node>\n'
+            '  <Node "c">\n    Host "h2"\n  </Node>\n</Plugin>\n')
+    imported = import_collectd(parse(text), fqdn=lambda: "hv")
+    assert imported.values["graphite"] == ["h3:2003", "h2:2003"]
+    notes = "\n".join(imported.notes)
+    assert "node a again: collectd replaces the one at collectd.conf:2" in notes
+    assert "node c: h2:2003 is already a destination" in notes
+
+
+def test_a_regex_the_import_cannot_carry_is_one_line_with_its_place(tmp_path: Path) -> None:
+    conf = tmp_path / "collectd.conf"
+    conf.write_text('<Plugin virt>\n  Domain "/^[[:alpha:]]+-prod$/"\n'
+                    '  BlockDevice "/:vd[[.a.]]$/"\n</Plugin>\n')
+    res = cli("import-collectd", str(conf))
+    assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1
+    assert f"{conf}:3: BlockDevice: POSIX regular expression" in res.stderr
+    assert "collating element" in res.stderr
+    conf.write_text('FQDNLookup false\n<Plugin virt>\n  Domain "/^[[:alpha:]]+-prod$/"\n'
+                    '</Plugin>\n')
+    res = cli("import-collectd", str(conf))
+    assert res.returncode == 0, res.stderr
+    cfg = build(tomllib.loads(res.stdout))  # carried as written: read as collectd does
+    assert cfg.domains == ("/^[[:alpha:]]+-prod$/",)
+    assert cfg.wants("web-prod") and not cfg.wants("web1-prod")
+
+
+HUGE_HEX = "0x" + "f" * 300
+
+
+@pytest.mark.parametrize("line", [
+    "Instances nan", "Instances 1.0e+400", f"Instances {HUGE_HEX}", "Instances inf",
+    f"RefreshInterval {HUGE_HEX}", f"Connection {HUGE_HEX}", f"ExtraStats {HUGE_HEX}",
+])
+def test_numbers_beyond_range_are_one_line_and_status_2(tmp_path: Path, line: str) -> None:
+    """Issue 29, 6: these were a ValueError or OverflowError traceback, exit 1."""
+    conf = tmp_path / "collectd.conf"
+    conf.write_text(f"FQDNLookup false\n<Plugin virt>\n  {line}\n</Plugin>\n")
+    res = cli("import-collectd", str(conf))
+    assert (res.returncode, res.stdout) == (2, ""), res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert f"{conf}:3: " in res.stderr
+
+
+BAD_VALUES = ["nan", "inf", "-inf", "1.0e+400", "-1.0e+400", HUGE_HEX, "1e-400", "0x0",
+              '"nan"', '"1e999"', "true", "off", "99999999999999999999999", '""', '"\\""',
+              "-0", "0", "3.5", "word"]
+OPTIONS = {
+    "": ["Hostname", "FQDNLookup", "Interval"],
+    "virt": ["Connection", "RefreshInterval", "Instances", "Domain", "BlockDevice",
+             "InterfaceDevice", "IgnoreSelected", "HostnameFormat", "PluginInstanceFormat",
+             "InterfaceFormat", "BlockDeviceFormat", "BlockDeviceFormatBasename",
+             "ExtraStats", "ReportBlockDevices", "HostnameMetadataNS",
+             "HostnameMetadataXPath"],
+    "node": ["Host", "Port", "Protocol", "Prefix", "Postfix", "StoreRates", "EscapeCharacter",
+             "SeparateInstances", "ReconnectInterval", "UseTags"],
+}
+
+
+def test_every_option_with_every_odd_value_is_a_config_error_or_loads() -> None:
+    """Every option the import reads, with every odd number or word: a one-line error
+    (CollectdConfError or ConfigError, both exit 2) or a configuration that loads."""
+    for where, keys in OPTIONS.items():
+        for key in keys:
+            for value in BAD_VALUES:
+                line = f"{key} {value}\n"
+                text = {"": "FQDNLookup false\n" + line,
+                        "virt": f"<Plugin virt>\n{line}</Plugin>\n",
+                        "node": f'<Plugin write_graphite>\n<Node "n">\n{line}</Node>\n'
+                                "</Plugin>\n"}[where]
+                try:
+                    imported = import_collectd(parse(text), fqdn=lambda: "hv")
+                    build(tomllib.loads(to_toml(imported.values)))
+                except (CollectdConfError, ConfigError) as exc:
+                    assert "\n" not in str(exc), (line, exc)
+
+
+def conf_quoted(text: str) -> str:
+    """``text`` as a collectd.conf quoted string (liboconfig: a backslash escapes the
+    next character)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+STRING_PARTS = ["a", "Z", "0", " ", "-", "/", ":", '"', "\\", "\\\\", "\\\n", "\t", "\n",
+                "\r", "\r\n", "\x01", "\x1f", "\x7f", "\x85", "\xa0", "é", "\u200b",
+                "\u2028", "\ufeff", "\ue000", "\U000e0001", "\U0001f600", "\U0010ffff",
+                "\U00010000", "#", "<", ">", "'", "'''", '"""', "${x}", "[", "]"]
+
+
+def test_strings_come_back_from_our_toml_exactly(tmp_path: Path) -> None:
+    """Issue 29, 6: every string of the collectd.conf is in our TOML as it was (astral,
+    non-printable, quotes, backslashes, line ends); an astral non-printable character
+    once came back as U+E000 and "1x". Seeded random strings through the whole path:
+    the file as read, the import, our TOML, tomllib, the configuration."""
+    rng = random.Random(29)
+    samples = ["vm\U000e0001x"] + [
+        "".join(rng.choice(STRING_PARTS) for _ in range(rng.randint(1, 12)))
+        for _ in range(400)]
+    conf = tmp_path / "collectd.conf"
+    built = 0
+    for text in samples:
+        conf.write_bytes(f"FQDNLookup false\n<Plugin virt>\n  Connection {conf_quoted(text)}\n"
+                         f"  Domain {conf_quoted(text)}\n"
+                         f"  HostnameMetadataNS {conf_quoted(text)}\n</Plugin>\n".encode())
+        try:
+            imported = import_collectd(read(conf))
+        except CollectdConfError:
+            assert text[0] == "/" == text[-1]  # a /regex/ we cannot read: refused
+            continue
+        assert imported.values["connect"] == text  # the reader took it as collectd does
+        back = tomllib.loads(to_toml(imported.values))
+        assert (back["connect"], back["domains"], back["hostname_metadata_ns"]) == \
+            (text, [text], text), repr(text)
+        try:
+            cfg = build(back)
+        except ConfigError as exc:  # e.g. a connect of blanks only: one line
+            assert "\n" not in str(exc)
+            continue
+        assert (cfg.connect, cfg.domains, cfg.hostname_metadata_ns) == (text, (text,), text)
+        built += 1
+    assert built > 300
+    res = cli("import-collectd", str(conf))  # and the command, on the last one
+    assert res.returncode in (0, 2) and "Traceback" not in res.stderr
+
+
+def test_the_issues_astral_string_through_the_command(tmp_path: Path) -> None:
+    conf = tmp_path / "collectd.conf"
+    conf.write_text('FQDNLookup false\n<Plugin virt>\n  Domain "vm\U000e0001x"\n</Plugin>\n')
+    res = cli("import-collectd", str(conf))
+    assert res.returncode == 0, res.stderr
+    assert "\\U000e0001" in res.stdout
+    assert build(tomllib.loads(res.stdout)).domains == ("vm\U000e0001x",)
+
+
+def test_quoted_strings_as_liboconfig_reads_them() -> None:
+    """An escaped backslash before a line end is a backslash and a line end, not a
+    continued line; a backslash and a line end continue the string (the next line's
+    leading blanks dropped); a carriage return inside the quotes stays."""
+    assert values('K "a\\\\\nb"\n') == [("K", ["a\\\nb"])]
+    assert values('K "a\\\n    b"\n') == [("K", ["ab"])]
+    assert values('K "a\rb"\n') == [("K", ["a\rb"])]
+    with pytest.raises(CollectdConfError, match=r"collectd\.conf:2: a NUL byte"):
+        parse('A 1\nK "a\0b"\n')

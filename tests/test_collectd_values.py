@@ -116,3 +116,27 @@ def test_vcpus_are_keyed_by_their_numbers_not_counted() -> None:
     values = {v.type_instance: v.key for v in collectd_values(
         gaps, "lab-7", Selection(frozenset({"vcpu"}))) if v.type == "virt_vcpu"}
     assert values == {"0": "vcpu.0.time", "2": "vcpu.2.time", "3": "vcpu.3.time"}
+
+
+def test_regex_entries_are_posix_extended_as_collectds() -> None:
+    """Issue 24, 9: collectd's regcomp(REG_EXTENDED) reads [[:alpha:]] as a class;
+    Python's re read a set and a "]", and left the domain out without a word."""
+    prod = IgnoreList(("/^[[:alpha:]]+-prod$/",))
+    assert not prod.ignored("web-prod") and prod.ignored("web1-prod")
+    devices = Selection(block_devices=IgnoreList(("/^lab-[[:digit:]]:vd[[:lower:]]$/",)))
+    assert "disk_ops-vda.read" in names(STATS, devices)
+    assert not any("hdc" in n for n in names(STATS, devices))
+
+
+def test_no_job_no_job_stats() -> None:
+    """Issue 24, 10: libvirt-python's jobStats() adds the job type to the parameters
+    ({"type": 0} when none runs); collectd submits the parameters only, so nothing."""
+    idle = {**STATS, "job.type": 0}
+    tripleo = Selection(frozenset({"pcpu", "cpu_util", "vcpupin", "vcpu", "memory", "disk",
+                                   "disk_err", "disk_allocation", "disk_capacity",
+                                   "disk_physical", "domain_state", "job_stats_background",
+                                   "perf"}))
+    assert not any(n.startswith("job_stats") for n in names(idle, tripleo))
+    running = {**idle, "job.type": 2, "job.time_elapsed": 1500, "job.data_total": 4096}
+    assert {n for n in names(running, tripleo) if n.startswith("job_stats")} == {
+        "job_stats-time_elapsed", "job_stats-data_total"}

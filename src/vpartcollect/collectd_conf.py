@@ -7,13 +7,15 @@ backslash escapes), numbers (decimal, float, 0x hex, 0 octal), booleans
 comment; a backslash at the end of a line continues it. ``Include "path"``
 (a file, a directory of files read in order, or a shell glob), and the block
 form ``<Include "dir"> Filter "*.conf" </Include>``, are replaced by what they
-read, at the top level of each file, up to 8 levels deep.
+read, at the top level of each file, up to 8 levels deep; a relative path is taken
+from the current directory, as collectd takes it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -59,14 +61,21 @@ class Item:
         return [c for c in self.children if c.key.lower() == key.lower()]
 
 
+# In a quoted string: a backslash and a line end continue the string (the next line's
+# leading blanks dropped); a backslash and any other character is that character.
+_ESCAPE = re.compile(r"\\(?:(\r?\n)[ \t\b]*|(.))", re.DOTALL)
+
+
 def _value(kind: str, text: str) -> Value:
-    if kind == "quoted":  # a backslash at the end of a line continues the string
-        joined = re.sub(r"\\\r?\n[ \t\b]*", "", text[1:-1])
-        return re.sub(r"\\(.)", r"\1", joined, flags=re.DOTALL)
+    if kind == "quoted":  # one pass, left to right: an escaped backslash ends no line
+        return _ESCAPE.sub(lambda m: "" if m[1] else m[2], text[1:-1])
     if kind in ("true", "false"):
         return kind == "true"
-    if kind == "number":  # strtod: decimal, or hexadecimal after 0x
-        return float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+    if kind == "number":  # strtod: decimal, or hexadecimal after 0x; inf beyond a double
+        try:
+            return float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+        except OverflowError:
+            return math.inf
     return text
 
 
@@ -108,6 +117,9 @@ def _values(tokens: list[tuple[str, str]], where: str) -> list[Value]:
 
 def parse(text: str, name: str = "collectd.conf") -> Item:
     """The tree of one file (its Include lines not followed yet)."""
+    if "\0" in text:  # collectd's strings end there: refuse rather than guess
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise CollectdConfError(f"{name}:{line}: a NUL byte")
     root = Item("", [], where=name)
     stack = [root]
     for line, tokens in _tokens(text, name):
@@ -141,8 +153,9 @@ def parse(text: str, name: str = "collectd.conf") -> Item:
 def read(path: str | Path, depth: int = 0) -> Item:
     """A whole configuration: ``path`` with every Include followed, as collectd does."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # newline="": a carriage return inside a quoted string is kept, as collectd does
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
     except OSError as exc:
         raise CollectdConfError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -164,7 +177,7 @@ def read(path: str | Path, depth: int = 0) -> Item:
                 raise CollectdConfError(f"{child.where}: only Filter \"pattern\" may be in "
                                         "an <Include> block")
             pattern = child.values[0]
-        for included in _included(item.values[0], path.parent, item.where):
+        for included in _included(item.values[0], Path.cwd(), item.where):
             if pattern is None or fnmatch.fnmatch(included.name, pattern):
                 children.extend(read(included, depth + 1).children)
     root.children = children
@@ -173,8 +186,9 @@ def read(path: str | Path, depth: int = 0) -> Item:
 
 def _included(spec: str, base: Path, where: str) -> list[Path]:
     """The files an Include names: a file, a directory's files (sorted, dotfiles left
-    out, recursively) or a glob; relative paths from the including file's directory."""
-    spec = os.path.expanduser(spec)
+    out, recursively) or a glob; a relative path from the current directory, as
+    collectd's wordexp and stat take it (not from the including file's directory)."""
+    spec_given = spec = os.path.expanduser(spec)
     if not os.path.isabs(spec):
         spec = str(base / spec)
     found = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
@@ -189,5 +203,8 @@ def _included(spec: str, base: Path, where: str) -> list[Path]:
         elif entry.exists():
             files.append(entry)
         else:
-            raise CollectdConfError(f"{where}: Include {name}: no such file or directory")
+            relative = "" if os.path.isabs(spec_given) else \
+                " (a relative path is read from the current directory, as collectd does)"
+            raise CollectdConfError(f"{where}: Include {name}: no such file or "
+                                    f"directory{relative}")
     return files

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpartcollect.collectd_conf import CollectdConfError, Item, Value
-from vpartcollect.collectd_values import EXTRA_STATS
+from vpartcollect.collectd_values import EXTRA_STATS, regex_entry
+from vpartcollect.ere import EreError, compile_ere
 
 _VIRT_OPTIONS = {
     "connection": "connect", "refreshinterval": "refresh_interval", "instances": "instances",
@@ -60,6 +61,9 @@ def _string(item: Item) -> str:
     value = _one(item)
     if isinstance(value, bool):
         raise CollectdConfError(f"{item.where}: {item.key} needs a string, got a boolean")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CollectdConfError(f"{item.where}: {item.key} needs a string, got a number "
+                                "beyond a double's range")
     return value if isinstance(value, str) else _number_text(value)
 
 
@@ -77,16 +81,27 @@ def _boolean(item: Item) -> bool:
 
 
 def _number(item: Item) -> float:
+    """A finite number: collectd's options that take one refuse a word such as ``nan``,
+    and a number beyond a double's range (``1.0e+400``, a long ``0xfff...``) is
+    infinite to its strtod."""
     value = _one(item)
     if isinstance(value, bool):
         raise CollectdConfError(f"{item.where}: {item.key} needs a number, got a boolean")
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise CollectdConfError(f"{item.where}: {item.key} needs a number, "
-                                    f"got {value!r}") from None
+                                    f"got {_short(value)}") from None
+    if not math.isfinite(value):
+        raise CollectdConfError(f"{item.where}: {item.key} needs a finite number, "
+                                f"got {_short(_one(item))}")
     return value
+
+
+def _short(value: Value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 def import_collectd(root: Item, fqdn: Callable[[], str] = socket.getfqdn) -> Imported:
@@ -94,7 +109,12 @@ def import_collectd(root: Item, fqdn: Callable[[], str] = socket.getfqdn) -> Imp
     out = Imported()
     loaded = {str(v).lower() for i in root.find("LoadPlugin") for v in i.values}
     _globals(root, out, fqdn)
-    plugins = {str(p.values[0]).lower(): p for p in root.find("Plugin") if p.values}
+    # Every <Plugin> block counts, in the order read (Includes followed): collectd
+    # hands each one to the plugin, so two write_graphite blocks are two sets of nodes.
+    plugins: dict[str, list[Item]] = {}
+    for block in root.find("Plugin"):
+        if block.values:
+            plugins.setdefault(str(block.values[0]).lower(), []).append(block)
     others = sorted((loaded | set(plugins)) - {"virt", "write_graphite"})
     if others:
         out.notes.append(f"plugins {', '.join(others)}: not about libvirt domains or "
@@ -102,10 +122,9 @@ def import_collectd(root: Item, fqdn: Callable[[], str] = socket.getfqdn) -> Imp
     if "virt" not in loaded:
         out.notes.append("LoadPlugin virt: missing (collectd would not sample domains); "
                          "the <Plugin virt> options are taken all the same")
-    if "virt" in plugins:
-        _virt(plugins["virt"], out)
-    if "write_graphite" in plugins:
-        _graphite(plugins["write_graphite"], out)
+    for block in plugins.get("virt", []):
+        _virt(block, out)
+    _graphite(plugins.get("write_graphite", []), out)
     if not out.values.get("graphite"):
         out.notes.append("no write_graphite node: metrics go to stdout")
     return out
@@ -133,7 +152,7 @@ def _virt(block: Item, out: Imported) -> None:
     for item in block.children:
         key = item.key.lower()
         if key in _VIRT_LISTS:
-            v.setdefault(_VIRT_LISTS[key], []).append(_string(item))
+            v.setdefault(_VIRT_LISTS[key], []).append(_list_entry(item))
         elif key in _BOOLEANS:
             v[_VIRT_OPTIONS[key]] = _boolean(item)
         elif key in ("hostnameformat", "plugininstanceformat"):
@@ -156,6 +175,18 @@ def _virt(block: Item, out: Imported) -> None:
         else:
             raise CollectdConfError(f"{item.where}: virt: unknown option {item.key!r} "
                                     "(collectd refuses it too)")
+
+
+def _list_entry(item: Item) -> str:
+    """A Domain / BlockDevice / InterfaceDevice entry; a ``/regex/`` one must be a POSIX
+    extended regular expression we can read as collectd does (ere.py)."""
+    entry = _string(item)
+    if (rx := regex_entry(entry)) is not None:
+        try:
+            compile_ere(rx)
+        except EreError as exc:
+            raise CollectdConfError(f"{item.where}: {item.key}: {exc}") from None
+    return entry
 
 
 def _refresh(item: Item, out: Imported) -> None:
@@ -183,27 +214,47 @@ def _extra_stats(item: Item, out: Imported) -> None:
     out.values["extra_stats"] = [n for n in dict.fromkeys(names) if n != "fs_info"]
 
 
-def _graphite(block: Item, out: Imported) -> None:
-    nodes = [c for c in block.children if c.key.lower() in ("node", "carbon")]
-    for item in block.children:
-        if item not in nodes:
-            raise CollectdConfError(f"{item.where}: write_graphite: unknown option "
-                                    f"{item.key!r} (collectd refuses it too)")
-    first: dict[str, Any] | None = None
-    first_name = ""
-    for node in nodes:
-        name = str(node.values[0]) if node.values else node.key
-        naming, endpoint = _node(node, out)
-        out.values.setdefault("graphite", []).append(endpoint)
+def _graphite(blocks: list[Item], out: Imported) -> None:
+    """The nodes of every write_graphite block, as collectd registers them: one writer
+    per node, named ``write_graphite/<Node name>``; a later node of the same name
+    replaces the earlier one (collectd warns "overwriting the old entry")."""
+    nodes: dict[str, tuple[Item, dict[str, Any], str]] = {}
+    for block in blocks:
+        for node in block.children:
+            if node.key.lower() not in ("node", "carbon"):
+                raise CollectdConfError(f"{node.where}: write_graphite: unknown option "
+                                        f"{node.key!r} (collectd refuses it too)")
+            naming, endpoint = _node(node, out)
+            name = _callback_name(node, endpoint)
+            if name in nodes:
+                out.notes.append(f"{node.where}: node {name} again: collectd replaces the "
+                                 f"one at {nodes[name][0].where} with it; so does the import")
+            nodes[name] = (node, naming, endpoint)
+    first: tuple[str, dict[str, Any]] | None = None
+    for name, (node, naming, endpoint) in nodes.items():
+        destinations = out.values.setdefault("graphite", [])
+        if endpoint in destinations:
+            out.notes.append(f"{node.where}: node {name}: {endpoint} is already a "
+                             "destination; collectd would send every line there twice, "
+                             "vpartcollect once")
+        else:
+            destinations.append(endpoint)
         if first is None:
-            first, first_name = naming, name
+            first = name, naming
             out.values.update(naming)
             continue
-        for key in sorted(set(first) | set(naming)):
-            if first.get(key, _DEFAULTS[key]) != naming.get(key, _DEFAULTS[key]):
+        first_name, first_naming = first
+        for key in sorted(set(first_naming) | set(naming)):
+            if first_naming.get(key, _DEFAULTS[key]) != naming.get(key, _DEFAULTS[key]):
                 out.notes.append(f"{node.where}: node {name}: {key} differs from node "
                                  f"{first_name}'s; vpartcollect names paths alike for every "
                                  f"destination: {first_name}'s")
+
+
+def _callback_name(node: Item, endpoint: str) -> str:
+    """What collectd names a node's writer by: the Node's name; the legacy <Carbon>
+    block's host, port and protocol."""
+    return f"<Carbon> {endpoint}" if node.key.lower() == "carbon" else _string(node)
 
 
 _DEFAULTS: dict[str, Any] = {"prefix": "", "postfix": "", "store_rates": True,
@@ -270,6 +321,18 @@ def _toml(value: Any) -> str:
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
-    return f'"{text}"'
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string holding exactly ``text``: what is not printable escaped,
+    as \\uXXXX, or \\UXXXXXXXX beyond U+FFFF (\\u takes four digits only)."""
+    out = ['"']
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "".join(out) + '"'

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from vpartcollect.ere import compile_ere, ere_search
 from vpartcollect.samples import Stats, StatValue
 
 # ExtraStats selectors of collectd 5.12, and what each adds.
@@ -24,18 +25,25 @@ EXTRA_STATS = ("disk", "pcpu", "cpu_util", "domain_state", "perf", "vcpupin", "d
 RUNNING = 1  # VIR_DOMAIN_RUNNING: collectd reports only the state of any other domain
 
 
+def regex_entry(entry: str) -> str | None:
+    """The regular expression of a ``/regex/`` entry (collectd: longer than two
+    characters, a slash at both ends), None for a name matched exactly."""
+    return entry[1:-1] if len(entry) > 2 and entry[0] == "/" == entry[-1] else None
+
+
 @dataclass(frozen=True)
 class IgnoreList:
-    """collectd's ignorelist: entries matched exactly, or ``/regex/`` searched; with
+    """collectd's ignorelist: entries matched exactly, or ``/regex/`` searched (POSIX
+    extended regular expressions, as collectd's regcomp reads them: ere.py); with
     ``ignore_selected`` the listed ones are left out, else only they are kept. An empty
-    list keeps everything."""
+    list keeps everything. A regex that cannot be translated raises EreError."""
 
     entries: tuple[str, ...] = ()
     ignore_selected: bool = False
-    _patterns: tuple[re.Pattern[str] | str, ...] = field(default=(), compare=False)
+    _patterns: tuple[re.Pattern[bytes] | str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        compiled = tuple(re.compile(e[1:-1]) if len(e) > 2 and e[0] == "/" == e[-1] else e
+        compiled = tuple(e if (rx := regex_entry(e)) is None else compile_ere(rx)
                          for e in self.entries)
         object.__setattr__(self, "_patterns", compiled)
 
@@ -44,7 +52,7 @@ class IgnoreList:
         if not self._patterns or not entry:
             return False
         for pattern in self._patterns:
-            hit = pattern == entry if isinstance(pattern, str) else pattern.search(entry)
+            hit = pattern == entry if isinstance(pattern, str) else ere_search(pattern, entry)
             if hit:
                 return self.ignore_selected
         return not self.ignore_selected
@@ -141,6 +149,7 @@ def interface_instance(stats: Stats, i: int, name: str,
     return name, name
 
 
+_JOB_NOT_PARAMETERS = frozenset({"job.type"})
 _PIN = re.compile(r"vcpu\.(\d+)\.pin\.(\d+)$")
 _VCPU_TIME = re.compile(r"vcpu\.(\d+)\.time$")
 
@@ -203,9 +212,11 @@ class _Values:
                 if typ in extra:
                     self.add(prefix + suffix, typ, inst, "value", False, False)
 
-    def keyed(self, head: str, typ: str, counter: bool, instance: str = "") -> None:
-        """Values whose raw keys start with ``head``: one type instance each."""
-        for key in sorted(k for k in self.stats if k.startswith(head)):
+    def keyed(self, head: str, typ: str, counter: bool, instance: str = "",
+              skip: frozenset[str] = frozenset()) -> None:
+        """Values whose raw keys start with ``head`` (but ``skip``): one type instance
+        each."""
+        for key in sorted(k for k in self.stats if k.startswith(head) and k not in skip):
             inst = key.replace(".", "_", 1) if instance == "perf" else key[len(head):]
             self.add(key, typ, inst, "value", False, counter)
 
@@ -237,7 +248,9 @@ def collectd_values(stats: Stats, domain: str, selection: Selection) -> list[Val
     if "perf" in extra:
         values.keyed("perf.", "perf", True, instance="perf")
     if extra & {"job_stats_completed", "job_stats_background"}:
-        values.keyed("job.", "job_stats", True)
+        # collectd submits the job's typed parameters only: none when no job runs.
+        # libvirt-python adds the job type (an out-parameter) to the same dict.
+        values.keyed("job.", "job_stats", True, skip=_JOB_NOT_PARAMETERS)
     return values.out
 
 

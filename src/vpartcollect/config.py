@@ -15,7 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection
+from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, regex_entry
+from vpartcollect.ere import EreError, compile_ere
 from vpartcollect.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
@@ -319,8 +320,12 @@ def _check(key: str, value: Any) -> Any:
         return _extra_stats(key, value)
     if key in ("domains", "block_devices", "interface_devices"):
         entries = _strings(key, value)
-        _validate_regexes(key, tuple(e[1:-1] for e in entries
-                                     if len(e) > 2 and e[0] == "/" == e[-1]))
+        for i, entry in enumerate(entries):  # collectd's lists: POSIX ERE, as collectd
+            if (rx := regex_entry(entry)) is not None:
+                try:
+                    compile_ere(rx)
+                except EreError as exc:
+                    raise ConfigError(f"{key}[{i}]: {exc}") from None
         return entries
     if key == "hostname_metadata_xpath":
         xpath_to_path(_kind(key, value, str, "a string"))  # proves it
