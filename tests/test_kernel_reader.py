@@ -153,7 +153,11 @@ def test_cpu_and_vcpus_read_from_the_kernel_are_its_own_account(
         covered = reader.covers(dom)
         assert covered == {"cpu-total", "vcpu", "interface"}
         assert reader._at[dom.uuid].cpu_files[0].startswith(cpu_roots[version])
-        time.sleep(0.5)
+        # Wait for CPU used, not for time: on a loaded host 0.5 s may give the busy
+        # thread a few ms only (seen at a load of 8 on 2 cores).
+        waited = time.monotonic() + 10
+        while cpu_ns_of_all_threads(pid) - at_place < 1e8 and time.monotonic() < waited:
+            time.sleep(0.1)
         truth_before = cpu_ns_of_all_threads(pid)
         stats = reader.read(dom, covered)
         truth_after = cpu_ns_of_all_threads(pid)
