@@ -46,8 +46,9 @@ def test_collectd_domain_list_keeps_or_drops(tmp_path: Path) -> None:
     ({"instances": 0}, "instances: must be greater than 0"),
     ({"instances": 65}, "instances: at most 64"),
     ({"instances": True}, "instances: must be an integer, got a boolean"),
-    ({"interval": -1}, "interval: must be greater than 0.05"),
-    ({"interval": float("nan")}, "interval: must be greater than"),
+    ({"interval": -1}, "interval: must be at least 0.05"),
+    ({"interval": 0.049}, "interval: must be at least 0.05, got 0.049"),
+    ({"interval": float("nan")}, "interval: must be at least"),
     ({"include": ["("]}, "include[0]: bad regular expression '('"),
     ({"exclude": "[z-a]"}, "exclude[0]: bad regular expression"),
     ({"graphite": ["carbon"]}, "graphite: expected HOST:PORT, got 'carbon'"),
@@ -127,3 +128,17 @@ def test_the_environments_spool_dir_yields_to_the_file_and_the_flags(tmp_path: P
     assert load(path, {}, fallback).spool_dir == "/srv/spool"
     assert load(path, {"spool_dir": "/x"}, fallback).spool_dir == "/x"
     assert build().spool_dir is None  # nothing said: lines wait in memory only
+
+
+def test_the_documented_interval_range_is_accepted() -> None:
+    """README: 0.05-86400, both ends included."""
+    assert build({"interval": 0.05}).interval == 0.05
+    assert build({"interval": 86400}).interval == 86400.0
+
+
+def test_a_deeply_nested_file_is_one_line(tmp_path: Path) -> None:
+    """tomllib recurses once per bracket: 500 of them used to escape as RecursionError."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text("include = " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.toml: not valid TOML: nested too deeply"):
+        load(deep)

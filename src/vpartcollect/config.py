@@ -25,6 +25,7 @@ MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600
                "flush_timeout": 3600.0, "graphite_resend_seconds": 86400.0,
                "spool_drain_rate": 10_000_000.0}  # the last one: lines a second
 MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536}
+MIN_INCLUSIVE = frozenset({"interval"})  # 0.05-86400: the README's range includes 0.05
 MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
              "spool_max_bytes": 1 << 44}
 FORMATS = ("graphite", "json")
@@ -187,11 +188,15 @@ def _kind(key: str, value: Any, kind: type, label: str) -> Any:
 
 
 def _bounded(key: str, value: Any, *, integer: bool = False) -> Any:
-    """A number in (minimum, maximum] for ``key``: the bounds the README lists."""
+    """A number in (minimum, maximum], or [minimum, maximum] for the keys of MIN_INCLUSIVE:
+    the bounds the README lists."""
     value = _kind(key, value, int if integer else float, "an integer" if integer else "a number")
     minimum = MIN_SECONDS.get(key, 0)
     maximum = MAX_COUNT[key] if integer else MAX_SECONDS[key]
-    if (not integer and not math.isfinite(value)) or value <= minimum:
+    if key in MIN_INCLUSIVE:
+        if not math.isfinite(value) or value < minimum:
+            raise ConfigError(f"{key}: must be at least {minimum:g}, got {_short(value)}")
+    elif (not integer and not math.isfinite(value)) or value <= minimum:
         raise ConfigError(f"{key}: must be greater than {minimum:g}, got {_short(value)}")
     if value > maximum:  # an int is compared as it is: no float conversion to overflow
         raise ConfigError(f"{key}: at most {maximum:.15g}, got {_short(value)}")
@@ -374,6 +379,8 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise ConfigError(f"config file {path}: not valid TOML: nested too deeply") from None
 
 
 def build(file_values: dict[str, Any] | None = None,
