@@ -101,3 +101,12 @@ def test_only_the_groups_the_values_need_are_asked() -> None:
     assert "vcpu" in needed_groups(Selection(frozenset({"vcpu"})))
     assert needed_groups(Selection(report_block=False, report_net=False)) == {
         "state", "cpu-total", "balloon"}
+
+
+def test_a_vcpu_number_past_any_real_one_is_not_a_pin() -> None:
+    """int() of 5,000 digits raises: such a key (once out of the supervisor) is no pin."""
+    stats: Stats = {"state.state": 1, "vcpu.0.pin.1": 1, "vcpu." + "7" * 5000 + ".pin.1": 1,
+                    "vcpu.1234567890.pin.0": 1}
+    assert names(stats, Selection(frozenset({"vcpupin"}))) >= {"cpu_affinity-vcpu_0-cpu_1"}
+    assert not any("7777" in n or "1234567890" in n
+                   for n in names(stats, Selection(frozenset({"vcpupin"}))))

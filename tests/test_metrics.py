@@ -161,3 +161,17 @@ def test_domains_that_went_away_leave_nothing_behind() -> None:
     assert len(gone) == 10_000 and "keep" not in gone
     assert len(builder._plans) == 1 and set(builder.last_seen) == {"keep"}
     assert list(builder.rates._last) == ["keep"]
+
+
+def test_no_value_that_is_not_finite_is_written() -> None:
+    """balloon.current is KiB, written in bytes: 1e306 KiB overflows to inf, which carbon
+    and JSON cannot take. A rate that overflows is left out the same way."""
+    builder = MetricBuilder(Naming(), selection=Selection(frozenset({"memory"})))
+    first: Stats = {"state.state": 1, "balloon.current": 1e306, "cpu.time": -1.7e308,
+                    "balloon.rss": 5}
+    second: Stats = {**first, "cpu.time": 1.7e308}
+    builder.domain_metrics(0, 100.0, DomainSample("u", "vm", None, False, first, 100.0), 2)
+    got = builder.domain_metrics(0, 101.0, DomainSample("u", "vm", None, False, second,
+                                                        100.6), 2)
+    values = {m.path: m.value for m in got}
+    assert values == {"vm.virt.memory-rss": 5120, "vm.virt.unresponsive": 0}, values

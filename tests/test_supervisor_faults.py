@@ -89,6 +89,7 @@ def test_every_per_domain_table_is_pruned() -> None:
             wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats, 1000.0)]))
         sup.roster.suspect(i % 2, [f"u{i}"])
     assert sup.tracked() == 1000
+    sup.slots[0].current = wire.Tick(1100.0)
     sup.handle(sup.slots[0], wire.Results(1100.0, [
         wire.DomainSample("u0", "vm0", None, False, {"state.state": 1}, 1100.0)]))
     sup._prune(1050.0)

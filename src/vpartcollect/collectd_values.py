@@ -141,7 +141,9 @@ def interface_instance(stats: Stats, i: int, name: str,
     return name, name
 
 
-_PIN = re.compile(r"vcpu\.(\d+)\.pin\.(\d+)$")
+# Bounded numbers: a key with a longer one is not libvirt's, and int() of a few thousand
+# digits raises (Python's conversion limit) instead of giving a vCPU number.
+_PIN = re.compile(r"vcpu\.(\d{1,9})\.pin\.(\d{1,9})$")
 
 
 class _Values:

@@ -37,6 +37,10 @@ class Ledger:
         self._ticks[uuid] = ticks[-self.keep:]
         return True
 
+    def emitted(self, tick: float) -> list[str]:
+        """The domains whose sample for ``tick`` was emitted (what a replay of it skips)."""
+        return [uuid for uuid, ticks in self._ticks.items() if tick in ticks]
+
     def forget(self, uuids: Iterable[str]) -> None:
         """Domains not sampled for long: nothing of theirs can come back as a duplicate."""
         for uuid in uuids:

@@ -26,11 +26,15 @@ from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import SpoolSettings
 from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
 
-__all__ = ["OutputClosed", "Publisher"]
+__all__ = ["BadSample", "OutputClosed", "Publisher"]
 
 OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
 
 log = logging.getLogger(__name__)
+
+
+class BadSample(ValueError):
+    """A sample the supervisor cannot turn into metrics (the worker that sent it pays)."""
 
 
 def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettings | None:
@@ -58,6 +62,7 @@ class Publisher:
                                      cfg.selection())
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
+        self.counted: dict[int, float] = {}  # instance -> last tick its own metrics went out
         self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
         self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
@@ -68,20 +73,33 @@ class Publisher:
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
                 silent: bool = False) -> None:
         """Metrics of one Results frame; ``silent`` only primes the rates (--once).
-        A domain already sampled for this tick is dropped and counted."""
+        A domain already sampled for this tick is dropped and counted. A sample that
+        cannot be made into metrics is left out, the others written, then BadSample."""
         out: list[Metric] = []
+        bad = ""
         for d in msg.domains:
             if not self.ledger.admit(d.uuid, msg.tick):
                 self.duplicates[instance] = self.duplicates.get(instance, 0) + 1
                 log.debug("virt-%d: a second sample of %s for %s dropped", instance, d.name,
                           msg.tick)
                 continue
-            out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
+            try:
+                out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
+            except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
+                # What a worker sends comes from outside: whatever it holds, the supervisor
+                # goes on (the worker is replaced); never a traceback out of the loop.
+                bad = f"{d.name[:60]!r}: {type(exc).__name__}: {str(exc)[:200]}"
         if not silent:
             self.emit(out)
+        if bad:
+            raise BadSample(bad)
 
     def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
-        """The collector's own metrics of one instance for a finished tick."""
+        """The collector's own metrics of one instance for a finished tick (once per tick:
+        after a reload, the new worker's replay of a tick the old one finished is not)."""
+        if tick <= self.counted.get(instance, float("-inf")):
+            return
+        self.counted[instance] = tick
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)

@@ -17,10 +17,10 @@ import signal
 import time
 from collections.abc import Callable
 
-from vpartcollect import wire
+from vpartcollect import handover, wire
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
-from vpartcollect.publisher import OutputClosed, Publisher
+from vpartcollect.publisher import BadSample, OutputClosed, Publisher
 from vpartcollect.roster import Roster
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule
@@ -52,6 +52,9 @@ class Supervisor:
         # The ledger remembers more ticks per domain than a worker may replay.
         self.publisher = Publisher(cfg, keep_ticks=self.backlog + 4)
         self.slots = [Slot(i) for i in range(cfg.instances)]
+        # A reload's old workers finishing their tick, and the ticks they owe (handover.py).
+        self.retiring: list[Slot] = []
+        self.owed: set[float] = set()
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
@@ -94,7 +97,8 @@ class Supervisor:
         now_m = time.monotonic()
         left = self.schedule.seconds_left(time.time())
         waits = [left] if left is not None else []
-        waits += [s.deadline - now_m for s in self.slots if s.deadline is not None]
+        waits += [s.deadline - now_m for s in self.slots + self.retiring
+                  if s.deadline is not None]
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
         if (again := self.schedule.next_again()) is not None:
             waits.append(again - now_m)
@@ -129,7 +133,8 @@ class Supervisor:
             for slot in self.slots:
                 slot.queue(wire.Tick(ts), self.backlog)
         for index in self.schedule.again_due(time.monotonic()):
-            self.slots[index].pending.append(wire.Tick(self.schedule.final))
+            if index < len(self.slots):
+                self.slots[index].pending.append(wire.Tick(self.schedule.final))
         for slot in self.slots:
             self.feed(slot)
 
@@ -148,8 +153,9 @@ class Supervisor:
         return max(self.publisher.tracked(), self.roster.size())
 
     def feed(self, slot: Slot) -> None:
-        """Send the next waiting tick to a ready, idle worker."""
-        if not (slot.ready and slot.current is None and slot.pending):
+        """Send the next waiting tick to a ready, idle worker (none while a reload's old
+        workers finish theirs: the new ones first replay what those leave)."""
+        if self.retiring or not (slot.ready and slot.current is None and slot.pending):
             return
         queued = slot.pending.popleft()
         tick = wire.Tick(queued.ts, queued.skip, self.roster.suspects_of(slot.index))
@@ -174,9 +180,16 @@ class Supervisor:
                    self.selector)
 
     def read_worker(self, slot: Slot) -> None:
-        """Act on what a worker sent (a worker sending garbage is killed)."""
+        """Act on what a worker sent (a worker sending garbage, or a frame the supervisor
+        cannot use, is killed: it costs that worker, never the supervisor)."""
         for msg in slot.read(self.selector):
-            self.handle(slot, msg)
+            try:
+                self.handle(slot, msg)
+            except (wire.WireError, BadSample) as exc:
+                log.error("%s: worker pid %d sent a frame the supervisor cannot use (%s); "
+                          "killing it", slot.name, slot.pid, exc)
+                slot.kill(hung=False)
+                return
 
     def handle(self, slot: Slot, msg: wire.Message) -> None:
         """Act on one message from a worker."""
@@ -200,14 +213,14 @@ class Supervisor:
             self._done(slot, msg)
 
     def _results(self, slot: Slot, msg: wire.Results) -> None:
+        if slot.current is None or msg.tick != slot.current.ts:
+            raise wire.WireError(f"results for tick {msg.tick}, not the tick it was given")
         if msg.domains:
             slot.failures = 0  # it did work: if it dies now, it is replaced at once
-        current = slot.current is not None and msg.tick == slot.current.ts
         for d in msg.domains:
             self.roster.seen(slot.index, d)
-            if current:  # what a successor skips if this worker dies in this tick
-                slot.delivered.add(d.uuid)
-                slot.unresponsive += d.unresponsive
+            slot.delivered.add(d.uuid)  # what a successor skips if this worker dies now
+            slot.unresponsive += d.unresponsive
         self.publisher.samples(slot.index, msg, slot.ncpus,
                                silent=not self.schedule.written(msg.tick))
 
@@ -232,7 +245,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            slot = next((s for s in self.slots if s.pid == pid), None)
+            slot = next((s for s in self.slots + self.retiring if s.pid == pid), None)
             if slot is not None:
                 self._exited(slot, status)
 
@@ -240,11 +253,17 @@ class Supervisor:
         while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
             self.read_worker(slot)
         slot.close_out(self.selector)
+        if slot in self.retiring:
+            slot.exited(status, True, time.monotonic())
+            self.retiring.remove(slot)
+            if not self.retiring:
+                self._hand_over()
+            return
         slot.exited(status, self.stopping, time.monotonic())
 
     def murder_overdue(self) -> None:
         """SIGKILL every worker stuck in a call past its deadline."""
-        for slot in self.slots:
+        for slot in self.slots + self.retiring:
             if slot.overdue(time.monotonic()):
                 # The answer may already sit in the pipe (the loop was slow): read it first.
                 if slot.out >= 0 and readable(slot.out):
@@ -296,25 +315,36 @@ class Supervisor:
         sd_notify("READY=1")
 
     def _restart_workers(self, instances: int) -> None:
-        """Replace every worker (they carry the configuration they were forked with)."""
+        """Replace every worker (they carry the configuration they were forked with): the
+        old ones finish the tick they are in, the new ones replay what is left of it."""
         self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
         for slot in self.slots:
+            self.owed |= handover.retire(slot)
             if slot.pid:
-                slot.kill(hung=True)  # respawn at once, replay its tick
-        for slot in self.slots[instances:]:
-            slot.close_out(self.selector)
-            if slot.ctl >= 0:
-                os.close(slot.ctl)
-                slot.ctl = -1
-        self.slots = self.slots[:instances] + [Slot(i) for i in range(len(self.slots),
-                                                                        instances)]
+                self.retiring.append(slot)
+        old, self.slots = self.slots, [handover.successor(i, self.slots)
+                                       for i in range(instances)]
+        for slot in old:
+            if not slot.pid:  # no worker to wait for (between a death and its respawn)
+                slot.close_out(self.selector)
+        if not self.retiring:
+            self._hand_over()
         self.ready = False
+
+    def _hand_over(self) -> None:
+        """A reload's old workers are gone: the new ones first replay what those owed."""
+        for slot in self.slots:
+            handover.replay(slot, self.owed, self.publisher.ledger.emitted, self.backlog)
+            self.feed(slot)
+        self.owed = set()
 
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
         sd_notify("STOPPING=1")
         self.stopping = True
         self.publisher.stop_writes()
+        self.slots += self.retiring
+        self.retiring = []
         for slot in self.slots:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
