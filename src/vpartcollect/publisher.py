@@ -24,7 +24,7 @@ from vpartcollect.sinks import Destination
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import SpoolSettings
-from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
+from vpartcollect.sinks.stdout import StdoutClosed, StdoutFailed, StdoutSink
 
 __all__ = ["BadSample", "OutputClosed", "Publisher"]
 
@@ -63,7 +63,8 @@ class Publisher:
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
         self.counted: dict[int, float] = {}  # instance -> last tick its own metrics went out
-        self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
+        self.stdout = StdoutSink(cfg.format, spare=bool(cfg.graphite)) if cfg.use_stdout \
+            else None
         self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
@@ -135,13 +136,22 @@ class Publisher:
         return max(self.builder.tracked(), self.ledger.tracked())
 
     def emit(self, metrics: Sequence[Metric]) -> None:
-        """Hand a batch to every output (stdout may raise OutputClosed)."""
+        """Hand a batch to every output (stdout may raise OutputClosed). Stdout that fails
+        (a full disk) is one line in the log and dropped; the run goes on when Graphite
+        destinations remain, else StdoutFailed ends it."""
         if not metrics:
             return
         for sink in self.graphite:
             sink.write(metrics)
         if self.stdout is not None:
-            self.stdout.write(metrics)
+            try:
+                self.stdout.write(metrics)
+            except StdoutFailed as exc:
+                self.stdout = None
+                if not self.graphite:
+                    log.error("%s; nothing more can be written", exc)
+                    raise
+                log.error("%s; metrics go on to Graphite only", exc)
 
     # -- the supervisor's loop --------------------------------------------
     def next_wakeup(self) -> float | None:
@@ -203,7 +213,10 @@ class Publisher:
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
-            self.stdout = StdoutSink(new.format) if new.use_stdout else None
+            self.stdout = StdoutSink(new.format, spare=bool(new.graphite)) if new.use_stdout \
+                else None
+        elif self.stdout is not None:
+            self.stdout.spare = bool(new.graphite)
         same_spool = spool_settings(old) == spool_settings(new)
         keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
         for sink in self.graphite:

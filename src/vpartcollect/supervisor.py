@@ -22,6 +22,7 @@ from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.publisher import BadSample, OutputClosed, Publisher
 from vpartcollect.roster import Roster
+from vpartcollect.sinks.stdout import StdoutFailed
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline
@@ -86,8 +87,8 @@ class Supervisor:
                     log.error("--once: no complete sample within %.0f s; giving up", ONCE_LIMIT)
                     self.exit_code = 1
                     break
-        except OutputClosed:
-            self.exit_code = 0
+        except OutputClosed as exc:  # a reader gone: 0; stdout failing, nothing else: 1
+            self.exit_code = 1 if isinstance(exc, StdoutFailed) else 0
             self.publisher.drop_stdout()
         finally:
             self.shutdown()
