@@ -10,36 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
 
+from listener import Listener
 from runner import DEMO_URI, cli_popen, no_traceback
-
-
-class Listener:
-    """A plaintext receiver on loopback: every line it was sent, by timestamp."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.by_ts: dict[int, int] = defaultdict(int)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        rest = b""
-        while data := conn.recv(1 << 16):
-            *lines, rest = (rest + data).split(b"\n")
-            for line in lines:
-                self.by_ts[int(float(line.rsplit(b" ", 1)[1]))] += 1
-
-    def ticks(self) -> list[int]:
-        return sorted(self.by_ts)
 
 
 def errors(stderr: str) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from vpartcollect import handover, wire
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
+from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
 from vpartcollect.publisher import BadSample, OutputClosed, Publisher
 from vpartcollect.roster import Roster
 from vpartcollect.sinks.stdout import StdoutFailed
@@ -56,6 +57,7 @@ class Supervisor:
         # A reload's old workers finishing their tick, and the ticks they owe (handover.py).
         self.retiring: list[Slot] = []
         self.owed: set[float] = set()
+        self.probe: tuple[LibvirtProbe, Config] | None = None  # a reload's new URI, opening
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
@@ -114,6 +116,8 @@ class Supervisor:
             kind, obj = key.data
             if kind == "worker":
                 self.read_worker(obj)
+            elif kind == "probe":
+                self._probed()
             elif kind == "graphite":
                 self.publisher.on_ready(obj, mask)
             else:
@@ -295,16 +299,50 @@ class Supervisor:
                 self.reload()
 
     def reload(self) -> None:
-        """SIGHUP: apply a re-read configuration, or keep the running one if it is invalid."""
+        """SIGHUP: apply a re-read configuration, or keep the running one if it is invalid
+        or cannot work here (the checks ``run`` makes: a new spool directory must take
+        files, a new URI must open; the loop goes on while it is being opened)."""
         if self.reload_config is None:
             return
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._stop_probe()  # a newer SIGHUP wins over one still being checked
         try:
             new = self.reload_config()
+            if spool_changed(self.cfg, new):
+                check_spool_dir(new, create=True)
         except ConfigError as exc:
             log.error("SIGHUP: %s; keeping the running configuration", exc)
             sd_notify("READY=1")
             return
+        if new.connect != self.cfg.connect:
+            probe = LibvirtProbe(new.connect)
+            self.selector.register(probe.fd, selectors.EVENT_READ, ("probe", None))
+            self.probe = (probe, new)
+            return
+        self._apply(new)
+
+    def _probed(self) -> None:
+        """The reload's new URI was opened, or could not be."""
+        assert self.probe is not None
+        probe, new = self.probe
+        why = probe.answer()
+        if why is None:
+            return
+        self._stop_probe()
+        if why:
+            log.error("SIGHUP: %s; keeping the running configuration", why)
+            sd_notify("READY=1")
+        else:
+            self._apply(new)
+
+    def _stop_probe(self) -> None:
+        if self.probe is not None:
+            self.selector.unregister(self.probe[0].fd)
+            self.probe[0].close()
+            self.probe = None
+
+    def _apply(self, new: Config) -> None:
+        """Run with a configuration known to work from now on."""
         old, self.cfg = self.cfg, new
         self.publisher.reconfigure(old, new, self.selector)
         self.backlog = backlog_limit(new.interval, new.call_timeout, new.chunk_size)
@@ -362,6 +400,7 @@ class Supervisor:
                 os.kill(slot.pid, signal.SIGKILL)
                 os.waitpid(slot.pid, 0)
                 self._exited(slot, 0)
+        self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:
             self.signals.close()
