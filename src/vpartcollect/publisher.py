@@ -13,6 +13,7 @@ import logging
 import selectors
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,16 @@ def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettin
         where = where / f"{endpoint.host}_{endpoint.port}".replace("/", "_").lstrip(".")
     return SpoolSettings(where, cfg.spool_max_bytes, cfg.spool_drain_rate,
                          cfg.graphite_buffer, cfg.graphite_resend_seconds, cfg.flush_timeout)
+
+
+def same_spool(old: Config, new: Config) -> bool:
+    """Whether a reload keeps the spool as it is: only the memory bound and the resend
+    window differ (they are applied to the running spoolers), or nothing."""
+    before, after = spool_settings(old), spool_settings(new)
+    if before is None or after is None:
+        return before is after
+    return replace(before, max_lines=0, resend_seconds=0) == replace(after, max_lines=0,
+                                                                     resend_seconds=0)
 
 
 def rate_gap(interval: float) -> float:
@@ -217,8 +228,8 @@ class Publisher:
                 else None
         elif self.stdout is not None:
             self.stdout.spare = bool(new.graphite)
-        same_spool = spool_settings(old) == spool_settings(new)
-        keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
+        kept = same_spool(old, new)
+        keep = {sink.endpoint: sink for sink in self.graphite if kept}
         for sink in self.graphite:
             if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
