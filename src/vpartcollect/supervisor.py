@@ -57,6 +57,7 @@ class Supervisor:
         # A reload's old workers finishing their tick, and the ticks they owe (handover.py).
         self.retiring: list[Slot] = []
         self.owed: set[float] = set()
+        self.retire_by = 0.0  # monotonic: old workers still at it then are killed
         self.probe: tuple[LibvirtProbe, Config] | None = None  # a reload's new URI, opening
         self.selector = selectors.DefaultSelector()
         self.stopping = False
@@ -102,6 +103,8 @@ class Supervisor:
         waits = [left] if left is not None else []
         waits += [s.deadline - now_m for s in self.slots + self.retiring
                   if s.deadline is not None]
+        if self.retiring:
+            waits.append(self.retire_by - now_m)
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
         if (again := self.schedule.next_again()) is not None:
             waits.append(again - now_m)
@@ -283,6 +286,14 @@ class Supervisor:
                 if slot.busy is not None and slot.busy.involves_qemu:
                     self.roster.suspect(slot.index, slot.busy_uuids)
                 slot.kill(hung=True)
+        if self.retiring and time.monotonic() > self.retire_by:
+            # A tick is not worth more: e.g. one reconnecting to a libvirtd that is away.
+            for slot in self.retiring:
+                log.warning("%s: the old worker pid %d did not finish its tick after the "
+                            "reload; killing it (the new workers sample what it did not)",
+                            slot.name, slot.pid)
+                slot.kill(hung=True)
+            self.retire_by = float("inf")
 
     # -- signals and stopping ---------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -349,14 +360,16 @@ class Supervisor:
         self.publisher.ledger.keep = max(self.publisher.ledger.keep, self.backlog + 4)
         self.schedule.reinterval(new.interval, time.time())
         if old.worker_settings() != new.worker_settings():
-            self._restart_workers(new.instances)
+            self._restart_workers(new.instances, old)
         log.info("SIGHUP: configuration reloaded (%d instance(s))", new.instances)
         sd_notify("READY=1")
 
-    def _restart_workers(self, instances: int) -> None:
+    def _restart_workers(self, instances: int, old_cfg: Config) -> None:
         """Replace every worker (they carry the configuration they were forked with): the
         old ones finish the tick they are in, the new ones replay what is left of it."""
         self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
+        self.retire_by = time.monotonic() + max(
+            old_cfg.interval, kill_deadline(old_cfg.call_timeout, old_cfg.chunk_size))
         for slot in self.slots:
             self.owed |= handover.retire(slot)
             if slot.pid:
