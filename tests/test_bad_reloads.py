@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from listener import Listener
-from runner import DEMO_URI, cli, cli_popen, no_traceback, parse_lines
+from runner import DEMO_NODE, DEMO_URI, cli, cli_popen, no_traceback, parse_lines
 
 INTERVAL = 0.5
 
@@ -56,9 +56,12 @@ def test_bad_reloads_keep_the_running_configuration(tmp_path: Path) -> None:
                 err.seek(before[0])
                 logged[case] = err.read().splitlines()
                 assert proc.poll() is None, case
-            conf.write_text(good(DEMO_URI, listener.port, spool, instances="3"))
-            proc.send_signal(signal.SIGHUP)  # and a good one still applies
-            time.sleep(2)
+            # And a good one still applies, a new URI included (opened first, then used).
+            copy = tmp_path / "node-copy.xml"
+            copy.write_text(DEMO_NODE.read_text())
+            conf.write_text(good(f"test://{copy}", listener.port, spool, instances="3"))
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(2.5)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
