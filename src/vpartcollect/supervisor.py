@@ -187,16 +187,18 @@ class Supervisor:
         slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
                    self.selector)
 
-    def read_worker(self, slot: Slot) -> None:
+    def read_worker(self, slot: Slot, alive: bool = True) -> None:
         """Act on what a worker sent (a worker sending garbage, or a frame the supervisor
-        cannot use, is killed: it costs that worker, never the supervisor)."""
+        cannot use, is killed: it costs that worker, never the supervisor). ``alive``
+        False: it was reaped already, its pid is no longer its own to kill."""
         for msg in slot.read(self.selector):
             try:
                 self.handle(slot, msg)
             except (wire.WireError, BadSample) as exc:
-                log.error("%s: worker pid %d sent a frame the supervisor cannot use (%s); "
-                          "killing it", slot.name, slot.pid, exc)
-                slot.kill(hung=False)
+                log.error("%s: worker pid %d sent a frame the supervisor cannot use (%s)%s",
+                          slot.name, slot.pid, exc, "; killing it" if alive else "")
+                if alive:
+                    slot.kill(hung=False)
                 return
 
     def handle(self, slot: Slot, msg: wire.Message) -> None:
@@ -259,7 +261,7 @@ class Supervisor:
 
     def _exited(self, slot: Slot, status: int) -> None:
         while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
-            self.read_worker(slot)
+            self.read_worker(slot, alive=False)
         slot.close_out(self.selector)
         if slot in self.retiring:
             slot.exited(status, True, time.monotonic())
