@@ -335,3 +335,15 @@ def test_a_spool_dir_that_cannot_be_written_is_one_line(tmp_path: Path, demo_uri
               str(blocker / "spool"), "--once")
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "spool_dir" in res.stderr, res.stderr
+
+
+def test_the_shortest_documented_interval_runs(demo_uri: str) -> None:
+    """README: --interval 0.05-86400; 0.05 itself used to be refused."""
+    proc = cli_popen("run", "--connect", demo_uri, "--interval", "0.05")
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    no_traceback(err)
+    assert proc.returncode == 0, err
+    stamps = {float(line.split()[2]) for line in out.splitlines()}
+    assert len(stamps) >= 5 and all(abs(ts * 20 - round(ts * 20)) < 1e-3 for ts in stamps), stamps

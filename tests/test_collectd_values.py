@@ -140,3 +140,12 @@ def test_no_job_no_job_stats() -> None:
     running = {**idle, "job.type": 2, "job.time_elapsed": 1500, "job.data_total": 4096}
     assert {n for n in names(running, tripleo) if n.startswith("job_stats")} == {
         "job_stats-time_elapsed", "job_stats-data_total"}
+
+
+def test_a_vcpu_number_past_any_real_one_is_not_a_pin() -> None:
+    """int() of 5,000 digits raises: such a key (once out of the supervisor) is no pin."""
+    stats: Stats = {"state.state": 1, "vcpu.0.pin.1": 1, "vcpu." + "7" * 5000 + ".pin.1": 1,
+                    "vcpu.1234567890.pin.0": 1}
+    assert names(stats, Selection(frozenset({"vcpupin"}))) >= {"cpu_affinity-vcpu_0-cpu_1"}
+    assert not any("7777" in n or "1234567890" in n
+                   for n in names(stats, Selection(frozenset({"vcpupin"}))))

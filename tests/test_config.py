@@ -46,8 +46,9 @@ def test_collectd_domain_list_keeps_or_drops(tmp_path: Path) -> None:
     ({"instances": 0}, "instances: must be greater than 0"),
     ({"instances": 65}, "instances: at most 64"),
     ({"instances": True}, "instances: must be an integer, got a boolean"),
-    ({"interval": -1}, "interval: must be greater than 0.05"),
-    ({"interval": float("nan")}, "interval: must be greater than"),
+    ({"interval": -1}, "interval: must be at least 0.05"),
+    ({"interval": 0.049}, "interval: must be at least 0.05, got 0.049"),
+    ({"interval": float("nan")}, "interval: must be at least"),
     ({"include": ["("]}, "include[0]: bad regular expression '('"),
     ({"exclude": "[z-a]"}, "exclude[0]: bad regular expression"),
     ({"graphite": ["carbon"]}, "graphite: expected HOST:PORT, got 'carbon'"),
@@ -137,3 +138,17 @@ def test_forget_after_is_bounded(tmp_path: Path) -> None:
     for bad in (0, 86401, "soon"):
         with pytest.raises(ConfigError, match="forget_after"):
             build({"forget_after": bad})
+
+
+def test_the_documented_interval_range_is_accepted() -> None:
+    """README: 0.05-86400, both ends included."""
+    assert build({"interval": 0.05}).interval == 0.05
+    assert build({"interval": 86400}).interval == 86400.0
+
+
+def test_a_deeply_nested_file_is_one_line(tmp_path: Path) -> None:
+    """tomllib recurses once per bracket: 500 of them used to escape as RecursionError."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text("include = " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.toml: not valid TOML: nested too deeply"):
+        load(deep)

@@ -177,3 +177,17 @@ def test_rates_divide_by_monotonic_read_times_and_skip_a_wall_clock_step() -> No
     assert cpu(3730.0, 3735.0, 30.0, 25) == 1e9  # over 10 monotonic seconds
     assert builder.forget_older_than(25.0) == set()  # last seen at monotonic 30
     assert builder.forget_older_than(31.0) == {"uuid-7"}
+
+
+def test_no_value_that_is_not_finite_is_written() -> None:
+    """balloon.current is KiB, written in bytes: 1e306 KiB overflows to inf, which carbon
+    and JSON cannot take. A rate that overflows is left out the same way."""
+    builder = MetricBuilder(Naming(), selection=Selection(frozenset({"memory"})))
+    first: Stats = {"state.state": 1, "balloon.current": 1e306, "cpu.time": -1.7e308,
+                    "balloon.rss": 5}
+    second: Stats = {**first, "cpu.time": 1.7e308}
+    builder.domain_metrics(0, 100.0, DomainSample("u", "vm", None, False, first, 100.0), 2)
+    got = builder.domain_metrics(0, 101.0, DomainSample("u", "vm", None, False, second,
+                                                        100.6), 2)
+    values = {m.path: m.value for m in got}
+    assert values == {"vm.virt.memory-rss": 5120, "vm.virt.unresponsive": 0}, values

@@ -7,8 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from listener import Listener
 from nodes import domain_xml, write_node
-from runner import run_during
+from runner import DEMO_URI, children, run_during
 
 
 def test_reload_applies_hostname_format(tmp_path: Path) -> None:
@@ -51,3 +52,27 @@ def test_reload_renames_every_domain_path(tmp_path: Path) -> None:
     after = [p for p, _, _ in lines[reloaded:] if ".virt." in p]
     assert after and all(p.startswith("kvm.hv-vm-1.dc1.virt.") for p in after), after[:5]
     assert "configuration reloaded" in stderr
+
+
+def test_a_new_graphite_buffer_keeps_the_spooled_connection(tmp_path: Path) -> None:
+    """README: an unchanged destination keeps its connection; with a spool, a reload that
+    changes only graphite_buffer used to stop the spooler and connect again."""
+    listener = Listener()
+    conf = tmp_path / "c.toml"
+    text = (f'connect = "{DEMO_URI}"\ninterval = 0.5\nstdout = true\n'
+            f'graphite = ["127.0.0.1:{listener.port}"]\nspool_dir = "{tmp_path / "spool"}"\n')
+    conf.write_text(text + "graphite_buffer = 1000\n")
+
+    def reload(proc: subprocess.Popen[str]) -> tuple[int, list[int], list[int]]:
+        time.sleep(2.5)
+        connections, before = listener.accepted, children(proc.pid)
+        conf.write_text(text + "graphite_buffer = 5000\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        return connections, before, children(proc.pid)
+
+    _lines, stderr, (connections, before, after) = run_during(["run", "-c", str(conf)],
+                                                              reload)
+    assert "configuration reloaded" in stderr
+    assert connections >= 1 and listener.accepted == connections, stderr
+    assert before == after  # the spooler (and the worker) went on

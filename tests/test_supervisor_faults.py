@@ -7,25 +7,34 @@ exactly those faults, and the real supervisor has to cope.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
-from typing import NoReturn
+from collections import Counter
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
+from nodes import tagged_node
 from runner import DEMO_URI
 
 from vpartcollect import supervisor, wire
-from vpartcollect.config import build
+from vpartcollect.config import Config, build
+from vpartcollect.sinks.stdout import StdoutSink
 from vpartcollect.supervisor import Supervisor
 from vpartcollect.ticks import Schedule
+from vpartcollect.worker import worker_main
+from vpartcollect.worker.link import Link
 
 
-def run_for(seconds: float, instances: int = 1) -> Supervisor:
-    sup = Supervisor(build({"connect": DEMO_URI, "instances": instances, "interval": 1.0,
-                            "stdout": False}))
+def run_for(seconds: float, instances: int = 1, sup: Supervisor | None = None) -> Supervisor:
+    sup = sup or Supervisor(build({"connect": DEMO_URI, "instances": instances,
+                                   "interval": 1.0, "stdout": False}))
     timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
@@ -90,6 +99,7 @@ def test_every_per_domain_table_is_pruned() -> None:
             wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats, 1000.0)]))
         sup.roster.suspect(i % 2, [f"u{i}"])
     assert sup.tracked() == 1000
+    sup.slots[0].current = wire.Tick(1100.0)
     sup.handle(sup.slots[0], wire.Results(1100.0, [
         wire.DomainSample("u0", "vm0", None, False, {"state.state": 1}, 1100.0)]))
     sup._prune(1050.0)
@@ -114,3 +124,49 @@ def test_a_clock_step_realigns_drops_old_ticks_and_opens_a_ledger_era(
     assert sup.schedule.due(3_603.0) == 3_600.0  # the present tick of the new clock
     assert sup.publisher.ledger.admit("u0", 3_600.0)  # older than 7200: a new era
     assert not sup.publisher.ledger.admit("u0", 7_200.0)  # written already
+
+
+def fake_stuck_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
+                      parent: int, seed: object = None) -> NoReturn:
+    """FAKE worker: takes a tick and never answers nor announces a call (what a real one
+    reconnecting to a libvirtd that is away does between attempts)."""
+    link = Link(ctl_fd, out_fd)
+    link.hello(index, 1, "fake", ["state"], [])
+    link.next_tick()
+    time.sleep(120)
+    os._exit(0)
+
+
+def test_an_old_worker_that_never_finishes_its_tick_is_killed_after_the_reload(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The new workers wait for the old ones' tick, but not for ever: past a tick's bound
+    the old worker is killed and the new ones sample its domains."""
+    uri = tagged_node(tmp_path / "node.xml", [None] * 5, "vm-")
+
+    def stuck_then_real(index: int, cfg: Config, *args: Any) -> NoReturn:
+        if cfg.instances == 1:
+            fake_stuck_worker(index, cfg, *args)
+        worker_main(index, cfg, *args)
+
+    monkeypatch.setattr(supervisor, "worker_main", stuck_then_real)
+    caplog.set_level(logging.INFO)
+    first = build({"connect": uri, "instances": 1, "interval": 1.0, "format": "json"})
+    sup = Supervisor(first, reload=lambda: dataclasses.replace(first, instances=2))
+    with tempfile.TemporaryFile("w+") as out:
+        sup.publisher.stdout = StdoutSink("json", fd=out.fileno())
+        hup = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGHUP))
+        hup.start()
+        try:
+            run_for(14.0, sup=sup)
+        finally:
+            hup.cancel()
+        out.seek(0)
+        objects = [json.loads(line) for line in out]
+    killed = [r.message for r in caplog.records if "did not finish its tick" in r.message]
+    assert len(killed) == 1 and "virt-0" in killed[0]
+    per_tick = Counter(o["timestamp"] for o in objects
+                       if o["path"].endswith(".virt.memory-total"))
+    ticks = sorted(per_tick)
+    assert len(ticks) >= 4 and all(per_tick[ts] == 5 for ts in ticks), per_tick
+    assert ticks[-1] - ticks[0] == len(ticks) - 1  # none missing once the new ones run

@@ -60,6 +60,14 @@ def test_stream_split_at_every_byte() -> None:
     ["results", 1.0, 1.0, [["u", "n", None, False, {"vcpu.maximum": 1e300}, None]]],
     ["results", 1.0, 1.0, [["u", "n", None, False, {"vcpu.current": 10**9}, None]]],
     ["results", 1.0, 1.0, [["u", "n", None, False, {"block.count": -1}, None]]],
+    # Text past its bound: a key or a name may cost the supervisor a line, not more.
+    ["results", 1.0, [["u", "n", None, False, {"k" * 257: 1}, 1.0, None]]],
+    ["results", 1.0, [["u", "n", None, False, {"": 1}, 1.0, None]]],
+    ["results", 1.0, [["u", "n", None, False, {"vcpu." + "7" * 5000 + ".pin.1": 1}, 1.0,
+                       None]]],
+    ["results", 1.0, [["u", "n", None, False, {"block.0.path": "/" * 4097}, 1.0, None]]],
+    ["results", 1.0, [["u", "n" * 4097, None, False, {}, 1.0, None]]],
+    ["results", 1.0, [["u", "n", "virt-" + "1" * 5000, False, {}, 1.0, None]]],
     ["results", float("nan"), 1.0, []],
     ["done", 1.0, float("inf"), 3, 0],
     ["tick", float("-inf"), [], []],
@@ -84,3 +92,10 @@ def test_oversized_frame_is_rejected_without_buffering_it_all() -> None:
     big = wire.encode(wire.Busy(CallKind.STATS, ["u" * 100] * 50))
     with pytest.raises(wire.WireError):
         decoder.feed(big)
+
+
+def test_text_at_its_bounds_is_taken() -> None:
+    row = ["u", "n" * wire.MAX_TEXT_CHARS, None, False,
+           {"k" * wire.MAX_KEY_CHARS: 1, "block.0.path": "/" * wire.MAX_TEXT_CHARS}, 1.0, None, None]
+    [msg] = wire.FrameDecoder().feed(msgpack.packb(["results", 1.0, [row]]))
+    assert isinstance(msg, wire.Results) and len(msg.domains[0].stats) == 2

@@ -20,8 +20,7 @@ from vpartcollect.collectd_conf import CollectdConfError
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import setup_logging
 from vpartcollect.planning import PlanRow, plan_rows, render_plan
-from vpartcollect.preflight import PreflightError, check_libvirt
-from vpartcollect.sinks.spool import check_spool_dir
+from vpartcollect.preflight import PreflightError, preflight
 from vpartcollect.tagging import TagCommandError
 
 EXIT_CONFIG = 2
@@ -98,21 +97,10 @@ def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) 
 
     cfg = _load(config_path, format=format_, **flags)
     _std_fds_or_fail(cfg)
-    _spool_dir_or_fail(cfg)
-    check_libvirt(cfg.connect)
+    preflight(cfg)
     # SIGHUP re-reads the file; the command line still wins over it.
     return Supervisor(cfg, once=once,
                       reload=lambda: _load(config_path, format=format_, **flags)).run()
-
-
-def _spool_dir_or_fail(cfg: Config) -> None:
-    """The spool directory exists (or is made) and takes files: one line if not."""
-    if not (cfg.spool_dir and cfg.graphite):
-        return
-    try:
-        check_spool_dir(cfg.spool_dir)
-    except OSError as exc:
-        raise ConfigError(f"spool_dir {cfg.spool_dir}: {exc.strerror or exc}") from None
 
 
 def _std_fds_or_fail(cfg: Config) -> None:
@@ -152,7 +140,7 @@ def plan(config_path: str | None, as_json: bool, **flags: Any) -> int:
 def check_config(config_path: str | None, **flags: Any) -> int:
     """Validate the configuration (and that libvirt answers); exit 0 or 2."""
     cfg = _load(config_path, **flags)
-    check_libvirt(cfg.connect)
+    preflight(cfg, create=False)  # what run checks, nothing made
     click.echo(f"configuration OK: {cfg.instances} instance(s), {cfg.connect}")
     return 0
 

@@ -150,8 +150,10 @@ def interface_instance(stats: Stats, i: int, name: str,
 
 
 _JOB_NOT_PARAMETERS = frozenset({"job.type"})
-_PIN = re.compile(r"vcpu\.(\d+)\.pin\.(\d+)$")
-_VCPU_TIME = re.compile(r"vcpu\.(\d+)\.time$")
+# Bounded numbers: a key with a longer one is not libvirt's, and int() of a few thousand
+# digits raises (Python's conversion limit) instead of giving a vCPU number.
+_PIN = re.compile(r"vcpu\.(\d{1,9})\.pin\.(\d{1,9})$")
+_VCPU_TIME = re.compile(r"vcpu\.(\d{1,9})\.time$")
 
 
 class _Values:

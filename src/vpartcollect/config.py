@@ -27,6 +27,7 @@ MAX_SECONDS = {"interval": 86400.0, "refresh_interval": 86400.0, "timeout": 3600
                "spool_drain_rate": 10_000_000.0,  # lines a second
                "forget_after": 86400.0}
 MIN_SECONDS = {"interval": 0.05, "spool_max_bytes": 65536, "forget_after": 1.0}
+MIN_INCLUSIVE = frozenset({"interval"})  # 0.05-86400: the README's range includes 0.05
 # 0 is a choice here: no resend window (in front of a carbon-aggregator, which would sum).
 ZERO_MEANS_NONE = frozenset({"graphite_resend_seconds"})
 MAX_COUNT = {"instances": MAX_INSTANCES, "chunk_size": 10_000, "graphite_buffer": 100_000_000,
@@ -193,14 +194,15 @@ def _kind(key: str, value: Any, kind: type, label: str) -> Any:
 
 
 def _bounded(key: str, value: Any, *, integer: bool = False) -> Any:
-    """A number in (minimum, maximum] for ``key`` ([0, maximum] for a key where 0 means
-    none): the bounds the README lists."""
+    """A number in (minimum, maximum], or [minimum, maximum] for the keys of MIN_INCLUSIVE
+    and of ZERO_MEANS_NONE (0 meaning none): the bounds the README lists."""
     value = _kind(key, value, int if integer else float, "an integer" if integer else "a number")
     minimum = MIN_SECONDS.get(key, 0)
     maximum = MAX_COUNT[key] if integer else MAX_SECONDS[key]
+    inclusive = key in MIN_INCLUSIVE or key in ZERO_MEANS_NONE
+    least = "at least" if inclusive else "greater than"
     if (not integer and not math.isfinite(value)) or value < minimum or (
-            value == minimum and key not in ZERO_MEANS_NONE):
-        least = "at least" if key in ZERO_MEANS_NONE else "greater than"
+            value == minimum and not inclusive):
         raise ConfigError(f"{key}: must be {least} {minimum:g}, got {_short(value)}")
     if value > maximum:  # an int is compared as it is: no float conversion to overflow
         raise ConfigError(f"{key}: at most {maximum:.15g}, got {_short(value)}")
@@ -400,6 +402,8 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise ConfigError(f"config file {path}: not valid TOML: nested too deeply") from None
 
 
 def build(file_values: dict[str, Any] | None = None,

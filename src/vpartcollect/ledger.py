@@ -50,6 +50,11 @@ class Ledger:
         self._before = {uuid: frozenset(ticks) for uuid, ticks in self._ticks.items()}
         self._ticks = {}
 
+    def emitted(self, tick: float) -> list[str]:
+        """The domains whose sample for ``tick`` was emitted (what a replay of it skips)."""
+        return [uuid for uuid in self._ticks.keys() | self._before.keys()
+                if tick in self._ticks.get(uuid, ()) or tick in self._before.get(uuid, ())]
+
     def forget(self, uuids: Iterable[str]) -> None:
         """Domains not sampled for long: nothing of theirs can come back as a duplicate."""
         for uuid in uuids:

@@ -133,15 +133,17 @@ class MetricBuilder:
                 continue
             if scale != 1:
                 value = value * scale
+                if not math.isfinite(value):  # 1e306 KiB in bytes: not a number carbon takes
+                    continue
             if is_percent:  # cpu time as a share of every host cpu (ExtraStats cpu_util)
                 util = rate(uuid, "cpu_util", sampled, value)
-                if util is not None and ncpus > 0:
+                if util is not None and ncpus > 0 and math.isfinite(util):
                     out.append(Metric(head + suffix, util * 100 / (ncpus * 1e9), ts, name,
                                       uuid, tag, instance))
                 continue
             if counter and self.store_rates:
                 per_second = rate(uuid, suffix, sampled, value)
-                if per_second is not None:
+                if per_second is not None and math.isfinite(per_second):
                     out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
                 continue
             out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))

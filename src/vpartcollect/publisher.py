@@ -13,6 +13,7 @@ import logging
 import selectors
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,17 @@ from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.spool import Stranded
 from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import SpoolSettings
-from vpartcollect.sinks.stdout import StdoutClosed, StdoutSink
+from vpartcollect.sinks.stdout import StdoutClosed, StdoutFailed, StdoutSink
 
-__all__ = ["OutputClosed", "Publisher"]
+__all__ = ["BadSample", "OutputClosed", "Publisher"]
 
 OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
 
 log = logging.getLogger(__name__)
+
+
+class BadSample(ValueError):
+    """A sample the supervisor cannot turn into metrics (the worker that sent it pays)."""
 
 
 def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettings | None:
@@ -52,6 +57,16 @@ def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
     return Stranded(Path(cfg.spool_dir) if cfg.spool_dir else None, in_use, warned)
 
 
+def same_spool(old: Config, new: Config) -> bool:
+    """Whether a reload keeps the spool as it is: only the memory bound and the resend
+    window differ (they are applied to the running spoolers), or nothing."""
+    before, after = spool_settings(old), spool_settings(new)
+    if before is None or after is None:
+        return before is after
+    return replace(before, max_lines=0, resend_seconds=0) == replace(after, max_lines=0,
+                                                                     resend_seconds=0)
+
+
 def rate_gap(interval: float) -> float:
     """Reads closer than this give no rate of their own (see rates.py): half a second,
     or half the interval when it is shorter."""
@@ -66,7 +81,9 @@ class Publisher:
                                      cfg.selection())
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
-        self.stdout = StdoutSink(cfg.format) if cfg.use_stdout else None
+        self.counted: dict[int, float] = {}  # instance -> last tick its own metrics went out
+        self.stdout = StdoutSink(cfg.format, spare=bool(cfg.graphite)) if cfg.use_stdout \
+            else None
         self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
         self._registered: dict[int, tuple[Any, int] | None] = {}
@@ -77,20 +94,33 @@ class Publisher:
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
                 silent: bool = False) -> None:
         """Metrics of one Results frame; ``silent`` only primes the rates (--once).
-        A domain already sampled for this tick is dropped and counted."""
+        A domain already sampled for this tick is dropped and counted. A sample that
+        cannot be made into metrics is left out, the others written, then BadSample."""
         out: list[Metric] = []
+        bad = ""
         for d in msg.domains:
             if not self.ledger.admit(d.uuid, msg.tick):
                 self.duplicates[instance] = self.duplicates.get(instance, 0) + 1
                 log.debug("virt-%d: a second sample of %s for %s dropped", instance, d.name,
                           msg.tick)
                 continue
-            out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
+            try:
+                out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
+            except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
+                # What a worker sends comes from outside: whatever it holds, the supervisor
+                # goes on (the worker is replaced); never a traceback out of the loop.
+                bad = f"{d.name[:60]!r}: {type(exc).__name__}: {str(exc)[:200]}"
         if not silent:
             self.emit(out)
+        if bad:
+            raise BadSample(bad)
 
     def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
-        """The collector's own metrics of one instance for a finished tick."""
+        """The collector's own metrics of one instance for a finished tick (once per tick:
+        after a reload, the new worker's replay of a tick the old one finished is not)."""
+        if tick <= self.counted.get(instance, float("-inf")):
+            return
+        self.counted[instance] = tick
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
@@ -131,13 +161,22 @@ class Publisher:
         return max(self.builder.tracked(), self.ledger.tracked())
 
     def emit(self, metrics: Sequence[Metric]) -> None:
-        """Hand a batch to every output (stdout may raise OutputClosed)."""
+        """Hand a batch to every output (stdout may raise OutputClosed). Stdout that fails
+        (a full disk) is one line in the log and dropped; the run goes on when Graphite
+        destinations remain, else StdoutFailed ends it."""
         if not metrics:
             return
         for sink in self.graphite:
             sink.write(metrics)
         if self.stdout is not None:
-            self.stdout.write(metrics)
+            try:
+                self.stdout.write(metrics)
+            except StdoutFailed as exc:
+                self.stdout = None
+                if not self.graphite:
+                    log.error("%s; nothing more can be written", exc)
+                    raise
+                log.error("%s; metrics go on to Graphite only", exc)
 
     # -- the supervisor's loop --------------------------------------------
     def next_wakeup(self) -> float | None:
@@ -199,10 +238,13 @@ class Publisher:
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
-            self.stdout = StdoutSink(new.format) if new.use_stdout else None
+            self.stdout = StdoutSink(new.format, spare=bool(new.graphite)) if new.use_stdout \
+                else None
+        elif self.stdout is not None:
+            self.stdout.spare = bool(new.graphite)
         self.stranded = stranded_spools(new, self.stranded.warned)
-        same_spool = spool_settings(old) == spool_settings(new)
-        keep = {sink.endpoint: sink for sink in self.graphite if same_spool}
+        kept = same_spool(old, new)
+        keep = {sink.endpoint: sink for sink in self.graphite if kept}
         for sink in self.graphite:
             if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)

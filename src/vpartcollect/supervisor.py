@@ -17,12 +17,14 @@ import signal
 import time
 from collections.abc import Callable
 
-from vpartcollect import children, wire
+from vpartcollect import children, handover, wire
 from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
-from vpartcollect.publisher import OutputClosed, Publisher
+from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
+from vpartcollect.publisher import BadSample, OutputClosed, Publisher
 from vpartcollect.roster import Roster
+from vpartcollect.sinks.stdout import StdoutFailed
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline
@@ -53,6 +55,11 @@ class Supervisor:
         # The ledger remembers more ticks per domain than a worker may replay.
         self.publisher = Publisher(cfg, keep_ticks=self.backlog + 4)
         self.slots = [Slot(i) for i in range(cfg.instances)]
+        # A reload's old workers finishing their tick, and the ticks they owe (handover.py).
+        self.retiring: list[Slot] = []
+        self.owed: set[float] = set()
+        self.retire_by = 0.0  # monotonic: old workers still at it then are killed
+        self.probe: tuple[LibvirtProbe, Config] | None = None  # a reload's new URI, opening
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
@@ -86,8 +93,8 @@ class Supervisor:
                     log.error("--once: no complete sample within %.0f s; giving up", ONCE_LIMIT)
                     self.exit_code = 1
                     break
-        except OutputClosed:
-            self.exit_code = 0
+        except OutputClosed as exc:  # a reader gone: 0; stdout failing, nothing else: 1
+            self.exit_code = 1 if isinstance(exc, StdoutFailed) else 0
             self.publisher.drop_stdout()
         finally:
             self.shutdown()
@@ -97,7 +104,10 @@ class Supervisor:
         now_m = time.monotonic()
         left = self.schedule.seconds_left(time.time())
         waits = [left] if left is not None else []
-        waits += [s.deadline - now_m for s in self.slots if s.deadline is not None]
+        waits += [s.deadline - now_m for s in self.slots + self.retiring
+                  if s.deadline is not None]
+        if self.retiring:
+            waits.append(self.retire_by - now_m)
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
         if (again := self.schedule.next_again()) is not None:
             waits.append(again - now_m)
@@ -112,6 +122,8 @@ class Supervisor:
             kind, obj = key.data
             if kind == "worker":
                 self.read_worker(obj)
+            elif kind == "probe":
+                self._probed()
             elif kind == "graphite":
                 self.publisher.on_ready(obj, mask)
             else:
@@ -135,7 +147,8 @@ class Supervisor:
             for slot in self.slots:
                 slot.queue(wire.Tick(ts), self.backlog)
         for index in self.schedule.again_due(time.monotonic()):
-            self.slots[index].pending.append(wire.Tick(self.schedule.final))
+            if index < len(self.slots):
+                self.slots[index].pending.append(wire.Tick(self.schedule.final))
         for slot in self.slots:
             self.feed(slot)
 
@@ -173,8 +186,9 @@ class Supervisor:
         return max(self.publisher.tracked(), self.roster.size())
 
     def feed(self, slot: Slot) -> None:
-        """Send the next waiting tick to a ready, idle worker."""
-        if not (slot.ready and slot.current is None and slot.pending):
+        """Send the next waiting tick to a ready, idle worker (none while a reload's old
+        workers finish theirs: the new ones first replay what those leave)."""
+        if self.retiring or not (slot.ready and slot.current is None and slot.pending):
             return
         queued = slot.pending.popleft()
         tick = wire.Tick(queued.ts, queued.skip, self.roster.suspects_of(slot.index))
@@ -200,10 +214,19 @@ class Supervisor:
         if slot.pid:  # else it could not fork: tried again after a backoff
             children.register(slot.pid, lambda status: self._exited(slot, status))
 
-    def read_worker(self, slot: Slot) -> None:
-        """Act on what a worker sent (a worker sending garbage is killed)."""
+    def read_worker(self, slot: Slot, alive: bool = True) -> None:
+        """Act on what a worker sent (a worker sending garbage, or a frame the supervisor
+        cannot use, is killed: it costs that worker, never the supervisor). ``alive``
+        False: it was reaped already, its pid is no longer its own to kill."""
         for msg in slot.read(self.selector):
-            self.handle(slot, msg)
+            try:
+                self.handle(slot, msg)
+            except (wire.WireError, BadSample) as exc:
+                log.error("%s: worker pid %d sent a frame the supervisor cannot use (%s)%s",
+                          slot.name, slot.pid, exc, "; killing it" if alive else "")
+                if alive:
+                    slot.kill(hung=False)
+                return
 
     def handle(self, slot: Slot, msg: wire.Message) -> None:
         """Act on one message from a worker."""
@@ -227,14 +250,14 @@ class Supervisor:
             self._done(slot, msg)
 
     def _results(self, slot: Slot, msg: wire.Results) -> None:
+        if slot.current is None or msg.tick != slot.current.ts:
+            raise wire.WireError(f"results for tick {msg.tick}, not the tick it was given")
         if msg.domains:
             slot.failures = 0  # it did work: if it dies now, it is replaced at once
-        current = slot.current is not None and msg.tick == slot.current.ts
         for d in msg.domains:
             self.roster.seen(slot.index, d)
-            if current:  # what a successor skips if this worker dies in this tick
-                slot.delivered.add(d.uuid)
-                slot.unresponsive += d.unresponsive
+            slot.delivered.add(d.uuid)  # what a successor skips if this worker dies now
+            slot.unresponsive += d.unresponsive
         self.publisher.samples(slot.index, msg, slot.ncpus,
                                silent=not self.schedule.written(msg.tick))
 
@@ -258,13 +281,19 @@ class Supervisor:
 
     def _exited(self, slot: Slot, status: int) -> None:
         while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
-            self.read_worker(slot)
+            self.read_worker(slot, alive=False)
         slot.close_out(self.selector)
+        if slot in self.retiring:
+            slot.exited(status, True, time.monotonic())
+            self.retiring.remove(slot)
+            if not self.retiring:
+                self._hand_over()
+            return
         slot.exited(status, self.stopping, time.monotonic())
 
     def murder_overdue(self) -> None:
         """SIGKILL every worker stuck in a call past its deadline."""
-        for slot in self.slots:
+        for slot in self.slots + self.retiring:
             if slot.overdue(time.monotonic()):
                 # The answer may already sit in the pipe (the loop was slow): read it first.
                 if slot.out >= 0 and readable(slot.out):
@@ -279,6 +308,14 @@ class Supervisor:
                 if slot.busy is not None and slot.busy.involves_qemu:
                     self.roster.suspect(slot.index, slot.busy_uuids)
                 slot.kill(hung=True)
+        if self.retiring and time.monotonic() > self.retire_by:
+            # A tick is not worth more: e.g. one reconnecting to a libvirtd that is away.
+            for slot in self.retiring:
+                log.warning("%s: the old worker pid %d did not finish its tick after the "
+                            "reload; killing it (the new workers sample what it did not)",
+                            slot.name, slot.pid)
+                slot.kill(hung=True)
+            self.retire_by = float("inf")
 
     # -- signals and stopping ---------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -295,46 +332,93 @@ class Supervisor:
                 self.reload()
 
     def reload(self) -> None:
-        """SIGHUP: apply a re-read configuration, or keep the running one if it is invalid."""
+        """SIGHUP: apply a re-read configuration, or keep the running one if it is invalid
+        or cannot work here (the checks ``run`` makes: a new spool directory must take
+        files, a new URI must open; the loop goes on while it is being opened)."""
         if self.reload_config is None:
             return
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._stop_probe()  # a newer SIGHUP wins over one still being checked
         try:
             new = self.reload_config()
+            if spool_changed(self.cfg, new):
+                check_spool_dir(new, create=True)
         except ConfigError as exc:
             log.error("SIGHUP: %s; keeping the running configuration", exc)
             sd_notify("READY=1")
             return
+        if new.connect != self.cfg.connect:
+            probe = LibvirtProbe(new.connect)
+            self.selector.register(probe.fd, selectors.EVENT_READ, ("probe", None))
+            self.probe = (probe, new)
+            return
+        self._apply(new)
+
+    def _probed(self) -> None:
+        """The reload's new URI was opened, or could not be."""
+        assert self.probe is not None
+        probe, new = self.probe
+        why = probe.answer()
+        if why is None:
+            return
+        self._stop_probe()
+        if why:
+            log.error("SIGHUP: %s; keeping the running configuration", why)
+            sd_notify("READY=1")
+        else:
+            self._apply(new)
+
+    def _stop_probe(self) -> None:
+        if self.probe is not None:
+            self.selector.unregister(self.probe[0].fd)
+            self.probe[0].close()
+            self.probe = None
+
+    def _apply(self, new: Config) -> None:
+        """Run with a configuration known to work from now on."""
         old, self.cfg = self.cfg, new
         self.publisher.reconfigure(old, new, self.selector)
         self.backlog = backlog_limit(new.interval, new.call_timeout, new.chunk_size)
         self.publisher.ledger.keep = max(self.publisher.ledger.keep, self.backlog + 4)
         self.schedule.reinterval(new.interval, time.time())
         if old.worker_settings() != new.worker_settings():
-            self._restart_workers(new.instances)
+            self._restart_workers(new.instances, old)
         log.info("SIGHUP: configuration reloaded (%d instance(s))", new.instances)
         sd_notify("READY=1")
 
-    def _restart_workers(self, instances: int) -> None:
-        """Replace every worker (they carry the configuration they were forked with)."""
+    def _restart_workers(self, instances: int, old_cfg: Config) -> None:
+        """Replace every worker (they carry the configuration they were forked with): the
+        old ones finish the tick they are in, the new ones replay what is left of it."""
         self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
+        self.retire_by = time.monotonic() + max(
+            old_cfg.interval, kill_deadline(old_cfg.call_timeout, old_cfg.chunk_size))
         for slot in self.slots:
+            self.owed |= handover.retire(slot)
             if slot.pid:
-                slot.kill(hung=True)  # respawn at once, replay its tick
-        for slot in self.slots[instances:]:
-            slot.close_out(self.selector)
-            if slot.ctl >= 0:
-                os.close(slot.ctl)
-                slot.ctl = -1
-        self.slots = self.slots[:instances] + [Slot(i) for i in range(len(self.slots),
-                                                                        instances)]
+                self.retiring.append(slot)
+        old, self.slots = self.slots, [handover.successor(i, self.slots)
+                                       for i in range(instances)]
+        for slot in old:
+            if not slot.pid:  # no worker to wait for (between a death and its respawn)
+                slot.close_out(self.selector)
+        if not self.retiring:
+            self._hand_over()
         self.ready = False
+
+    def _hand_over(self) -> None:
+        """A reload's old workers are gone: the new ones first replay what those owed."""
+        for slot in self.slots:
+            handover.replay(slot, self.owed, self.publisher.ledger.emitted, self.backlog)
+            self.feed(slot)
+        self.owed = set()
 
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
         sd_notify("STOPPING=1")
         self.stopping = True
         self.publisher.stop_writes()
+        self.slots += self.retiring
+        self.retiring = []
         for slot in self.slots:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -350,6 +434,7 @@ class Supervisor:
             if slot.pid:
                 os.kill(slot.pid, signal.SIGKILL)
                 children.exited(*os.waitpid(slot.pid, 0))
+        self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:
             self.signals.close()

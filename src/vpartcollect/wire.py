@@ -150,6 +150,10 @@ def _number(value: object, what: str) -> float:
 _STAT_TYPES = frozenset((int, float, str))  # exact types: a bool is not a statistic
 # Values that size a loop on the supervisor's side: integral and bounded, or the frame is bad.
 MAX_DEVICES = 4096
+# Text a worker reads from libvirt, bounded so no key or name can cost the supervisor more
+# than a line: libvirt's stats keys are a few dozen characters; a path is PATH_MAX at most.
+MAX_KEY_CHARS = 256
+MAX_TEXT_CHARS = 4096
 _COUNTS = ("block.count", "net.count", "vcpu.current", "vcpu.maximum")
 
 
@@ -157,7 +161,12 @@ def _stats(value: object) -> Stats:
     raw: dict[Any, Any] = _need(value, dict, "stats")
     for key, val in raw.items():  # the hot path of decoding: exact type checks only
         if type(key) is not str or type(val) not in _STAT_TYPES:
-            raise WireError(f"stats[{key!r}]: expected a number or string")
+            raise WireError(f"stats[{_short(key)}]: expected a number or string")
+        if not 0 < len(key) <= MAX_KEY_CHARS:
+            raise WireError(f"stats key of {len(key)} characters (1-{MAX_KEY_CHARS})")
+        if type(val) is str and len(val) > MAX_TEXT_CHARS:
+            raise WireError(f"stats[{_short(key)}]: text of {len(val)} characters "
+                            f"(at most {MAX_TEXT_CHARS})")
     for key in _COUNTS:
         count = raw.get(key)
         if count is not None and (type(count) is not int or not 0 <= count <= MAX_DEVICES):
@@ -166,14 +175,26 @@ def _stats(value: object) -> Stats:
     return raw
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _text(value: object, what: str) -> str:
+    text: str = _need(value, str, what)
+    if len(text) > MAX_TEXT_CHARS:
+        raise WireError(f"{what}: {len(text)} characters (at most {MAX_TEXT_CHARS})")
+    return text
+
+
 def _sample(value: object) -> DomainSample:
     row = _need(value, list, "domain")
     if len(row) != 8:
         raise WireError("domain: expected 8 fields")
-    tag = None if row[2] is None else _need(row[2], str, "tag")
-    label = None if row[6] is None else _need(row[6], str, "label")
+    tag = None if row[2] is None else _text(row[2], "tag")
+    label = None if row[6] is None else _text(row[6], "label")
     return DomainSample(
-        _need(row[0], str, "uuid"), _need(row[1], str, "name"), tag,
+        _text(row[0], "uuid"), _text(row[1], "name"), tag,
         _need(row[3], bool, "unresponsive"), _stats(row[4]), _number(row[5], "read_at"), label,
         None if row[7] is None else _number(row[7], "read_mono"),
     )

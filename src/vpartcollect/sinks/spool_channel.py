@@ -19,6 +19,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -76,9 +77,18 @@ class SpoolChannel:
         return self.dropped_here + int(self.report.get("dropped", 0))
 
     def reconfigure(self, max_lines: int, resend_seconds: float) -> None:
-        """A new memory bound for the outbox (the spooler's settings are its own)."""
+        """New bounds (SIGHUP): for the outbox at once, and for the running spooler by a
+        frame (the connection to carbon and what waits stay; a restarted spooler starts
+        with them)."""
         self.max_lines = max_lines
+        self.settings = replace(self.settings, max_lines=max_lines,
+                                resend_seconds=resend_seconds)
+        frame: bytes = msgpack.packb(["settings", max_lines, resend_seconds],
+                                     use_bin_type=True)
+        self.outbox.append((frame, 0))
         self._trim()
+        if self.sock is not None:
+            self._send()
 
     def write(self, metrics: Sequence[Metric]) -> None:
         """One frame for the batch, to the spooler as soon as the socket takes it."""

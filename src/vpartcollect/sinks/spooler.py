@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -174,6 +174,13 @@ class Spooler:
     def _frame(self, frame: Any) -> None:
         if frame == ["stop"]:
             self.stopping = True
+        elif (isinstance(frame, list) and len(frame) == 3 and frame[0] == "settings"
+              and type(frame[1]) is int and frame[1] > 0
+              and type(frame[2]) in (int, float) and frame[2] >= 0):
+            # A reload's new bounds: the connection and what it holds stay.
+            self.settings = replace(self.settings, max_lines=frame[1],
+                                    resend_seconds=float(frame[2]))
+            self.live.reconfigure(frame[1], float(frame[2]))
         elif (isinstance(frame, list) and len(frame) == 4 and frame[0] == "lines"
               and isinstance(frame[1], bytes)):
             lines = frame[1].splitlines(keepends=True)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
+import stat
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from vpartcollect.metrics import Metric, format_line
@@ -16,10 +19,22 @@ from vpartcollect.metrics import Metric, format_line
 CHUNK = 64 * 1024
 POLL = 0.5  # seconds between looks at whether a stop was asked for
 STOP_GRACE = 2.0  # seconds a stop waits for a reader that takes nothing
+# Beside Graphite, stdout never waits: what its reader has not taken waits in memory, up
+# to this much (the oldest batches go beyond it, logged once per episode).
+SPARE_BYTES = 16 * 1024 * 1024
+PIPE_BUF = 4096  # what a pipe that polls writable takes without blocking
+STALL_WARN = 5.0  # seconds lines wait for stdout's reader before a warning
+
+log = logging.getLogger(__name__)
 
 
 class StdoutClosed(Exception):
     """The reader of stdout went away (``| head``) or stopped reading during a stop."""
+
+
+class StdoutFailed(StdoutClosed):
+    """Writing to stdout failed otherwise (a full disk, an I/O error): one line, and the
+    run goes on with its other outputs, or ends with exit status 1 when it has none."""
 
 
 def json_line(m: Metric) -> str:
@@ -33,35 +48,87 @@ class StdoutSink:
     """Writes to stdout, blocking while the reader is slow: it is the operator's own pipe.
 
     Once ``stopping`` is set (by the supervisor's signal handler), a reader that
-    takes nothing for STOP_GRACE seconds no longer holds the stop up.
+    takes nothing for STOP_GRACE seconds no longer holds the stop up. With ``spare``
+    (Graphite destinations exist too) it never blocks: a reader that does not keep
+    up loses the oldest lines beyond SPARE_BYTES, not the collector its Graphite.
     """
 
-    def __init__(self, fmt: str = "graphite", fd: int | None = None) -> None:
+    def __init__(self, fmt: str = "graphite", fd: int | None = None,
+                 spare: bool = False) -> None:
         self.fmt = fmt
         self.fd = sys.stdout.fileno() if fd is None else fd
         self.stopping = False
+        self.spare = spare
+        self.waiting: deque[memoryview] = deque()  # spare: what the reader has not taken
+        self.waiting_bytes = 0
+        self.dropping = False
+        self.waiting_since: float | None = None
+        self.warned = False
 
     def write(self, metrics: Sequence[Metric]) -> None:
-        """Write a batch in whole; raise StdoutClosed when nobody reads any more."""
+        """Write a batch in whole; raise StdoutClosed when nobody reads any more,
+        StdoutFailed when stdout refuses it."""
         if not metrics:
             return
         render = json_line if self.fmt == "json" else (
             lambda m: format_line(m.path, m.value, m.ts))
         data = memoryview("".join(render(m) for m in metrics).encode())
-        stuck_since: float | None = None
         try:
-            while data:
-                _, writable, _ = select.select([], [self.fd], [], POLL)
-                if not writable:
-                    if self.stopping:
-                        stuck_since = stuck_since or time.monotonic()
-                        if time.monotonic() - stuck_since > STOP_GRACE:
-                            raise StdoutClosed()
-                    continue
-                stuck_since = None
-                data = data[os.write(self.fd, data[:CHUNK]) :]
+            if self.spare:
+                self._queue(data)
+            else:
+                self._write_all(data)
         except BrokenPipeError:
             # Point stdout at /dev/null so the interpreter's final flush cannot fail too.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.fd)
+            self._to_devnull()
             raise StdoutClosed() from None
+        except OSError as exc:
+            self._to_devnull()
+            raise StdoutFailed(f"stdout: {exc.strerror or exc}") from None
+
+    def _write_all(self, data: memoryview) -> None:
+        stuck_since: float | None = None
+        while data:
+            _, writable, _ = select.select([], [self.fd], [], POLL)
+            if not writable:
+                if self.stopping:
+                    stuck_since = stuck_since or time.monotonic()
+                    if time.monotonic() - stuck_since > STOP_GRACE:
+                        raise StdoutClosed()
+                continue
+            stuck_since = None
+            data = data[os.write(self.fd, data[:CHUNK]) :]
+
+    def _queue(self, data: memoryview) -> None:
+        self.waiting.append(data)
+        self.waiting_bytes += len(data)
+        while self.waiting_bytes > SPARE_BYTES and len(self.waiting) > 1:
+            self.waiting_bytes -= len(self.waiting.popleft())
+            if not self.dropping:
+                log.warning("stdout: %d MiB wait for its reader; the oldest lines are "
+                            "dropped", SPARE_BYTES >> 20)
+                self.dropping = True
+        # A pipe that polls writable takes PIPE_BUF bytes without blocking; a file or a
+        # terminal takes what it is given.
+        step = PIPE_BUF if stat.S_ISFIFO(os.fstat(self.fd).st_mode) else CHUNK
+        while self.waiting and select.select([], [self.fd], [], 0)[1]:
+            head = self.waiting[0]
+            done = os.write(self.fd, head[:step])
+            self.waiting_bytes -= done
+            if done == len(head):
+                self.waiting.popleft()
+            else:
+                self.waiting[0] = head[done:]
+        if not self.waiting:
+            self.dropping, self.waiting_since, self.warned = False, None, False
+        elif self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+        elif not self.warned and time.monotonic() - self.waiting_since > STALL_WARN:
+            log.warning("stdout: lines have waited %.0f s for its reader; they wait in "
+                        "memory (Graphite goes on)", STALL_WARN)
+            self.warned = True
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fd)
+        os.close(devnull)
