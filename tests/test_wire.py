@@ -96,6 +96,7 @@ def test_oversized_frame_is_rejected_without_buffering_it_all() -> None:
 
 def test_text_at_its_bounds_is_taken() -> None:
     row = ["u", "n" * wire.MAX_TEXT_CHARS, None, False,
-           {"k" * wire.MAX_KEY_CHARS: 1, "block.0.path": "/" * wire.MAX_TEXT_CHARS}, 1.0, None, None]
+           {"k" * wire.MAX_KEY_CHARS: 1, "block.0.path": "/" * wire.MAX_TEXT_CHARS},
+           1.0, None, None]
     [msg] = wire.FrameDecoder().feed(msgpack.packb(["results", 1.0, [row]]))
     assert isinstance(msg, wire.Results) and len(msg.domains[0].stats) == 2
