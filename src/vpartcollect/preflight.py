@@ -52,7 +52,12 @@ class LibvirtProbe:
 
         # Only the pipe is inherited: a worker's control pipe held open here would keep
         # that worker from seeing it closed.
-        pid = fork_child({write_fd}, child)
+        try:
+            pid = fork_child({write_fd}, child)
+        except OSError:  # out of processes: the caller says so; no descriptor leaks
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         children.register(pid, lambda status: None)  # the answer is on the pipe
         os.close(write_fd)
         os.set_blocking(read_fd, False)

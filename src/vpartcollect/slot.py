@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from vpartcollect import wire
+from vpartcollect import children, wire
 from vpartcollect.calls import CallKind
 from vpartcollect.daemon import fork_child
 from vpartcollect.partition import instance_name
@@ -130,8 +130,9 @@ class Slot:
     def kill(self, hung: bool) -> None:
         """SIGKILL the worker; only a hang earns an immediate respawn."""
         self.respawn_now, self.deadline = hung, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        if self.pid and children.running(self.pid):  # once reaped, the pid is not ours
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def close_out(self, selector: selectors.BaseSelector) -> None:
         """Close the pipe the worker writes its results to."""

@@ -60,6 +60,11 @@ class Supervisor:
         self.owed: set[float] = set()
         self.retire_by = 0.0  # monotonic: old workers still at it then are killed
         self.probe: tuple[LibvirtProbe, Config] | None = None  # a reload's new URI, opening
+        # A reload's config whose URI opened: applied by the loop after wait(), never
+        # while wait() still serves events of the select() (reconfiguring may close their
+        # objects).
+        self.approved: Config | None = None
+        self.retire_killed = False  # the retiring workers were SIGKILLed at retire_by
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
@@ -84,6 +89,9 @@ class Supervisor:
                 self.spawn_missing()
                 self.schedule_ticks()
                 self.wait(self._timeout())
+                if self.approved is not None:
+                    new, self.approved = self.approved, None
+                    self._apply(new)
                 self.handle_signals()
                 self.reap()
                 self.murder_overdue()
@@ -162,6 +170,13 @@ class Supervisor:
         for slot in self.slots:
             slot.missed_ticks += len(slot.pending)
             slot.pending.clear()
+        # A reload's owed ticks of the old clock go too, but the ones an old worker is
+        # still in: each new worker would have replayed them (handover.py).
+        inflight = {s.current.ts for s in self.retiring if s.current is not None}
+        stale = self.owed - inflight
+        self.owed -= stale
+        for slot in self.slots:
+            slot.missed_ticks += len(stale)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(resume))
         if resume - wall > self.cfg.interval:
             log.warning("the wall clock stepped %+.1f s; the times it went back to were "
@@ -280,16 +295,20 @@ class Supervisor:
         children.reap()
 
     def _exited(self, slot: Slot, status: int) -> None:
-        while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
-            self.read_worker(slot, alive=False)
-        slot.close_out(self.selector)
-        if slot in self.retiring:
-            slot.exited(status, True, time.monotonic())
-            self.retiring.remove(slot)
-            if not self.retiring:
-                self._hand_over()
-            return
-        slot.exited(status, self.stopping, time.monotonic())
+        try:
+            while slot.out >= 0 and readable(slot.out):  # what it wrote before dying counts
+                self.read_worker(slot, alive=False)
+        finally:  # even when an output closed meanwhile: the pid is no longer its own
+            slot.close_out(self.selector)
+            if slot in self.retiring:
+                slot.exited(status, True, time.monotonic())
+                self.retiring.remove(slot)
+                if not self.retiring:
+                    self._hand_over()
+            elif not any(s is slot for s in self.slots):  # handed over without it (D state)
+                slot.exited(status, True, time.monotonic())
+            else:
+                slot.exited(status, self.stopping, time.monotonic())
 
     def murder_overdue(self) -> None:
         """SIGKILL every worker stuck in a call past its deadline."""
@@ -309,13 +328,25 @@ class Supervisor:
                     self.roster.suspect(slot.index, slot.busy_uuids)
                 slot.kill(hung=True)
         if self.retiring and time.monotonic() > self.retire_by:
+            if self.retire_killed:
+                # SIGKILLed an interval ago and still not reaped (e.g. in D state in a
+                # stat of a hung FUSE mount): the new workers go on without waiting. Its
+                # late exit is still reaped (_exited); the ledger refuses a tick twice.
+                for slot in self.retiring:
+                    log.warning("%s: the old worker pid %d did not exit after SIGKILL; "
+                                "the new workers go on without it", slot.name, slot.pid)
+                    slot.close_out(self.selector)
+                self.retiring, self.retire_killed = [], False
+                self._hand_over()
+                return
             # A tick is not worth more: e.g. one reconnecting to a libvirtd that is away.
             for slot in self.retiring:
                 log.warning("%s: the old worker pid %d did not finish its tick after the "
                             "reload; killing it (the new workers sample what it did not)",
                             slot.name, slot.pid)
                 slot.kill(hung=True)
-            self.retire_by = float("inf")
+            self.retire_by = time.monotonic() + self.cfg.interval
+            self.retire_killed = True
 
     # -- signals and stopping ---------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -348,7 +379,13 @@ class Supervisor:
             sd_notify("READY=1")
             return
         if new.connect != self.cfg.connect:
-            probe = LibvirtProbe(new.connect)
+            try:
+                probe = LibvirtProbe(new.connect)
+            except OSError as exc:  # out of processes or descriptors
+                log.error("SIGHUP: cannot check libvirt at %s (%s); keeping the running "
+                          "configuration", new.connect, exc.strerror or exc)
+                sd_notify("READY=1")
+                return
             self.selector.register(probe.fd, selectors.EVENT_READ, ("probe", None))
             self.probe = (probe, new)
             return
@@ -366,7 +403,7 @@ class Supervisor:
             log.error("SIGHUP: %s; keeping the running configuration", why)
             sd_notify("READY=1")
         else:
-            self._apply(new)
+            self.approved = new  # applied by the loop once this select() is served
 
     def _stop_probe(self) -> None:
         if self.probe is not None:
@@ -390,6 +427,7 @@ class Supervisor:
         """Replace every worker (they carry the configuration they were forked with): the
         old ones finish the tick they are in, the new ones replay what is left of it."""
         self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
+        self.retire_killed = False
         self.retire_by = time.monotonic() + max(
             old_cfg.interval, kill_deadline(old_cfg.call_timeout, old_cfg.chunk_size))
         for slot in self.slots:
@@ -429,11 +467,17 @@ class Supervisor:
                 self.wait(0.05)
             except OutputClosed:
                 self.publisher.drop_stdout()
-            self.reap()
+            try:
+                self.reap()
+            except OutputClosed:  # a drain's emit found the output gone
+                self.publisher.drop_stdout()
         for slot in self.slots:
-            if slot.pid:
+            if slot.pid and children.running(slot.pid):
                 os.kill(slot.pid, signal.SIGKILL)
-                children.exited(*os.waitpid(slot.pid, 0))
+                try:
+                    children.exited(*os.waitpid(slot.pid, 0))
+                except OutputClosed:
+                    self.publisher.drop_stdout()
         self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:

@@ -121,6 +121,8 @@ class SpoolChannel:
 
     def on_ready(self, mask: int) -> None:
         """Read the spooler's reports (or its end), write what waits for it."""
+        if self.sock is None:  # closed by an earlier event of the same select()
+            return
         if mask & selectors.EVENT_READ:
             self._read()
         if mask & selectors.EVENT_WRITE and self.sock is not None:
