@@ -195,3 +195,30 @@ def test_the_new_workers_go_on_when_a_killed_old_worker_never_exits(
     children.exited(proc.pid, 9)  # its late exit is reaped: harmless
     assert old.pid == 0 and sup.slots == [new] and new.spawn_at == 0.0
     sup.publisher.finish(sup.selector)
+
+
+# -- defect 12b: a replay's skip list names the slot's partition only --------------------
+def test_a_replayed_ticks_skip_list_holds_only_the_new_workers_domains() -> None:
+    """300 domains emitted for the tick the old worker was in, tagged virt-0/virt-1; the
+    reload goes from 1 to 2 instances. Each new worker's skip list is its own half (plus
+    a domain whose tag the supervisor never learnt: skipping it is always safe)."""
+    sup = Supervisor(config(instances=1, interval=10.0))
+    ts = 7_200.0
+    samples = [wire.DomainSample(f"u{i:03}", f"vm{i}", f"virt-{i % 2}", False,
+                                 {"state.state": 1}, ts) for i in range(300)]
+    for s in samples:
+        sup.roster.seen(0, s)
+    stranger = wire.DomainSample("u-untold", "vm-x", None, False, {"state.state": 1}, ts)
+    sup.publisher.samples(0, wire.Results(ts, [*samples, stranger]), 1)
+    sup.slots[0].current = wire.Tick(ts)  # the tick it was in; no worker to wait for
+    old_cfg, sup.cfg = sup.cfg, config(instances=2, interval=10.0)
+    try:
+        sup._restart_workers(2, old_cfg)
+        for index, slot in enumerate(sup.slots):
+            (tick,) = slot.pending
+            assert tick.ts == ts
+            assert set(tick.skip) == {s.uuid for s in samples if s.tag == f"virt-{index}"} \
+                | {"u-untold"}
+            assert len(wire.encode(tick)) < 65536 // 4
+    finally:
+        sup.publisher.finish(sup.selector)

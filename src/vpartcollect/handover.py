@@ -53,13 +53,17 @@ def successor(index: int, old: Iterable[Slot]) -> Slot:
 
 
 def replay(slot: Slot, owed: Iterable[float], emitted: Callable[[float], list[str]],
-           backlog: int) -> None:
+           backlog: int, may_own: Callable[[str], bool] = lambda _uuid: True) -> None:
     """Put the ticks the old generation owed ahead of the ones ``slot`` waits for, each
     skipping the domains already written for it; beyond ``backlog`` the oldest go
-    (counted in missed_ticks)."""
+    (counted in missed_ticks).
+
+    A skip list names only the domains ``may_own`` says the slot's worker may sample:
+    the worker only drops its own domains with it, and the whole host's list (3000
+    domains, ~114 KB) would not fit the control pipe in one write."""
     waiting = {t.ts: t for t in slot.pending}
     for ts in owed:
-        waiting[ts] = wire.Tick(ts, sorted(set(emitted(ts)) | set(
+        waiting[ts] = wire.Tick(ts, sorted({u for u in emitted(ts) if may_own(u)} | set(
             waiting[ts].skip if ts in waiting else ())))
     ordered = [waiting[ts] for ts in sorted(waiting)]
     dropped = max(0, len(ordered) - backlog)

@@ -10,6 +10,7 @@ libvirt connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import selectors
@@ -65,6 +66,7 @@ class Supervisor:
         # objects).
         self.approved: Config | None = None
         self.retire_killed = False  # the retiring workers were SIGKILLed at retire_by
+        self.old_tags: dict[str, tuple[str | None, str | None]] = {}  # roster's, pre-reload
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.exit_code = 0
@@ -426,7 +428,10 @@ class Supervisor:
     def _restart_workers(self, instances: int, old_cfg: Config) -> None:
         """Replace every worker (they carry the configuration they were forked with): the
         old ones finish the tick they are in, the new ones replay what is left of it."""
-        self.roster.forget_tags()  # read under the old settings (hostname metadata path...)
+        # Read under the old settings (hostname metadata path...); the partition tags
+        # (metadata of a fixed namespace) still tell the handover who may own what.
+        self.old_tags = self.roster.tags
+        self.roster.forget_tags()
         self.retire_killed = False
         self.retire_by = time.monotonic() + max(
             old_cfg.interval, kill_deadline(old_cfg.call_timeout, old_cfg.chunk_size))
@@ -446,9 +451,18 @@ class Supervisor:
     def _hand_over(self) -> None:
         """A reload's old workers are gone: the new ones first replay what those owed."""
         for slot in self.slots:
-            handover.replay(slot, self.owed, self.publisher.ledger.emitted, self.backlog)
+            handover.replay(slot, self.owed, self.publisher.ledger.emitted, self.backlog,
+                            functools.partial(self._may_own, slot.index))
             self.feed(slot)
-        self.owed = set()
+        self.owed, self.old_tags = set(), {}
+
+    def _may_own(self, index: int, uuid: str) -> bool:
+        """Whether the new worker ``index`` may sample ``uuid`` (not known: it may)."""
+        tag, name = self.old_tags.get(uuid), self.roster.names.get(uuid)
+        if tag is None or name is None:
+            return True
+        owner = self.cfg.sampled_by(name, tag[0])
+        return owner is not None and owner.instance == index
 
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
