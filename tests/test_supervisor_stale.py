@@ -222,3 +222,13 @@ def test_a_replayed_ticks_skip_list_holds_only_the_new_workers_domains() -> None
             assert len(wire.encode(tick)) < 65536 // 4
     finally:
         sup.publisher.finish(sup.selector)
+
+
+def test_stale_worker_and_probe_events_are_ignored() -> None:
+    """An event served after its object was closed in the same select() does nothing."""
+    sup = Supervisor(config())
+    try:
+        sup._probed()  # the probe was stopped already
+        assert Slot(0, pid=0, out=-1).read(sup.selector) == []
+    finally:
+        sup.publisher.finish(sup.selector)

@@ -110,6 +110,8 @@ class Slot:
     def read(self, selector: selectors.BaseSelector) -> list[wire.Message]:
         """The messages in what the worker wrote; on bytes that are not frames, the
         worker is killed (with backoff: it misbehaves, it did not hang)."""
+        if self.out < 0:  # a stale event: the pipe was closed earlier in the same select()
+            return []
         try:
             data = os.read(self.out, 1 << 20)
         except BlockingIOError:

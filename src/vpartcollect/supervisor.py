@@ -395,7 +395,8 @@ class Supervisor:
 
     def _probed(self) -> None:
         """The reload's new URI was opened, or could not be."""
-        assert self.probe is not None
+        if self.probe is None:  # a stale event: stopped earlier in the same select()
+            return
         probe, new = self.probe
         why = probe.answer()
         if why is None:
