@@ -132,3 +132,27 @@ def test_a_closed_graphite_socket_leaves_the_selector_first() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_destination_removed_by_a_reload_is_closed() -> None:
+    """Two destinations, a reload lists one: the other used to be kept open (its socket,
+    with a spool its spooler) though nothing wrote to it any more."""
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    ends = [f"127.0.0.1:{s.getsockname()[1]}" for s in servers]
+    old = build({"graphite": ends, "stdout": False})
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    kept, removed = pub.graphite
+    assert isinstance(kept, GraphiteSink) and isinstance(removed, GraphiteSink)
+    pub.register(sel)
+    conns = [s.accept()[0] for s in servers]
+    while kept.connecting or removed.connecting:
+        for key, mask in sel.select(1):
+            pub.on_ready(key.data[1], mask)
+        pub.register(sel)
+    pub.reconfigure(old, build({"graphite": ends[:1], "stdout": False}), sel)
+    assert pub.graphite == [kept] and kept.sock is not None
+    assert removed.sock is None  # closed, out of the selector
+    conns[1].settimeout(2)
+    assert conns[1].recv(1) == b""  # the removed carbon sees the connection end
+    for c in conns + servers:
+        c.close()

@@ -244,7 +244,10 @@ class Publisher:
             self.stdout.spare = bool(new.graphite)
         self.stranded = stranded_spools(new, self.stranded.warned)
         kept = same_spool(old, new)
-        keep = {sink.endpoint: sink for sink in self.graphite if kept}
+        # Only destinations still listed are kept; one removed is closed below.
+        listed = set(new.graphite)
+        keep = {sink.endpoint: sink for sink in self.graphite
+                if kept and sink.endpoint in listed}
         for sink in self.graphite:
             if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
