@@ -184,17 +184,23 @@ def test_a_spool_dir_others_may_write_in_is_refused_in_one_line(tmp_path: Path,
 
 
 # -- item 13: a small graphite_buffer and a slow carbon ------------------------------------
-def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reloaded", [False, True])
+def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path, reloaded: bool) -> None:
     """graphite_buffer 1,000, carbon up but not reading yet, one 5,000-line frame: today's
     main dropped 4,000 at once (0 spooled). Now every line reaches carbon, the rest
-    through the spool once carbon reads."""
+    through the spool once carbon reads. ``reloaded``: the spooler started with 100,000
+    and a reload set 1,000 (its watermark used to stay at the start's)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    channel = SpoolChannel(Endpoint("127.0.0.1", port), settings(tmp_path / "d", 1000))
+    channel = SpoolChannel(Endpoint("127.0.0.1", port),
+                           settings(tmp_path / "d", 100_000 if reloaded else 1000))
     got: list[bytes] = []
     conns: list[socket.socket] = []
     try:
         pump(channel, 0.1)
+        if reloaded:
+            channel.reconfigure(1000, 30.0)
+            pump(channel, 0.1)
         listener.settimeout(5)
         conns.append(listener.accept()[0])  # the live connection is up
         channel.write(metrics(0, 5000))
