@@ -156,3 +156,20 @@ def test_a_destination_removed_by_a_reload_is_closed() -> None:
     assert conns[1].recv(1) == b""  # the removed carbon sees the connection end
     for c in conns + servers:
         c.close()
+
+
+def test_own_metrics_go_on_after_the_clock_steps_back(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """After a -1 h step every new tick is older than the last counted one: the
+    instance's own metrics used to stop for an hour while the domains' went on. A late
+    Done of a tick already counted is still never written twice."""
+    pub = Publisher(build({"hostname": "h"}))
+    pub.instance_done(1, 7200.0, {"domains": 1})
+    pub.instance_done(1, 7200.0, {"domains": 1})  # a replay after a reload
+    pub.clock_stepped()
+    pub.instance_done(1, 3601.0, {"domains": 2})
+    pub.instance_done(1, 7200.0, {"domains": 3})  # the old era's, late
+    pub.instance_done(1, 3602.0, {"domains": 4})
+    lines = [line for line in capfd.readouterr().out.splitlines() if ".domains " in line]
+    assert lines == ["h.vpartcollect-virt-1.domains 1 7200", "h.vpartcollect-virt-1.domains 2 3601",
+                     "h.vpartcollect-virt-1.domains 4 3602"], lines

@@ -81,7 +81,8 @@ class Publisher:
                                      cfg.selection())
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
-        self.counted: dict[int, float] = {}  # instance -> last tick its own metrics went out
+        # Which ticks each instance's own metrics went out for: once per tick, as domains.
+        self.counted = Ledger(keep_ticks)
         self.stdout = StdoutSink(cfg.format, spare=bool(cfg.graphite)) if cfg.use_stdout \
             else None
         self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
@@ -118,9 +119,8 @@ class Publisher:
     def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
         """The collector's own metrics of one instance for a finished tick (once per tick:
         after a reload, the new worker's replay of a tick the old one finished is not)."""
-        if tick <= self.counted.get(instance, float("-inf")):
+        if not self.counted.admit(str(instance), tick):
             return
-        self.counted[instance] = tick
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
@@ -149,6 +149,7 @@ class Publisher:
     def clock_stepped(self) -> None:
         """The wall clock stepped: ticks of the new clock may be older than those seen."""
         self.ledger.new_era()
+        self.counted.new_era()  # a step back: the new, smaller ticks are counted too
 
     def forget_older_than(self, ts: float) -> set[str]:
         """Drop the state of domains not sampled since monotonic ``ts``; return their uuids."""
