@@ -6,14 +6,16 @@ import os
 import selectors
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
 from vpartcollect import wire
 from vpartcollect.config import build
 from vpartcollect.metrics import Metric
-from vpartcollect.publisher import Publisher
+from vpartcollect.publisher import Publisher, same_spool
 from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.spool_channel import SpoolChannel
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}
@@ -173,3 +175,17 @@ def test_own_metrics_go_on_after_the_clock_steps_back(
     lines = [line for line in capfd.readouterr().out.splitlines() if ".domains " in line]
     assert lines == ["h.vpartcollect-virt-1.domains 1 7200", "h.vpartcollect-virt-1.domains 2 3601",
                      "h.vpartcollect-virt-1.domains 4 3602"], lines
+
+
+def test_a_new_flush_timeout_keeps_the_spooled_destination(tmp_path: Path) -> None:
+    """flush_timeout is no spool setting: changing only it used to restart every spooler
+    (and close its carbon connections)."""
+    old = build({"graphite": ["127.0.0.1:9"], "spool_dir": str(tmp_path), "flush_timeout": 5})
+    new = build({"graphite": ["127.0.0.1:9"], "spool_dir": str(tmp_path), "flush_timeout": 9})
+    assert same_spool(old, new)
+    pub = Publisher(old)
+    sink = pub.graphite[0]
+    assert isinstance(sink, SpoolChannel)
+    pub.reconfigure(old, new, selectors.DefaultSelector())
+    assert pub.graphite == [sink] and sink.settings.flush_timeout == 9
+    sink.close()

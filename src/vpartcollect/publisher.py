@@ -58,13 +58,15 @@ def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
 
 
 def same_spool(old: Config, new: Config) -> bool:
-    """Whether a reload keeps the spool as it is: only the memory bound and the resend
-    window differ (they are applied to the running spoolers), or nothing."""
+    """Whether a reload keeps the spool as it is: only the memory bound, the resend
+    window (applied to the running spoolers) or the flush timeout differ, or nothing.
+    A running spooler keeps the flush timeout it started with: at exit the supervisor
+    waits for it the new one at most, and what it has not sent by then stays on disk."""
     before, after = spool_settings(old), spool_settings(new)
     if before is None or after is None:
         return before is after
-    return replace(before, max_lines=0, resend_seconds=0) == replace(after, max_lines=0,
-                                                                     resend_seconds=0)
+    return (replace(before, max_lines=0, resend_seconds=0, flush_timeout=0)
+            == replace(after, max_lines=0, resend_seconds=0, flush_timeout=0))
 
 
 def rate_gap(interval: float) -> float:
@@ -252,6 +254,8 @@ class Publisher:
         for sink in self.graphite:
             if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
+                if isinstance(sink, SpoolChannel):  # a respawned spooler starts with it
+                    sink.settings = replace(sink.settings, flush_timeout=new.flush_timeout)
             else:
                 self.unregister(selector, sink)
                 if sink.buffered:
