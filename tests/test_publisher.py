@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from listener import Listener
 
 from vpartcollect import wire
 from vpartcollect.config import build
@@ -16,6 +19,7 @@ from vpartcollect.metrics import Metric
 from vpartcollect.publisher import Publisher, same_spool
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.spool_channel import SpoolChannel
+from vpartcollect.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}
@@ -189,3 +193,79 @@ def test_a_new_flush_timeout_keeps_the_spooled_destination(tmp_path: Path) -> No
     pub.reconfigure(old, new, selectors.DefaultSelector())
     assert pub.graphite == [sink] and sink.settings.flush_timeout == 9
     sink.close()
+
+
+def lines_of(n: int, first: int = 0) -> list[Metric]:
+    return [Metric(f"a.m{i}", float(i), 1700000000) for i in range(first, first + n)]
+
+
+def read_all(fd: int, got: bytearray, after: float) -> threading.Thread:
+    """A slow reader of a real pipe: it starts reading ``after`` seconds from now."""
+    def run() -> None:
+        time.sleep(after)
+        while chunk := os.read(fd, 65536):
+            got.extend(chunk)
+    reader = threading.Thread(target=run)
+    reader.start()
+    return reader
+
+
+def test_stdout_beside_graphite_is_flushed_at_exit() -> None:
+    """run --once with Graphite and stdout: what a slow pipe reader had not taken when the
+    run ended (beyond the pipe's space) used to be lost."""
+    carbon = Listener()
+    pub = Publisher(build({"graphite": [f"127.0.0.1:{carbon.port}"], "flush_timeout": 5}))
+    r, w = os.pipe()
+    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    got = bytearray()
+    pub.emit(lines_of(5000))  # ~130 KB: more than the pipe holds
+    reader = read_all(r, got, 0.3)
+    pub.finish(selectors.DefaultSelector())
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert bytes(got).decode().splitlines() == [f"a.m{i} {i} 1700000000" for i in range(5000)]
+
+
+def test_stdout_lines_queued_beside_graphite_go_first_when_it_is_removed() -> None:
+    """A reload removes every Graphite destination: stdout blocks again, and what waited
+    for its reader used to be skipped by the later lines (and never written)."""
+    old = build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1, "stdout": True})
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    r, w = os.pipe()
+    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    pub.emit(lines_of(5000))
+    new = build({"flush_timeout": 1, "stdout": True})
+    pub.reconfigure(old, new, sel)
+    got = bytearray()
+    reader = read_all(r, got, 0.2)
+    pub.emit(lines_of(10, 5000))
+    pub.finish(sel)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert bytes(got).decode().splitlines() == [f"a.m{i} {i} 1700000000" for i in range(5010)]
+
+
+def test_stdout_lines_queued_before_a_format_change_are_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload changes the format: the lines queued for the reader in the old one used to
+    be dropped with the old sink."""
+    old = build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1, "stdout": True})
+    r, w = os.pipe()
+    monkeypatch.setattr(sys, "stdout", open(w, "w", closefd=False))  # noqa: SIM115
+    got = bytearray()
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    assert pub.stdout is not None and pub.stdout.fd == w and pub.stdout.spare
+    pub.emit(lines_of(5000))
+    pub.reconfigure(old, build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1,
+                                "stdout": True, "format": "json"}), sel)
+    reader = read_all(r, got, 0.2)
+    pub.emit(lines_of(1, 5000))
+    pub.finish(sel)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    out = bytes(got).decode().splitlines()
+    assert out[:5000] == [f"a.m{i} {i} 1700000000" for i in range(5000)]
+    assert len(out) == 5001 and '"path":"a.m5000"' in out[-1]

@@ -241,9 +241,13 @@ class Publisher:
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
+            before = self.stdout
             self.stdout = StdoutSink(new.format, spare=bool(new.graphite)) if new.use_stdout \
                 else None
+            if before is not None and self.stdout is not None:
+                self.stdout.take_waiting(before)  # lines queued for the reader stay first
         elif self.stdout is not None:
+            # Without Graphite the next write blocks, what is queued going first.
             self.stdout.spare = bool(new.graphite)
         self.stranded = stranded_spools(new, self.stranded.warned)
         kept = same_spool(old, new)
@@ -274,15 +278,26 @@ class Publisher:
         self.stdout = None
 
     def finish(self, selector: selectors.BaseSelector) -> None:
-        """At exit: send what Graphite destinations hold, for ``flush_timeout`` at most,
-        and wait for each to confirm; then close them."""
+        """At exit: send what Graphite destinations hold (and what waits for stdout's reader
+        beside them), for ``flush_timeout`` at most, and wait for each destination to
+        confirm; then close them."""
         limit = time.monotonic() + self.flush_timeout
-        while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
-            self.register(selector)
-            for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
-                kind, obj = key.data
-                if kind == "graphite":
-                    obj.on_ready(mask)
+        while ((left := any(g.buffered for g in self.graphite))
+               or (self.stdout is not None and self.stdout.waiting)) \
+                and (now := time.monotonic()) < limit:
+            if self.stdout is not None and self.stdout.waiting:
+                # Beside Graphite, what stdout's reader has not taken yet; a slow reader
+                # shares the time with Graphite, it does not take all of it.
+                self.stdout.flush_waiting(min(limit, now + 0.05) if left else limit,
+                                          warn=False)
+            if left:
+                self.register(selector)
+                for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
+                    kind, obj = key.data
+                    if kind == "graphite":
+                        obj.on_ready(mask)
+        if self.stdout is not None:
+            self.stdout.flush_waiting(0.0)  # what the reader takes now; the rest is a warning
         for sink in self.graphite:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
