@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from carbon import free_port
 from runner import cli, cli_popen, no_traceback, parse_lines
@@ -28,7 +29,7 @@ from vpartcollect.publisher import spool_settings
 from vpartcollect.sinks import segments
 from vpartcollect.sinks.spool import Spool
 from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
+from vpartcollect.sinks.spooler import Spooler, SpoolSettings
 
 
 def metrics(first: int, count: int, ts: int = 1_700_000_000) -> list[Metric]:
@@ -330,3 +331,27 @@ def test_a_worker_that_cannot_be_forked_costs_the_supervisor_nothing(tmp_path: P
     late = {p.split(".")[0] for p, _v, ts in lines if ts > restored + 1.5}
     early = {p.split(".")[0] for p, _v, ts in lines if ts < restored - 3}
     assert late == early, (early, late)  # every domain of both instances is back
+
+
+def test_a_resend_window_set_to_zero_by_a_reload_sends_nothing_twice(tmp_path: Path) -> None:
+    """graphite_resend_seconds 0 by a reload (the spooler started with 30): the spool's
+    window used to stay 30 s, and a dead drain connection handed a batch on again."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    spooler = Spooler(Endpoint("127.0.0.1", 9), settings(tmp_path / "d"), theirs)
+    try:
+        mine.sendall(msgpack.packb(["settings", 1000, 0], use_bin_type=True))
+        assert spooler._read_channel()
+        assert spooler.watermark == 1000
+        spool = spooler.spool
+        spool.append(b"a 1 1\n", 1, 1.0)
+        first = spool.next_batch()
+        assert first is not None
+        spool.handed(first)
+        time.sleep(0.01)
+        spool.rewind(time.monotonic())  # the drain connection died right after
+        again = spool.next_batch()
+        assert again is None or b"a 1 1" not in again.payload
+    finally:
+        spooler.spool.close()
+        mine.close()
+        theirs.close()
