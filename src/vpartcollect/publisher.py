@@ -282,22 +282,14 @@ class Publisher:
         beside them), for ``flush_timeout`` at most, and wait for each destination to
         confirm; then close them."""
         limit = time.monotonic() + self.flush_timeout
-        while ((left := any(g.buffered for g in self.graphite))
-               or (self.stdout is not None and self.stdout.waiting)) \
-                and (now := time.monotonic()) < limit:
-            if self.stdout is not None and self.stdout.waiting:
-                # Beside Graphite, what stdout's reader has not taken yet; a slow reader
-                # shares the time with Graphite, it does not take all of it.
-                self.stdout.flush_waiting(min(limit, now + 0.05) if left else limit,
-                                          warn=False)
-            if left:
-                self.register(selector)
-                for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
-                    kind, obj = key.data
-                    if kind == "graphite":
-                        obj.on_ready(mask)
-        if self.stdout is not None:
-            self.stdout.flush_waiting(0.0)  # what the reader takes now; the rest is a warning
+        while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
+            if self.stdout is not None:  # what a slow reader takes meanwhile, never waiting
+                self.stdout.flush_waiting(0.0, warn=False)
+            self.register(selector)
+            for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
+                kind, obj = key.data
+                if kind == "graphite":
+                    obj.on_ready(mask)
         for sink in self.graphite:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
@@ -305,3 +297,7 @@ class Publisher:
                 log.warning("%s: did not confirm the last lines before exit", sink)
             self.unregister(selector, sink)
             sink.close()
+        if self.stdout is not None:
+            # Beside Graphite, stdout's reader gets what is left of the time (Graphite
+            # first: stdout never holds it up); what it does not take is a warning.
+            self.stdout.flush_waiting(limit)
