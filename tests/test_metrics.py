@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,16 @@ def test_no_value_that_is_not_finite_is_written() -> None:
                                                         100.6), 2)
     values = {m.path: m.value for m in got}
     assert values == {"vm.virt.memory-rss": 5120, "vm.virt.unresponsive": 0}, values
+
+
+def test_a_cpu_share_that_overflows_is_left_out() -> None:
+    """cpu_util is the cpu rate * 100 / (ncpus * 1e9): a finite rate (2e307 ns/s) used
+    to overflow there and reach JSON as Infinity."""
+    builder = MetricBuilder(Naming(), selection=Selection(frozenset({"cpu_util"})))
+    first: Stats = {"state.state": 1, "cpu.time": 0.0}
+    builder.domain_metrics(0, 100.0, DomainSample("u", "vm", None, False, first, 100.0), 1)
+    got = builder.domain_metrics(0, 101.0, DomainSample("u", "vm", None, False,
+                                                        {**first, "cpu.time": 1e307}, 100.5), 1)
+    values = {m.path: m.value for m in got}
+    assert all(math.isfinite(v) for v in values.values()), values
+    assert not any("percent" in p for p in values), values

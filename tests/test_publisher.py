@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
+from listener import Listener
 
 from vpartcollect import wire
 from vpartcollect.config import build
 from vpartcollect.metrics import Metric
-from vpartcollect.publisher import Publisher
+from vpartcollect.publisher import Publisher, same_spool
 from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.sinks.spool_channel import SpoolChannel
+from vpartcollect.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}
@@ -132,3 +138,134 @@ def test_a_closed_graphite_socket_leaves_the_selector_first() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_destination_removed_by_a_reload_is_closed() -> None:
+    """Two destinations, a reload lists one: the other used to be kept open (its socket,
+    with a spool its spooler) though nothing wrote to it any more."""
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    ends = [f"127.0.0.1:{s.getsockname()[1]}" for s in servers]
+    old = build({"graphite": ends, "stdout": False})
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    kept, removed = pub.graphite
+    assert isinstance(kept, GraphiteSink) and isinstance(removed, GraphiteSink)
+    pub.register(sel)
+    conns = [s.accept()[0] for s in servers]
+    while kept.connecting or removed.connecting:
+        for key, mask in sel.select(1):
+            pub.on_ready(key.data[1], mask)
+        pub.register(sel)
+    pub.reconfigure(old, build({"graphite": ends[:1], "stdout": False}), sel)
+    assert pub.graphite == [kept] and kept.sock is not None
+    assert removed.sock is None  # closed, out of the selector
+    conns[1].settimeout(2)
+    assert conns[1].recv(1) == b""  # the removed carbon sees the connection end
+    for c in conns + servers:
+        c.close()
+
+
+def test_own_metrics_go_on_after_the_clock_steps_back(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """After a -1 h step every new tick is older than the last counted one: the
+    instance's own metrics used to stop for an hour while the domains' went on. A late
+    Done of a tick already counted is still never written twice."""
+    pub = Publisher(build({"hostname": "h"}))
+    pub.instance_done(1, 7200.0, {"domains": 1})
+    pub.instance_done(1, 7200.0, {"domains": 1})  # a replay after a reload
+    pub.clock_stepped()
+    pub.instance_done(1, 3601.0, {"domains": 2})
+    pub.instance_done(1, 7200.0, {"domains": 3})  # the old era's, late
+    pub.instance_done(1, 3602.0, {"domains": 4})
+    lines = [line for line in capfd.readouterr().out.splitlines() if ".domains " in line]
+    assert lines == ["h.vpartcollect-virt-1.domains 1 7200", "h.vpartcollect-virt-1.domains 2 3601",
+                     "h.vpartcollect-virt-1.domains 4 3602"], lines
+
+
+def test_a_new_flush_timeout_keeps_the_spooled_destination(tmp_path: Path) -> None:
+    """flush_timeout is no spool setting: changing only it used to restart every spooler
+    (and close its carbon connections)."""
+    old = build({"graphite": ["127.0.0.1:9"], "spool_dir": str(tmp_path), "flush_timeout": 5})
+    new = build({"graphite": ["127.0.0.1:9"], "spool_dir": str(tmp_path), "flush_timeout": 9})
+    assert same_spool(old, new)
+    pub = Publisher(old)
+    sink = pub.graphite[0]
+    assert isinstance(sink, SpoolChannel)
+    pub.reconfigure(old, new, selectors.DefaultSelector())
+    assert pub.graphite == [sink] and sink.settings.flush_timeout == 9
+    sink.close()
+
+
+def lines_of(n: int, first: int = 0) -> list[Metric]:
+    return [Metric(f"a.m{i}", float(i), 1700000000) for i in range(first, first + n)]
+
+
+def read_all(fd: int, got: bytearray, after: float) -> threading.Thread:
+    """A slow reader of a real pipe: it starts reading ``after`` seconds from now."""
+    def run() -> None:
+        time.sleep(after)
+        while chunk := os.read(fd, 65536):
+            got.extend(chunk)
+    reader = threading.Thread(target=run)
+    reader.start()
+    return reader
+
+
+def test_stdout_beside_graphite_is_flushed_at_exit() -> None:
+    """run --once with Graphite and stdout: what a slow pipe reader had not taken when the
+    run ended (beyond the pipe's space) used to be lost."""
+    carbon = Listener()
+    pub = Publisher(build({"graphite": [f"127.0.0.1:{carbon.port}"], "flush_timeout": 5}))
+    r, w = os.pipe()
+    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    got = bytearray()
+    pub.emit(lines_of(5000))  # ~130 KB: more than the pipe holds
+    reader = read_all(r, got, 0.3)
+    pub.finish(selectors.DefaultSelector())
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert bytes(got).decode().splitlines() == [f"a.m{i} {i} 1700000000" for i in range(5000)]
+
+
+def test_stdout_lines_queued_beside_graphite_go_first_when_it_is_removed() -> None:
+    """A reload removes every Graphite destination: stdout blocks again, and what waited
+    for its reader used to be skipped by the later lines (and never written)."""
+    old = build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1, "stdout": True})
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    r, w = os.pipe()
+    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    pub.emit(lines_of(5000))
+    new = build({"flush_timeout": 1, "stdout": True})
+    pub.reconfigure(old, new, sel)
+    got = bytearray()
+    reader = read_all(r, got, 0.2)
+    pub.emit(lines_of(10, 5000))
+    pub.finish(sel)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert bytes(got).decode().splitlines() == [f"a.m{i} {i} 1700000000" for i in range(5010)]
+
+
+def test_stdout_lines_queued_before_a_format_change_are_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload changes the format: the lines queued for the reader in the old one used to
+    be dropped with the old sink."""
+    old = build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1, "stdout": True})
+    r, w = os.pipe()
+    monkeypatch.setattr(sys, "stdout", open(w, "w", closefd=False))  # noqa: SIM115
+    got = bytearray()
+    pub, sel = Publisher(old), selectors.DefaultSelector()
+    assert pub.stdout is not None and pub.stdout.fd == w and pub.stdout.spare
+    pub.emit(lines_of(5000))
+    pub.reconfigure(old, build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1,
+                                "stdout": True, "format": "json"}), sel)
+    reader = read_all(r, got, 0.2)
+    pub.emit(lines_of(1, 5000))
+    pub.finish(sel)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    out = bytes(got).decode().splitlines()
+    assert out[:5000] == [f"a.m{i} {i} 1700000000" for i in range(5000)]
+    assert len(out) == 5001 and '"path":"a.m5000"' in out[-1]

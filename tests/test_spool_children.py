@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from carbon import free_port
 from runner import cli, cli_popen, no_traceback, parse_lines
@@ -28,7 +29,7 @@ from vpartcollect.publisher import spool_settings
 from vpartcollect.sinks import segments
 from vpartcollect.sinks.spool import Spool
 from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
+from vpartcollect.sinks.spooler import Spooler, SpoolSettings
 
 
 def metrics(first: int, count: int, ts: int = 1_700_000_000) -> list[Metric]:
@@ -184,17 +185,23 @@ def test_a_spool_dir_others_may_write_in_is_refused_in_one_line(tmp_path: Path,
 
 
 # -- item 13: a small graphite_buffer and a slow carbon ------------------------------------
-def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reloaded", [False, True])
+def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path, reloaded: bool) -> None:
     """graphite_buffer 1,000, carbon up but not reading yet, one 5,000-line frame: today's
     main dropped 4,000 at once (0 spooled). Now every line reaches carbon, the rest
-    through the spool once carbon reads."""
+    through the spool once carbon reads. ``reloaded``: the spooler started with 100,000
+    and a reload set 1,000 (its watermark used to stay at the start's)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    channel = SpoolChannel(Endpoint("127.0.0.1", port), settings(tmp_path / "d", 1000))
+    channel = SpoolChannel(Endpoint("127.0.0.1", port),
+                           settings(tmp_path / "d", 100_000 if reloaded else 1000))
     got: list[bytes] = []
     conns: list[socket.socket] = []
     try:
         pump(channel, 0.1)
+        if reloaded:
+            channel.reconfigure(1000, 30.0)
+            pump(channel, 0.1)
         listener.settimeout(5)
         conns.append(listener.accept()[0])  # the live connection is up
         channel.write(metrics(0, 5000))
@@ -324,3 +331,27 @@ def test_a_worker_that_cannot_be_forked_costs_the_supervisor_nothing(tmp_path: P
     late = {p.split(".")[0] for p, _v, ts in lines if ts > restored + 1.5}
     early = {p.split(".")[0] for p, _v, ts in lines if ts < restored - 3}
     assert late == early, (early, late)  # every domain of both instances is back
+
+
+def test_a_resend_window_set_to_zero_by_a_reload_sends_nothing_twice(tmp_path: Path) -> None:
+    """graphite_resend_seconds 0 by a reload (the spooler started with 30): the spool's
+    window used to stay 30 s, and a dead drain connection handed a batch on again."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    spooler = Spooler(Endpoint("127.0.0.1", 9), settings(tmp_path / "d"), theirs)
+    try:
+        mine.sendall(msgpack.packb(["settings", 1000, 0], use_bin_type=True))
+        assert spooler._read_channel()
+        assert spooler.watermark == 1000
+        spool = spooler.spool
+        spool.append(b"a 1 1\n", 1, 1.0)
+        first = spool.next_batch()
+        assert first is not None
+        spool.handed(first)
+        time.sleep(0.01)
+        spool.rewind(time.monotonic())  # the drain connection died right after
+        again = spool.next_batch()
+        assert again is None or b"a 1 1" not in again.payload
+    finally:
+        spooler.spool.close()
+        mine.close()
+        theirs.close()

@@ -135,18 +135,17 @@ class MetricBuilder:
                 value = value * scale
                 if not math.isfinite(value):  # 1e306 KiB in bytes: not a number carbon takes
                     continue
+            final: float | None = value
             if is_percent:  # cpu time as a share of every host cpu (ExtraStats cpu_util)
                 util = rate(uuid, "cpu_util", sampled, value)
-                if util is not None and ncpus > 0 and math.isfinite(util):
-                    out.append(Metric(head + suffix, util * 100 / (ncpus * 1e9), ts, name,
-                                      uuid, tag, instance))
+                final = None if util is None or ncpus <= 0 else util * 100 / (ncpus * 1e9)
+            elif counter and self.store_rates:
+                final = rate(uuid, suffix, sampled, value)
+            # One check on what is written: a rate or a share may overflow after its inputs
+            # passed (carbon and JSON take no inf/nan).
+            if final is None or (type(final) is float and not math.isfinite(final)):
                 continue
-            if counter and self.store_rates:
-                per_second = rate(uuid, suffix, sampled, value)
-                if per_second is not None and math.isfinite(per_second):
-                    out.append(Metric(head + suffix, per_second, ts, name, uuid, tag, instance))
-                continue
-            out.append(Metric(head + suffix, value, ts, name, uuid, tag, instance))
+            out.append(Metric(head + suffix, final, ts, name, uuid, tag, instance))
         out.append(Metric(head + "unresponsive", 1 if sample.unresponsive else 0, ts, name, uuid,
                           tag, instance))
         return out

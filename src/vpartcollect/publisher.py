@@ -58,13 +58,15 @@ def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
 
 
 def same_spool(old: Config, new: Config) -> bool:
-    """Whether a reload keeps the spool as it is: only the memory bound and the resend
-    window differ (they are applied to the running spoolers), or nothing."""
+    """Whether a reload keeps the spool as it is: only the memory bound, the resend
+    window (applied to the running spoolers) or the flush timeout differ, or nothing.
+    A running spooler keeps the flush timeout it started with: at exit the supervisor
+    waits for it the new one at most, and what it has not sent by then stays on disk."""
     before, after = spool_settings(old), spool_settings(new)
     if before is None or after is None:
         return before is after
-    return replace(before, max_lines=0, resend_seconds=0) == replace(after, max_lines=0,
-                                                                     resend_seconds=0)
+    return (replace(before, max_lines=0, resend_seconds=0, flush_timeout=0)
+            == replace(after, max_lines=0, resend_seconds=0, flush_timeout=0))
 
 
 def rate_gap(interval: float) -> float:
@@ -81,7 +83,8 @@ class Publisher:
                                      cfg.selection())
         self.ledger = Ledger(keep_ticks)
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
-        self.counted: dict[int, float] = {}  # instance -> last tick its own metrics went out
+        # Which ticks each instance's own metrics went out for: once per tick, as domains.
+        self.counted = Ledger(keep_ticks)
         self.stdout = StdoutSink(cfg.format, spare=bool(cfg.graphite)) if cfg.use_stdout \
             else None
         self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
@@ -118,9 +121,8 @@ class Publisher:
     def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
         """The collector's own metrics of one instance for a finished tick (once per tick:
         after a reload, the new worker's replay of a tick the old one finished is not)."""
-        if tick <= self.counted.get(instance, float("-inf")):
+        if not self.counted.admit(str(instance), tick):
             return
-        self.counted[instance] = tick
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
@@ -149,6 +151,7 @@ class Publisher:
     def clock_stepped(self) -> None:
         """The wall clock stepped: ticks of the new clock may be older than those seen."""
         self.ledger.new_era()
+        self.counted.new_era()  # a step back: the new, smaller ticks are counted too
 
     def forget_older_than(self, ts: float) -> set[str]:
         """Drop the state of domains not sampled since monotonic ``ts``; return their uuids."""
@@ -238,16 +241,25 @@ class Publisher:
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
         if (new.use_stdout, new.format) != (old.use_stdout, old.format):
+            before = self.stdout
             self.stdout = StdoutSink(new.format, spare=bool(new.graphite)) if new.use_stdout \
                 else None
+            if before is not None and self.stdout is not None:
+                self.stdout.take_waiting(before)  # lines queued for the reader stay first
         elif self.stdout is not None:
+            # Without Graphite the next write blocks, what is queued going first.
             self.stdout.spare = bool(new.graphite)
         self.stranded = stranded_spools(new, self.stranded.warned)
         kept = same_spool(old, new)
-        keep = {sink.endpoint: sink for sink in self.graphite if kept}
+        # Only destinations still listed are kept; one removed is closed below.
+        listed = set(new.graphite)
+        keep = {sink.endpoint: sink for sink in self.graphite
+                if kept and sink.endpoint in listed}
         for sink in self.graphite:
             if sink.endpoint in keep:
                 sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
+                if isinstance(sink, SpoolChannel):  # a respawned spooler starts with it
+                    sink.settings = replace(sink.settings, flush_timeout=new.flush_timeout)
             else:
                 self.unregister(selector, sink)
                 if sink.buffered:
@@ -266,10 +278,13 @@ class Publisher:
         self.stdout = None
 
     def finish(self, selector: selectors.BaseSelector) -> None:
-        """At exit: send what Graphite destinations hold, for ``flush_timeout`` at most,
-        and wait for each to confirm; then close them."""
+        """At exit: send what Graphite destinations hold (and what waits for stdout's reader
+        beside them), for ``flush_timeout`` at most, and wait for each destination to
+        confirm; then close them."""
         limit = time.monotonic() + self.flush_timeout
         while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
+            if self.stdout is not None:  # what a slow reader takes meanwhile, never waiting
+                self.stdout.flush_waiting(0.0, warn=False)
             self.register(selector)
             for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
                 kind, obj = key.data
@@ -282,3 +297,7 @@ class Publisher:
                 log.warning("%s: did not confirm the last lines before exit", sink)
             self.unregister(selector, sink)
             sink.close()
+        if self.stdout is not None:
+            # Beside Graphite, stdout's reader gets what is left of the time (Graphite
+            # first: stdout never holds it up); what it does not take is a warning.
+            self.stdout.flush_waiting(limit)

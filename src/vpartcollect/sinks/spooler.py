@@ -181,6 +181,9 @@ class Spooler:
             self.settings = replace(self.settings, max_lines=frame[1],
                                     resend_seconds=float(frame[2]))
             self.live.reconfigure(frame[1], float(frame[2]))
+            # As at start: the live queue's watermark and the spool's resend window too.
+            self.watermark = min(LIVE_WATERMARK, frame[1])
+            self.spool.keep_seconds = float(frame[2])
         elif (isinstance(frame, list) and len(frame) == 4 and frame[0] == "lines"
               and isinstance(frame[1], bytes)):
             lines = frame[1].splitlines(keepends=True)

@@ -77,6 +77,9 @@ class StdoutSink:
             if self.spare:
                 self._queue(data)
             else:
+                while self.waiting:  # queued while Graphite was there: they go first
+                    self._write_all(self.waiting[0])
+                    self.waiting_bytes -= len(self.waiting.popleft())
                 self._write_all(data)
         except BrokenPipeError:
             # Point stdout at /dev/null so the interpreter's final flush cannot fail too.
@@ -108,17 +111,7 @@ class StdoutSink:
                 log.warning("stdout: %d MiB wait for its reader; the oldest lines are "
                             "dropped", SPARE_BYTES >> 20)
                 self.dropping = True
-        # A pipe that polls writable takes PIPE_BUF bytes without blocking; a file or a
-        # terminal takes what it is given.
-        step = PIPE_BUF if stat.S_ISFIFO(os.fstat(self.fd).st_mode) else CHUNK
-        while self.waiting and select.select([], [self.fd], [], 0)[1]:
-            head = self.waiting[0]
-            done = os.write(self.fd, head[:step])
-            self.waiting_bytes -= done
-            if done == len(head):
-                self.waiting.popleft()
-            else:
-                self.waiting[0] = head[done:]
+        self._send_waiting(0.0)
         if not self.waiting:
             self.dropping, self.waiting_since, self.warned = False, None, False
         elif self.waiting_since is None:
@@ -127,6 +120,48 @@ class StdoutSink:
             log.warning("stdout: lines have waited %.0f s for its reader; they wait in "
                         "memory (Graphite goes on)", STALL_WARN)
             self.warned = True
+
+    def _send_waiting(self, deadline: float) -> None:
+        """Write what waits while stdout takes it without blocking, until monotonic
+        ``deadline`` (0: only what it takes now)."""
+        # A pipe that polls writable takes PIPE_BUF bytes without blocking; a file or a
+        # terminal takes what it is given.
+        step = PIPE_BUF if stat.S_ISFIFO(os.fstat(self.fd).st_mode) else CHUNK
+        while self.waiting:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([], [self.fd], [], min(POLL, left))[1]:
+                if left <= 0:
+                    return
+                continue
+            head = self.waiting[0]
+            done = os.write(self.fd, head[:step])
+            self.waiting_bytes -= done
+            if done == len(head):
+                self.waiting.popleft()
+            else:
+                self.waiting[0] = head[done:]
+
+    def flush_waiting(self, deadline: float, warn: bool = True) -> None:
+        """At exit: what waits for the reader (beside Graphite) is written until monotonic
+        ``deadline``; what is left then is one warning (with ``warn``). Never raises."""
+        try:
+            self._send_waiting(deadline)
+        except OSError as exc:
+            self._to_devnull()
+            if not isinstance(exc, BrokenPipeError):
+                log.error("stdout: %s", exc.strerror or exc)
+            self.waiting.clear()
+            self.waiting_bytes = 0
+        if self.waiting and warn:
+            log.warning("stdout: %d bytes not taken by its reader before exit",
+                        self.waiting_bytes)
+
+    def take_waiting(self, other: StdoutSink) -> None:
+        """What ``other`` (the sink a reload replaces) still holds goes out first here."""
+        self.waiting.extend(other.waiting)
+        self.waiting_bytes += other.waiting_bytes
+        other.waiting.clear()
+        other.waiting_bytes = 0
 
     def _to_devnull(self) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
