@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from listener import Listener
 from runner import DEMO_NODE, DEMO_URI, cli, cli_popen, no_traceback, parse_lines
 
@@ -36,6 +37,7 @@ def bad_configs(tmp_path: Path, port: int, spool: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_bad_reloads_keep_the_running_configuration(tmp_path: Path) -> None:
     listener = Listener()
     spool = tmp_path / "spool"

@@ -77,6 +77,7 @@ class Step:
         return self.new_clock - INTERVAL <= ts <= self.new_clock + 6 * INTERVAL
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 @pytest.mark.parametrize("first", [-HOUR, HOUR], ids=["back-1h", "forward-1h"])
 def test_a_step_of_the_wall_clock_and_its_correction(tmp_path: Path, shim: Path,
                                                       first: float) -> None:

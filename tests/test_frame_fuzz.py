@@ -117,6 +117,7 @@ def strict_json(line: str) -> dict[str, Any]:
     return obj
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_fuzzed_frames_cost_their_worker_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
     domains = 20

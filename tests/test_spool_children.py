@@ -296,6 +296,7 @@ PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 
 @pytest.mark.skipif(os.geteuid() != 0 or not (PIDS_CGROUP / "cgroup.procs").exists(),
                     reason="needs root and the cgroup v1 pids controller")
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_a_worker_that_cannot_be_forked_costs_the_supervisor_nothing(tmp_path: Path,
                                                                     demo_uri: str) -> None:
     """The kernel refuses fork (a pids cgroup at its limit, as on a host out of pids):

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+import pytest
 from listener import Listener
 from runner import DEMO_URI, cli_popen, no_traceback
 
@@ -57,6 +58,7 @@ def every_tick_arrived(listener: Listener, started: float, seconds: float) -> No
     assert len(whole) >= 6 and missing == [], (missing, listener.ticks())
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_a_full_disk_under_stdout_leaves_graphite_alone() -> None:
     with open("/dev/full", "w") as full:
         listener, stderr, code, started = run_beside_graphite(full.fileno(), 10)
@@ -67,6 +69,7 @@ def test_a_full_disk_under_stdout_leaves_graphite_alone() -> None:
     every_tick_arrived(listener, started, 10)
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_a_stdout_nobody_reads_leaves_graphite_alone() -> None:
     read_end, write_end = os.pipe()  # held open, never read: a reader that hangs
     try:

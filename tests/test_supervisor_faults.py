@@ -137,6 +137,7 @@ def fake_stuck_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
     os._exit(0)
 
 
+@pytest.mark.slow  # 8-15 s: the full suite runs it, --fast does not
 def test_an_old_worker_that_never_finishes_its_tick_is_killed_after_the_reload(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
