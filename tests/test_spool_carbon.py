@@ -220,13 +220,14 @@ def test_torn_and_corrupt_spool_files_are_skipped(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_full_disk_falls_back_to_memory_with_one_warning(tmp_path: Path) -> None:
-    """The spool lives on a 256 KiB tmpfs that fills during the outage: collection goes
-    on, lines wait in memory up to graphite_buffer, one warning, and the newest reach
-    carbon when it is back."""
+    """The spool lives on a 256 KiB tmpfs (0700: a spool_dir others may write in is
+    refused) that fills during the outage: collection goes on, lines wait in memory up
+    to graphite_buffer, one warning, and the newest reach carbon when it is back."""
     uri, carbon = lab(tmp_path, 20)
     spool = tmp_path / "spool"
     spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tiny", str(spool)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tiny", str(spool)],
+                   check=True)
     try:
         run = Run(tmp_path, uri, carbon, "run", buffer=5000)
         time.sleep(3)
