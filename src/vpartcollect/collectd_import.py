@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpartcollect.collectd_conf import CollectdConfError, Item, Value
-from vpartcollect.collectd_values import EXTRA_STATS, regex_entry
-from vpartcollect.ere import EreError, compile_ere
+from vpartcollect.collectd_values import EXTRA_STATS, entry_error
 
 _VIRT_OPTIONS = {
     "connection": "connect", "refreshinterval": "refresh_interval", "instances": "instances",
@@ -181,11 +180,8 @@ def _list_entry(item: Item) -> str:
     """A Domain / BlockDevice / InterfaceDevice entry; a ``/regex/`` one must be a POSIX
     extended regular expression we can read as collectd does (ere.py)."""
     entry = _string(item)
-    if (rx := regex_entry(entry)) is not None:
-        try:
-            compile_ere(rx)
-        except EreError as exc:
-            raise CollectdConfError(f"{item.where}: {item.key}: {exc}") from None
+    if (why := entry_error(entry)) is not None:
+        raise CollectdConfError(f"{item.where}: {item.key}: {why}")
     return entry
 
 

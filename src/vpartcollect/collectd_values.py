@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from vpartcollect.ere import compile_ere, ere_search
+from vpartcollect.ere import EreError, compile_ere, ere_search
 from vpartcollect.samples import Stats, StatValue
 
 # ExtraStats selectors of collectd 5.12, and what each adds.
@@ -29,6 +29,18 @@ def regex_entry(entry: str) -> str | None:
     """The regular expression of a ``/regex/`` entry (collectd: longer than two
     characters, a slash at both ends), None for a name matched exactly."""
     return entry[1:-1] if len(entry) > 2 and entry[0] == "/" == entry[-1] else None
+
+
+def entry_error(entry: str) -> str | None:
+    """Why a Domain / BlockDevice / InterfaceDevice entry cannot be read as collectd reads
+    it (a ``/regex/`` that is no POSIX extended regular expression we can translate)."""
+    if (rx := regex_entry(entry)) is None:
+        return None
+    try:
+        compile_ere(rx)
+    except EreError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)

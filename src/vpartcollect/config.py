@@ -15,8 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, regex_entry
-from vpartcollect.ere import EreError, compile_ere
+from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, entry_error
 from vpartcollect.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
@@ -323,11 +322,8 @@ def _check(key: str, value: Any) -> Any:
     if key in ("domains", "block_devices", "interface_devices"):
         entries = _strings(key, value)
         for i, entry in enumerate(entries):  # collectd's lists: POSIX ERE, as collectd
-            if (rx := regex_entry(entry)) is not None:
-                try:
-                    compile_ere(rx)
-                except EreError as exc:
-                    raise ConfigError(f"{key}[{i}]: {exc}") from None
+            if (why := entry_error(entry)) is not None:
+                raise ConfigError(f"{key}[{i}]: {why}")
         return entries
     if key == "hostname_metadata_xpath":
         xpath_to_path(_kind(key, value, str, "a string"))  # proves it
