@@ -25,8 +25,8 @@ from runner import cli, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import ConfigError, Endpoint, build
 from vpartcollect.metrics import Metric
-from vpartcollect.publisher import spool_settings
 from vpartcollect.sinks import segments
+from vpartcollect.sinks.factory import spool_settings
 from vpartcollect.sinks.spool import Spool
 from vpartcollect.sinks.spool_channel import SpoolChannel
 from vpartcollect.sinks.spooler import Spooler, SpoolSettings
@@ -200,7 +200,7 @@ def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path, reloaded:
     try:
         pump(channel, 0.1)
         if reloaded:
-            channel.reconfigure(1000, 30.0)
+            channel.set_bounds(1000, 30.0)
             pump(channel, 0.1)
         listener.settimeout(5)
         conns.append(listener.accept()[0])  # the live connection is up

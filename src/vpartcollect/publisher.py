@@ -1,72 +1,40 @@
-"""The data path: what workers sampled in, metrics (names, rates) out to stdout and Graphite.
+"""The data path: what workers sampled in, metrics (names, rates) out to every sink.
 
 The supervisor (the control plane) hands over samples, a finished tick's
 counters and the start of each tick; the publisher owns the Ledger (one sample
 per domain and tick, whatever path made it) and the MetricBuilder, whose rate
-state outlives any worker, the sinks and their selector registrations. It
-never forks and never waits on Graphite; only stdout is written blocking.
+state outlives any worker, the sinks (made by sinks/factory.py; it names none)
+and their selector registrations. It never forks and never waits on a sink
+that the loop drives; a sink may block only when it is the only output (stdout).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import selectors
 import time
-from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vpartcollect import wire
-from vpartcollect.config import Config, Endpoint
+from vpartcollect.config import Config
 from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
-from vpartcollect.sinks import Destination
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool import Stranded
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
-from vpartcollect.sinks.stdout import StdoutClosed, StdoutFailed, StdoutSink
+from vpartcollect.samples import DomainSample
+from vpartcollect.sinks.base import Sink, SinkClosed, SinkFailed, combine
+from vpartcollect.sinks.factory import wanted
 
-__all__ = ["BadSample", "OutputClosed", "Publisher"]
+__all__ = ["BadSample", "OutputClosed", "OutputFailed", "Publisher"]
 
-OutputClosed = StdoutClosed  # stdout's reader went away: the run ends quietly
+OutputClosed = SinkClosed  # an output's reader went away: the run ends quietly
+OutputFailed = SinkFailed  # the last output failed: the run ends with exit status 1
 
 log = logging.getLogger(__name__)
 
 
 class BadSample(ValueError):
     """A sample the supervisor cannot turn into metrics (the worker that sent it pays)."""
-
-
-def spool_settings(cfg: Config, endpoint: Endpoint | None = None) -> SpoolSettings | None:
-    """How a destination's lines are spooled (None: not at all); one directory each."""
-    if not cfg.spool_dir:
-        return None
-    where = Path(cfg.spool_dir)
-    if endpoint is not None:
-        where = where / f"{endpoint.host}_{endpoint.port}".replace("/", "_").lstrip(".")
-    return SpoolSettings(where, cfg.spool_max_bytes, cfg.spool_drain_rate,
-                         cfg.graphite_buffer, cfg.graphite_resend_seconds, cfg.flush_timeout)
-
-
-def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
-    """What the spool directory holds for destinations ``cfg`` does not list."""
-    in_use = {s.directory.name for ep in cfg.graphite
-              if (s := spool_settings(cfg, ep)) is not None}
-    return Stranded(Path(cfg.spool_dir) if cfg.spool_dir else None, in_use, warned)
-
-
-def same_spool(old: Config, new: Config) -> bool:
-    """Whether a reload keeps the spool as it is: only the memory bound, the resend
-    window (applied to the running spoolers) or the flush timeout differ, or nothing.
-    A running spooler keeps the flush timeout it started with: at exit the supervisor
-    waits for it the new one at most, and what it has not sent by then stays on disk."""
-    before, after = spool_settings(old), spool_settings(new)
-    if before is None or after is None:
-        return before is after
-    return (replace(before, max_lines=0, resend_seconds=0, flush_timeout=0)
-            == replace(after, max_lines=0, resend_seconds=0, flush_timeout=0))
 
 
 def rate_gap(interval: float) -> float:
@@ -76,7 +44,7 @@ def rate_gap(interval: float) -> float:
 
 
 class Publisher:
-    """Builds metrics from samples and writes them to every output."""
+    """Builds metrics from samples and writes them to every sink."""
 
     def __init__(self, cfg: Config, keep_ticks: int = 16) -> None:
         self.builder = MetricBuilder(cfg.naming(), cfg.store_rates, rate_gap(cfg.interval),
@@ -85,13 +53,11 @@ class Publisher:
         self.duplicates: dict[int, int] = {}  # instance -> samples dropped as second ones
         # Which ticks each instance's own metrics went out for: once per tick, as domains.
         self.counted = Ledger(keep_ticks)
-        self.stdout = StdoutSink(cfg.format, spare=bool(cfg.graphite)) if cfg.use_stdout \
-            else None
-        self.graphite = [self._destination(ep, cfg) for ep in cfg.graphite]
         self.flush_timeout = cfg.flush_timeout
+        self.sinks: list[Sink] = []
         self._registered: dict[int, tuple[Any, int] | None] = {}
         self._selector: selectors.BaseSelector | None = None
-        self.stranded = stranded_spools(cfg)
+        self._build(None, cfg)
 
     # -- samples in -------------------------------------------------------
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
@@ -100,6 +66,7 @@ class Publisher:
         A domain already sampled for this tick is dropped and counted. A sample that
         cannot be made into metrics is left out, the others written, then BadSample."""
         out: list[Metric] = []
+        good: list[DomainSample] = []
         bad = ""
         for d in msg.domains:
             if not self.ledger.admit(d.uuid, msg.tick):
@@ -109,12 +76,17 @@ class Publisher:
                 continue
             try:
                 out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
+                good.append(d)
             except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
                 # What a worker sends comes from outside: whatever it holds, the supervisor
                 # goes on (the worker is replaced); never a traceback out of the loop.
                 bad = f"{d.name[:60]!r}: {type(exc).__name__}: {str(exc)[:200]}"
         if not silent:
             self.emit(out)
+            if good:
+                for sink in list(self.sinks):
+                    self._guard(sink, functools.partial(sink.samples, instance, msg.tick,
+                                                        good))
         if bad:
             raise BadSample(bad)
 
@@ -127,24 +99,14 @@ class Publisher:
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
                    for k, v in values.items()])
+        for sink in list(self.sinks):
+            self._guard(sink, functools.partial(sink.tick_done, instance, tick))
 
     def new_tick(self, ts: float, tracked: int) -> None:
-        """A tick begins: the collector-wide metrics (``tracked`` per-domain entries)."""
+        """A tick begins: the collector-wide metrics (``tracked`` per-domain entries, and
+        what each sink reports of itself)."""
         values: dict[str, float] = {"tracked_domains": tracked}
-        if self.graphite:
-            values["graphite_dropped"] = sum(g.dropped for g in self.graphite)
-            values["graphite_buffered"] = sum(g.buffered for g in self.graphite)
-        spooled = [g.report for g in self.graphite if isinstance(g, SpoolChannel)]
-        if spooled:
-            values["graphite_buffered"] += sum(r.get("buffered", 0) for r in spooled)
-            for name, key in (("spool_lines", "spooled"), ("spool_bytes", "bytes"),
-                              ("spool_drained_per_second", "drained"),
-                              ("spool_corrupt_bytes", "corrupt")):
-                values[name] = sum(r.get(key, 0) for r in spooled)
-            values["spool_stranded_lines"] = self.stranded.lines(time.monotonic())
-            oldest = [r["oldest"] for r in spooled if r.get("oldest")]
-            if oldest:
-                values["spool_oldest_timestamp"] = min(oldest)
+        values.update(combine(sink.self_metrics() for sink in self.sinks))
         naming = self.builder.naming
         self.emit([Metric(naming.self_path(None, k), v, ts) for k, v in values.items()])
 
@@ -164,35 +126,51 @@ class Publisher:
         return max(self.builder.tracked(), self.ledger.tracked())
 
     def emit(self, metrics: Sequence[Metric]) -> None:
-        """Hand a batch to every output (stdout may raise OutputClosed). Stdout that fails
-        (a full disk) is one line in the log and dropped; the run goes on when Graphite
-        destinations remain, else StdoutFailed ends it."""
+        """Hand a batch to every sink that takes metrics (see ``_guard`` for one that
+        cannot)."""
         if not metrics:
             return
-        for sink in self.graphite:
-            sink.write(metrics)
-        if self.stdout is not None:
-            try:
-                self.stdout.write(metrics)
-            except StdoutFailed as exc:
-                self.stdout = None
-                if not self.graphite:
-                    log.error("%s; nothing more can be written", exc)
-                    raise
-                log.error("%s; metrics go on to Graphite only", exc)
+        for sink in self._writers:
+            self._guard(sink, functools.partial(sink.write, metrics))
+
+    def _guard(self, sink: Sink, action: Callable[[], None]) -> None:
+        """Run ``action`` of ``sink``. A sink whose reader went away (SinkClosed) is
+        dropped and the run ends (OutputClosed); one that fails (SinkFailed: a full disk)
+        is one line in the log and dropped, and the run goes on while other sinks take
+        metrics, else it ends too."""
+        try:
+            action()
+        except SinkClosed as exc:
+            self._drop(sink)
+            if not isinstance(exc, SinkFailed):
+                raise
+            if not self._writers:
+                log.error("%s; nothing more can be written", exc)
+                raise
+            log.error("%s; metrics go on to the other outputs (%s)", exc,
+                      ", ".join(str(s) for s in self._writers))
+
+    def _drop(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks = [s for s in self.sinks if s is not sink]
+            self._writers = [s for s in self.sinks if s.writes]
+            if self._selector is not None:
+                self.unregister(self._selector, sink)
 
     # -- the supervisor's loop --------------------------------------------
     def next_wakeup(self) -> float | None:
-        """Monotonic time the outputs next need the loop (a reconnect, a time limit)."""
-        return min((w for g in self.graphite if (w := g.next_wakeup()) is not None),
+        """Monotonic time the sinks next need the loop (a reconnect, a time limit)."""
+        return min((w for s in self.sinks if (w := s.next_wakeup()) is not None),
                    default=None)
 
     def register(self, selector: selectors.BaseSelector) -> None:
-        """Before every wait: let disconnected destinations try again, and register what
-        each wants to wait for (its socket or its name lookup) with ``selector``."""
+        """Before every wait: let each sink start what is due (a reconnect), and register
+        what each wants to wait for (a socket, a name lookup) with ``selector``."""
         self._selector = selector
-        for sink in self.graphite:
-            sink.poll()
+        for sink in list(self.sinks):
+            self._guard(sink, sink.poll)
+            if sink not in self.sinks:
+                continue
             want = sink.interest()
             had = self._registered.get(id(sink))
             if had is not None and (want is None or had[0] != want[0]):
@@ -200,104 +178,86 @@ class Publisher:
                 had = None
             if want is not None:
                 if had is None:
-                    selector.register(want[0], want[1], ("graphite", sink))
+                    selector.register(want[0], want[1], ("sink", sink))
                 elif had[1] != want[1]:
-                    selector.modify(want[0], want[1], ("graphite", sink))
+                    selector.modify(want[0], want[1], ("sink", sink))
             self._registered[id(sink)] = want
 
     @staticmethod
-    def on_ready(sink: Destination, mask: int) -> None:
-        """A destination's socket (or lookup) is ready."""
+    def on_ready(sink: Sink, mask: int) -> None:
+        """What a sink waits for (its socket, its lookup) is ready."""
         sink.on_ready(mask)
 
-    def unregister(self, selector: selectors.BaseSelector, sink: Destination) -> None:
-        """Take one destination out of ``selector``."""
+    def unregister(self, selector: selectors.BaseSelector, sink: Sink) -> None:
+        """Take one sink out of ``selector``."""
         had = self._registered.pop(id(sink), None)
         if had is not None:
             selector.unregister(had[0])
 
-    def _destination(self, endpoint: Endpoint, cfg: Config) -> Destination:
-        """A destination whose lines wait in memory, or are spooled (with ``spool_dir``);
-        either leaves the selector before it closes what is registered there."""
-        sink: Destination
-        settings = spool_settings(cfg, endpoint)
-        if settings is not None:
-            sink = SpoolChannel(endpoint, settings)
-        else:
-            sink = GraphiteSink(endpoint, cfg.graphite_buffer, cfg.graphite_resend_seconds)
+    def _release(self, sink: Sink) -> None:
+        """A sink is about to close what the selector watches: the selector lets go first
+        (a descriptor closed while registered, then reused, would be refused there)."""
+        if self._selector is not None:
+            self.unregister(self._selector, sink)
 
-        def release() -> None:
-            if self._selector is not None:
-                self.unregister(self._selector, sink)
-        sink.on_close = release
-        return sink
+    def _build(self, old: Config | None, new: Config) -> None:
+        """The sinks ``new`` asks for: each kept when it takes the new configuration
+        (a reload), the others closed first, then the missing ones made."""
+        have = {sink.key: sink for sink in self.sinks}
+        keep: dict[object, Sink] = {}
+        for key, _make in wanted(new):
+            sink = have.get(key)
+            if sink is not None and old is not None and sink.reconfigure(old, new):
+                keep[key] = have.pop(key)
+        for sink in have.values():
+            if sink.buffered:
+                log.warning("SIGHUP: %s removed with %d lines not sent", sink, sink.buffered)
+            self._release(sink)
+            sink.close()
+        self.sinks = []
+        for key, make in wanted(new):
+            sink = keep[key] if key in keep else make()
+            sink.on_close = functools.partial(self._release, sink)
+            self.sinks.append(sink)
+        self._writers = [s for s in self.sinks if s.writes]
+        for sink in self.sinks:
+            sink.beside(len(self._writers) - sink.writes)
 
     # -- reload and exit ----------------------------------------------------
     def reconfigure(self, old: Config, new: Config, selector: selectors.BaseSelector) -> None:
-        """SIGHUP: naming and rates settings; reopen changed outputs. An unchanged Graphite
-        destination keeps its connection and what it has queued."""
+        """SIGHUP: naming and rates settings; sinks reconfigured, made or closed as the
+        new configuration asks (an unchanged Graphite destination keeps its connection
+        and what it has queued)."""
         self.builder.naming, self.builder.store_rates = new.naming(), new.store_rates
         self.builder.selection = new.selection()
         self.builder.rates.min_gap = rate_gap(new.interval)
         self.flush_timeout = new.flush_timeout
-        if (new.use_stdout, new.format) != (old.use_stdout, old.format):
-            before = self.stdout
-            self.stdout = StdoutSink(new.format, spare=bool(new.graphite)) if new.use_stdout \
-                else None
-            if before is not None and self.stdout is not None:
-                self.stdout.take_waiting(before)  # lines queued for the reader stay first
-        elif self.stdout is not None:
-            # Without Graphite the next write blocks, what is queued going first.
-            self.stdout.spare = bool(new.graphite)
-        self.stranded = stranded_spools(new, self.stranded.warned)
-        kept = same_spool(old, new)
-        # Only destinations still listed are kept; one removed is closed below.
-        listed = set(new.graphite)
-        keep = {sink.endpoint: sink for sink in self.graphite
-                if kept and sink.endpoint in listed}
-        for sink in self.graphite:
-            if sink.endpoint in keep:
-                sink.reconfigure(new.graphite_buffer, new.graphite_resend_seconds)
-                if isinstance(sink, SpoolChannel):  # a respawned spooler starts with it
-                    sink.settings = replace(sink.settings, flush_timeout=new.flush_timeout)
-            else:
-                self.unregister(selector, sink)
-                if sink.buffered:
-                    log.warning("SIGHUP: %s removed with %d lines not sent", sink,
-                                sink.buffered)
-                sink.close()
-        self.graphite = [keep.get(ep) or self._destination(ep, new) for ep in new.graphite]
+        self._selector = selector
+        self._build(old, new)
 
     def stop_writes(self) -> None:
-        """A stop was asked: a stdout write in progress finishes if read, but not forever."""
-        if self.stdout is not None:
-            self.stdout.stopping = True
-
-    def drop_stdout(self) -> None:
-        """Nobody reads stdout any more."""
-        self.stdout = None
+        """A stop was asked (from a signal handler): no sink holds it up for long."""
+        for sink in self.sinks:
+            sink.stop_asked()
 
     def finish(self, selector: selectors.BaseSelector) -> None:
-        """At exit: send what Graphite destinations hold (and what waits for stdout's reader
-        beside them), for ``flush_timeout`` at most, and wait for each destination to
-        confirm; then close them."""
+        """At exit: send what the sinks hold, for ``flush_timeout`` at most, and let each
+        finish in turn (Graphite's confirm, stdout's reader gets what time is left);
+        then close them."""
         limit = time.monotonic() + self.flush_timeout
-        while any(g.buffered for g in self.graphite) and time.monotonic() < limit:
-            if self.stdout is not None:  # what a slow reader takes meanwhile, never waiting
-                self.stdout.flush_waiting(0.0, warn=False)
-            self.register(selector)
+        while any(s.buffered for s in self.sinks) and time.monotonic() < limit:
+            try:
+                self.register(selector)  # and what a slow stdout reader takes meanwhile
+            except SinkClosed:
+                continue
             for key, mask in selector.select(min(0.1, max(0.0, limit - time.monotonic()))):
                 kind, obj = key.data
-                if kind == "graphite":
+                if kind == "sink":
                     obj.on_ready(mask)
-        for sink in self.graphite:
+        for sink in self.sinks:
             if sink.buffered:
                 log.warning("%s: %d lines not sent before exit", sink, sink.buffered)
             elif not sink.finish(limit):
                 log.warning("%s: did not confirm the last lines before exit", sink)
             self.unregister(selector, sink)
             sink.close()
-        if self.stdout is not None:
-            # Beside Graphite, stdout's reader gets what is left of the time (Graphite
-            # first: stdout never holds it up); what it does not take is a warning.
-            self.stdout.flush_waiting(limit)

@@ -180,7 +180,7 @@ class Spooler:
             # A reload's new bounds: the connection and what it holds stay.
             self.settings = replace(self.settings, max_lines=frame[1],
                                     resend_seconds=float(frame[2]))
-            self.live.reconfigure(frame[1], float(frame[2]))
+            self.live.set_bounds(frame[1], float(frame[2]))
             # As at start: the live queue's watermark and the spool's resend window too.
             self.watermark = min(LIVE_WATERMARK, frame[1])
             self.spool.keep_seconds = float(frame[2])
