@@ -119,6 +119,16 @@ _MEMORY = {"current": "actual_balloon", "rss": "rss", "unused": "unused",
            "available": "available", "usable": "usable", "disk_caches": "disk_caches"}
 
 
+# The unit of each type's values as written (after ``Value.scale``; a counter's rate is
+# that unit per second). Types not listed count things, or are codes.
+UNITS = {"virt_cpu_total": "ns", "ps_cputime": "ns", "virt_vcpu": "ns", "percent": "%",
+         "memory": "bytes", "swap_io": "KiB", "disk_octets": "bytes", "disk_time": "ns",
+         "total_time_in_ms": "ms", "disk_allocation": "bytes", "disk_capacity": "bytes",
+         "disk_physical": "bytes", "if_octets": "bytes", "if_packets": "packets",
+         "if_errors": "errors", "if_dropped": "packets", "disk_ops": "requests",
+         "total_requests": "requests", "ps_pagefaults": "faults", "perf": "events"}
+
+
 def _num(value: StatValue | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

@@ -95,10 +95,8 @@ class Publisher:
         after a reload, the new worker's replay of a tick the old one finished is not)."""
         if not self.counted.admit(str(instance), tick):
             return
-        naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
-        self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
-                   for k, v in values.items()])
+        self.emit([self.builder.self_metric(instance, k, v, tick) for k, v in values.items()])
         for sink in list(self.sinks):
             self._guard(sink, functools.partial(sink.tick_done, instance, tick))
 
@@ -107,8 +105,7 @@ class Publisher:
         what each sink reports of itself)."""
         values: dict[str, float] = {"tracked_domains": tracked}
         values.update(combine(sink.self_metrics() for sink in self.sinks))
-        naming = self.builder.naming
-        self.emit([Metric(naming.self_path(None, k), v, ts) for k, v in values.items()])
+        self.emit([self.builder.self_metric(None, k, v, ts) for k, v in values.items()])
 
     def clock_stepped(self) -> None:
         """The wall clock stepped: ticks of the new clock may be older than those seen."""
