@@ -53,7 +53,7 @@ class LibvirtProbe:
         # Only the pipe is inherited: a worker's control pipe held open here would keep
         # that worker from seeing it closed.
         try:
-            pid = fork_child({write_fd}, child)
+            pid = fork_child({write_fd}, child, "probe", "libvirt")
         except OSError:  # out of processes: the caller says so; no descriptor leaks
             os.close(read_fd)
             os.close(write_fd)

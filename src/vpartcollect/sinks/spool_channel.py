@@ -196,7 +196,7 @@ class SpoolChannel(SinkBase):
         parent = os.getpid()
         try:
             self.pid = fork_child({theirs.fileno()}, lambda: spooler_main(
-                self.endpoint, self.settings, theirs, parent))
+                self.endpoint, self.settings, theirs, parent), "spool", str(self.endpoint))
         except OSError as exc:
             mine.close()
             theirs.close()
