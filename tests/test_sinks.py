@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+import socket
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ from capture import capture_sinks
 from vpartcollect import wire
 from vpartcollect.config import build
 from vpartcollect.publisher import Publisher
-from vpartcollect.sinks.base import combine
+from vpartcollect.sinks.base import Registrations, combine
 from vpartcollect.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
@@ -81,3 +82,24 @@ def test_self_metrics_of_several_sinks_are_summed_but_the_oldest_timestamp() -> 
                     {"graphite_buffered": 3, "spool_oldest_timestamp": 40.0},
                     {"graphite_dropped": 1}]) == {
         "graphite_buffered": 5, "spool_oldest_timestamp": 40.0, "graphite_dropped": 1}
+
+
+def test_registrations_change_the_selector_only_when_what_is_wanted_changes() -> None:
+    sel, regs, owner = selectors.DefaultSelector(), Registrations(), object()
+    a, b = socket.socketpair()
+    try:
+        regs.update(sel, owner, (a, selectors.EVENT_READ), "x")
+        assert sel.get_key(a).events == selectors.EVENT_READ
+        regs.update(sel, owner, (a, selectors.EVENT_READ | selectors.EVENT_WRITE), "x")
+        assert sel.get_key(a).events == selectors.EVENT_READ | selectors.EVENT_WRITE
+        regs.update(sel, owner, (b, selectors.EVENT_READ), "y")  # another socket: moved
+        assert list(sel.get_map()) == [b.fileno()] and sel.get_key(b).data == "y"
+        regs.update(sel, owner, None, "y")
+        assert not sel.get_map()
+        regs.update(sel, owner, (a, selectors.EVENT_READ), "x")
+        regs.drop(sel, owner)
+        regs.drop(sel, owner)  # twice: nothing left to drop
+        assert not sel.get_map()
+    finally:
+        a.close()
+        b.close()

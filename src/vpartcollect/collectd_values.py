@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from vpartcollect.ere import EreError, compile_ere, ere_search
@@ -290,11 +290,6 @@ def needed_groups(selection: Selection) -> set[str]:
     if "perf" in selection.extra:
         groups.add("perf")
     return groups
-
-
-def unknown_extra_stats(names: Iterable[str]) -> list[str]:
-    """The ExtraStats selectors collectd 5.12 does not know (case-insensitive)."""
-    return [n for n in names if n.lower() not in EXTRA_STATS]
 
 
 def parse_extra_stats(names: Sequence[str]) -> frozenset[str]:

@@ -15,14 +15,13 @@ import logging
 import selectors
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from vpartcollect import wire
 from vpartcollect.config import Config
 from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.samples import DomainSample
-from vpartcollect.sinks.base import Sink, SinkClosed, SinkFailed, combine
+from vpartcollect.sinks.base import Registrations, Sink, SinkClosed, SinkFailed, combine
 from vpartcollect.sinks.factory import wanted
 
 __all__ = ["BadSample", "OutputClosed", "OutputFailed", "Publisher"]
@@ -55,7 +54,7 @@ class Publisher:
         self.counted = Ledger(keep_ticks)
         self.flush_timeout = cfg.flush_timeout
         self.sinks: list[Sink] = []
-        self._registered: dict[int, tuple[Any, int] | None] = {}
+        self._registered = Registrations()
         self._selector: selectors.BaseSelector | None = None
         self._build(None, cfg)
 
@@ -168,17 +167,7 @@ class Publisher:
             self._guard(sink, sink.poll)
             if sink not in self.sinks:
                 continue
-            want = sink.interest()
-            had = self._registered.get(id(sink))
-            if had is not None and (want is None or had[0] != want[0]):
-                selector.unregister(had[0])
-                had = None
-            if want is not None:
-                if had is None:
-                    selector.register(want[0], want[1], ("sink", sink))
-                elif had[1] != want[1]:
-                    selector.modify(want[0], want[1], ("sink", sink))
-            self._registered[id(sink)] = want
+            self._registered.update(selector, sink, sink.interest(), ("sink", sink))
 
     @staticmethod
     def on_ready(sink: Sink, mask: int) -> None:
@@ -187,9 +176,7 @@ class Publisher:
 
     def unregister(self, selector: selectors.BaseSelector, sink: Sink) -> None:
         """Take one sink out of ``selector``."""
-        had = self._registered.pop(id(sink), None)
-        if had is not None:
-            selector.unregister(had[0])
+        self._registered.drop(selector, sink)
 
     def _release(self, sink: Sink) -> None:
         """A sink is about to close what the selector watches: the selector lets go first

@@ -81,8 +81,6 @@ class Supervisor:
         self.signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD),
                                   self._on_signal)
         self.selector.register(self.signals.fd, selectors.EVENT_READ, ("wakeup", None))
-        self.schedule = Schedule(self.cfg.interval, time.time(), self.once,
-                                 self.cfg.store_rates)
         self.clock = ClockWatch(*read_clocks())
         started = time.monotonic()
         try:

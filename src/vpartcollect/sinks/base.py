@@ -13,9 +13,10 @@ sink that needs none of this.
 
 from __future__ import annotations
 
+import selectors
 import socket
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vpartcollect.metrics import Metric
 from vpartcollect.samples import DomainSample
@@ -164,3 +165,31 @@ def combine(reports: Iterable[Mapping[str, float]]) -> dict[str, float]:
         for name, value in report.items():
             merged.setdefault(name, []).append(value)
     return {name: COMBINE.get(name, sum)(values) for name, values in merged.items()}
+
+
+class Registrations:
+    """What each of several owners waits for in one selector, registered, modified or
+    unregistered only when that changes (before every wait, most owners want the same)."""
+
+    def __init__(self) -> None:
+        self._had: dict[int, Interest | None] = {}  # id(owner) -> what it waits for
+
+    def update(self, selector: selectors.BaseSelector, owner: object,
+               want: Interest | None, data: Any) -> None:
+        """``owner`` now waits for ``want`` (None: nothing); ``data`` goes with the key."""
+        had = self._had.get(id(owner))
+        if had is not None and (want is None or had[0] != want[0]):
+            selector.unregister(had[0])
+            had = None
+        if want is not None:
+            if had is None:
+                selector.register(want[0], want[1], data)
+            elif had[1] != want[1]:
+                selector.modify(want[0], want[1], data)
+        self._had[id(owner)] = want
+
+    def drop(self, selector: selectors.BaseSelector, owner: object) -> None:
+        """``owner`` waits for nothing any more (it is about to close what it had)."""
+        had = self._had.pop(id(owner), None)
+        if had is not None:
+            selector.unregister(had[0])
