@@ -127,8 +127,9 @@ def test_fuzzed_frames_cost_their_worker_only(tmp_path: Path, monkeypatch: pytes
     cfg = build({"connect": uri, "instances": 2, "interval": 0.5, "format": "json",
                  "extra_stats": EXTRA})
     with tempfile.TemporaryFile("w+") as out:
-        monkeypatch.setattr(sys, "stdout", out)  # the stdout sink writes to the file
-        sup = Supervisor(cfg)
+        with monkeypatch.context() as m:  # the stdout sink it makes writes to the file
+            m.setattr(sys, "stdout", out)
+            sup = Supervisor(cfg)
         timer = threading.Timer(12.0, os.kill, (os.getpid(), signal.SIGTERM))
         timer.start()
         try:

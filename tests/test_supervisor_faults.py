@@ -159,8 +159,9 @@ def test_an_old_worker_that_never_finishes_its_tick_is_killed_after_the_reload(
     caplog.set_level(logging.INFO)
     first = build({"connect": uri, "instances": 1, "interval": 1.0, "format": "json"})
     with tempfile.TemporaryFile("w+") as out:
-        monkeypatch.setattr(sys, "stdout", out)  # the stdout sink writes to the file
-        sup = Supervisor(first, reload=lambda: dataclasses.replace(first, instances=2))
+        with monkeypatch.context() as m:  # the stdout sink it makes writes to the file
+            m.setattr(sys, "stdout", out)
+            sup = Supervisor(first, reload=lambda: dataclasses.replace(first, instances=2))
         hup = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGHUP))
         hup.start()
         try:
