@@ -6,10 +6,10 @@ import contextlib
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 from vpartcollect.config import Config
-from vpartcollect.metrics import Metric, format_line
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.output.sinks.factory import Wanted, register_kind, unregister_kind
 from vpartcollect.samples import DomainSample
-from vpartcollect.sinks.base import SinkBase
-from vpartcollect.sinks.factory import Wanted, register_kind, unregister_kind
 
 
 class CaptureSink(SinkBase):

@@ -20,7 +20,7 @@ from runner import cli, no_traceback
 
 from vpartcollect import wire
 from vpartcollect.config import _KEYS, Config, ConfigError, load
-from vpartcollect.publisher import BadSample
+from vpartcollect.output.publisher import BadSample
 from vpartcollect.supervisor import Supervisor
 
 CASES = 3000

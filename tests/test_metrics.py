@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vpartcollect.collectd_values import Selection, collectd_values
-from vpartcollect.metrics import Metric, MetricBuilder, format_line, format_number
-from vpartcollect.naming import Naming, escape_part
+from vpartcollect.output.metrics import Metric, MetricBuilder, format_line, format_number
+from vpartcollect.output.naming import Naming, escape_part
 from vpartcollect.wire import DomainSample, Stats
 
 # The ExtraStats of the run that wrote the reference paths (shared/reference).

@@ -15,12 +15,12 @@ from listener import Listener
 
 from vpartcollect import wire
 from vpartcollect.config import build
-from vpartcollect.metrics import Metric
-from vpartcollect.publisher import Publisher
-from vpartcollect.sinks.factory import same_spool
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.stdout import StdoutSink
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.publisher import Publisher
+from vpartcollect.output.sinks.factory import same_spool
+from vpartcollect.output.sinks.graphite import GraphiteSink
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}

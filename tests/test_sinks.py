@@ -12,9 +12,9 @@ from capture import capture_sinks
 
 from vpartcollect import wire
 from vpartcollect.config import build
-from vpartcollect.publisher import Publisher
-from vpartcollect.sinks.base import Registrations, combine
-from vpartcollect.sinks.stdout import StdoutSink
+from vpartcollect.output.publisher import Publisher
+from vpartcollect.output.sinks.base import Registrations, combine
+from vpartcollect.output.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}

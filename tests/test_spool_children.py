@@ -24,12 +24,12 @@ from carbon import free_port
 from runner import cli, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import ConfigError, Endpoint, build
-from vpartcollect.metrics import Metric
-from vpartcollect.sinks import segments
-from vpartcollect.sinks.factory import spool_settings
-from vpartcollect.sinks.spool import Spool
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import Spooler, SpoolSettings
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.sinks import segments
+from vpartcollect.output.sinks.factory import spool_settings
+from vpartcollect.output.sinks.spool import Spool
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.spooler import Spooler, SpoolSettings
 
 
 def metrics(first: int, count: int, ts: int = 1_700_000_000) -> list[Metric]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, entry_error
-from vpartcollect.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
+from vpartcollect.output.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
 MAX_INSTANCES = 64

@@ -18,7 +18,7 @@ from typing import NoReturn
 from vpartcollect import children
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import fork_child
-from vpartcollect.sinks import spool
+from vpartcollect.output.sinks import spool
 
 PREFLIGHT_TIMEOUT = 30.0
 _OK = b"ok"

@@ -22,8 +22,8 @@ from vpartcollect import children, handover, wire
 from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
+from vpartcollect.output.publisher import BadSample, OutputClosed, OutputFailed, Publisher
 from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
-from vpartcollect.publisher import BadSample, OutputClosed, OutputFailed, Publisher
 from vpartcollect.roster import Roster
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule

@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from vpartcollect.collectd_values import UNITS, Selection, collectd_values
-from vpartcollect.naming import PLUGIN, Naming
-from vpartcollect.rates import RateTracker
+from vpartcollect.output.naming import PLUGIN, Naming
+from vpartcollect.output.rates import RateTracker
 from vpartcollect.samples import DomainSample, Stats
 
 

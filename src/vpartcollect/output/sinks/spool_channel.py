@@ -28,9 +28,9 @@ from vpartcollect import children
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import fork_child
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.sinks.base import SinkBase
-from vpartcollect.sinks.spooler import SpoolSettings, spooler_main
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.output.sinks.spooler import SpoolSettings, spooler_main
 
 if TYPE_CHECKING:
     from vpartcollect.config import Config

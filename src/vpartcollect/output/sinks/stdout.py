@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.sinks.base import SinkBase, SinkClosed, SinkFailed
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase, SinkClosed, SinkFailed
 
 if TYPE_CHECKING:
     from vpartcollect.config import Config

@@ -36,9 +36,9 @@ import msgpack
 from vpartcollect import children
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import OneLineFormatter, die_with_parent
-from vpartcollect.sinks.base import Registrations
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool import SEGMENT_BYTES, Spool
+from vpartcollect.output.sinks.base import Registrations
+from vpartcollect.output.sinks.graphite import GraphiteSink
+from vpartcollect.output.sinks.spool import SEGMENT_BYTES, Spool
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from vpartcollect.config import Endpoint
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.sinks.base import SinkBase
-from vpartcollect.sinks.connection import Connection
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.output.sinks.connection import Connection
 
 if TYPE_CHECKING:
     from vpartcollect.config import Config

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from vpartcollect.metrics import Metric
+from vpartcollect.output.metrics import Metric
 from vpartcollect.samples import DomainSample
 
 if TYPE_CHECKING:

@@ -17,12 +17,12 @@ from functools import partial
 from pathlib import Path
 
 from vpartcollect.config import Config, Endpoint
-from vpartcollect.sinks.base import Sink, SinkBase
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool import Stranded
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
-from vpartcollect.sinks.stdout import StdoutSink
+from vpartcollect.output.sinks.base import Sink, SinkBase
+from vpartcollect.output.sinks.graphite import GraphiteSink
+from vpartcollect.output.sinks.spool import Stranded
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.spooler import SpoolSettings
+from vpartcollect.output.sinks.stdout import StdoutSink
 
 Wanted = tuple[Hashable, Callable[[], Sink]]
 Kind = Callable[[Config], Iterator[Wanted]]

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 
 from vpartcollect import wire
 from vpartcollect.config import Config
-from vpartcollect.ledger import Ledger
-from vpartcollect.metrics import Metric, MetricBuilder
+from vpartcollect.output.ledger import Ledger
+from vpartcollect.output.metrics import Metric, MetricBuilder
+from vpartcollect.output.sinks.base import Registrations, Sink, SinkClosed, SinkFailed, combine
+from vpartcollect.output.sinks.factory import wanted
 from vpartcollect.samples import DomainSample
-from vpartcollect.sinks.base import Registrations, Sink, SinkClosed, SinkFailed, combine
-from vpartcollect.sinks.factory import wanted
 
 __all__ = ["BadSample", "OutputClosed", "OutputFailed", "Publisher"]
 
