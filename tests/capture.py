@@ -26,6 +26,9 @@ class CaptureSink(SinkBase):
         self.calls: list[str] = []
         self.report: dict[str, float] = {}
         self.others = -1
+        self.own: dict[int, dict[str, float]] = {}
+        self.started: list[tuple[float, dict[str, float]]] = []
+        self.forgotten: set[str] = set()
 
     def __str__(self) -> str:
         return "capture"
@@ -41,8 +44,15 @@ class CaptureSink(SinkBase):
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         self.raw += [(instance, tick, s) for s in samples]
 
-    def tick_done(self, instance: int, tick: float) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
         self.ticks.append((instance, tick))
+        self.own[instance] = dict(values)
+
+    def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
+        self.started.append((tick, dict(values)))
+
+    def forget(self, uuids: set[str]) -> None:
+        self.forgotten |= uuids
 
     def beside(self, others: int) -> None:
         self.others = others

@@ -45,6 +45,9 @@ def test_a_registered_sink_gets_metrics_raw_samples_ends_of_ticks_and_reports() 
     assert [(i, t, s.stats["block.0.rd.bytes"]) for i, t, s in sink.raw] == [
         (0, 100.0, 0), (0, 101.0, 4096)]
     assert sink.ticks == [(0, 101.0)]
+    assert sink.own == {0: {"domains": 1, "duplicate_samples": 1}}
+    assert sink.started == [(102.0, {"tracked_domains": 1, "capture_lines": 3})]
+    assert pub.forget_older_than(200.0) == {"u1"} and sink.forgotten == {"u1"}
     pub.finish(selectors.DefaultSelector())
     assert sink.calls == ["finish", "close"]
 

@@ -97,7 +97,7 @@ class Publisher:
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([self.builder.self_metric(instance, k, v, tick) for k, v in values.items()])
         for sink in list(self.sinks):
-            self._guard(sink, functools.partial(sink.tick_done, instance, tick))
+            self._guard(sink, functools.partial(sink.tick_done, instance, tick, values))
 
     def new_tick(self, ts: float, tracked: int) -> None:
         """A tick begins: the collector-wide metrics (``tracked`` per-domain entries, and
@@ -105,6 +105,8 @@ class Publisher:
         values: dict[str, float] = {"tracked_domains": tracked}
         values.update(combine(sink.self_metrics() for sink in self.sinks))
         self.emit([self.builder.self_metric(None, k, v, ts) for k, v in values.items()])
+        for sink in list(self.sinks):
+            self._guard(sink, functools.partial(sink.tick_started, ts, values))
 
     def clock_stepped(self) -> None:
         """The wall clock stepped: ticks of the new clock may be older than those seen."""
@@ -115,6 +117,9 @@ class Publisher:
         """Drop the state of domains not sampled since monotonic ``ts``; return their uuids."""
         gone = self.builder.forget_older_than(ts)
         self.ledger.forget(gone)
+        if gone:
+            for sink in self.sinks:
+                sink.forget(gone)
         return gone
 
     def tracked(self) -> int:

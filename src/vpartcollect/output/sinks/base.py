@@ -1,7 +1,9 @@
 """What the publisher needs of a sink (stdout, a Graphite destination, ...), and defaults.
 
 A sink takes finished metrics (``write``) and, if it wants them, each domain's
-raw sample (``samples``) and the end of an instance's tick (``tick_done``). The
+raw sample (``samples``), the end of an instance's tick and the start of a tick
+with the collector's own values (``tick_done``, ``tick_started``), and the domains
+forgotten (``forget``). The
 supervisor's loop drives it without blocking: ``interest`` says what to wait
 for, ``next_wakeup`` when to look at it anyway, ``poll`` runs before every wait,
 ``on_ready`` when what it waits for is ready. ``self_metrics`` are its share of
@@ -55,8 +57,15 @@ class Sink(Protocol):
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         """The raw samples of one instance's domains for ``tick``, each domain once."""
 
-    def tick_done(self, instance: int, tick: float) -> None:
-        """``instance`` finished ``tick``: every sample it had for it was handed over."""
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
+        """``instance`` finished ``tick``: every sample it had for it was handed over;
+        ``values``: that instance's own metrics for it (once per tick)."""
+
+    def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
+        """``tick`` begins; ``values``: the collector-wide own metrics (all sinks')."""
+
+    def forget(self, uuids: set[str]) -> None:
+        """These domains were not sampled for long: drop what is kept of them."""
 
     def beside(self, others: int) -> None:
         """How many other sinks take metrics (after each build or reload)."""
@@ -112,8 +121,14 @@ class SinkBase:
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         """Raw samples are not wanted by default."""
 
-    def tick_done(self, instance: int, tick: float) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
         """Nothing to do at the end of a tick by default."""
+
+    def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
+        """Nothing to do at the start of a tick by default."""
+
+    def forget(self, uuids: set[str]) -> None:
+        """Keeps nothing per domain by default."""
 
     def beside(self, others: int) -> None:
         """Other sinks do not matter by default."""
