@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from vpartcollect.config import Config
 from vpartcollect.output.metrics import Metric, format_line
@@ -14,8 +14,6 @@ from vpartcollect.samples import DomainSample
 
 class CaptureSink(SinkBase):
     """Keeps what the publisher hands it: metrics, raw samples, ends of ticks, calls."""
-
-    key: Hashable = ("capture",)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -84,7 +82,7 @@ def capture_sinks() -> Iterator[list[CaptureSink]]:
         return made[-1]
 
     def kind(cfg: Config) -> Iterator[Wanted]:
-        yield CaptureSink.key, lambda: make(cfg)
+        yield ("capture",), lambda: make(cfg)
 
     register_kind(kind)
     try:

@@ -14,7 +14,7 @@ import functools
 import logging
 import selectors
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from vpartcollect import wire
 from vpartcollect.config import Config
@@ -54,6 +54,7 @@ class Publisher:
         self.counted = Ledger(keep_ticks)
         self.flush_timeout = cfg.flush_timeout
         self.sinks: list[Sink] = []
+        self._keys: dict[int, Hashable] = {}
         self._registered = Registrations()
         self._selector: selectors.BaseSelector | None = None
         self._build(None, cfg)
@@ -192,8 +193,8 @@ class Publisher:
     def _build(self, old: Config | None, new: Config) -> None:
         """The sinks ``new`` asks for: each kept when it takes the new configuration
         (a reload), the others closed first, then the missing ones made."""
-        have = {sink.key: sink for sink in self.sinks}
-        keep: dict[object, Sink] = {}
+        have = {self._keys[id(sink)]: sink for sink in self.sinks}
+        keep: dict[Hashable, Sink] = {}
         for key, _make in wanted(new):
             sink = have.get(key)
             if sink is not None and old is not None and sink.reconfigure(old, new):
@@ -203,11 +204,12 @@ class Publisher:
                 log.warning("SIGHUP: %s removed with %d lines not sent", sink, sink.buffered)
             self._release(sink)
             sink.close()
-        self.sinks = []
+        self.sinks, self._keys = [], {}
         for key, make in wanted(new):
             sink = keep[key] if key in keep else make()
             sink.on_close = functools.partial(self._release, sink)
             self.sinks.append(sink)
+            self._keys[id(sink)] = key  # which configured output it is (the factory's key)
         self._writers = [s for s in self.sinks if s.writes]
         for sink in self.sinks:
             sink.beside(len(self._writers) - sink.writes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import selectors
 import socket
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vpartcollect.output.metrics import Metric
@@ -42,7 +42,6 @@ class SinkFailed(SinkClosed):
 class Sink(Protocol):
     """One output, as the publisher sees it (see the module's docstring)."""
 
-    key: Hashable  # which configured output it is: a reload keeps the sink of the same key
     on_close: Callable[[], None]  # called before it closes what the selector watches
     writes: bool  # takes metrics (False: only reports, e.g. on a spool directory)
 
@@ -104,7 +103,6 @@ class Sink(Protocol):
 class SinkBase:
     """Defaults of a sink: everything a sink may leave out does nothing."""
 
-    key: Hashable = None
     writes = True
 
     def __init__(self) -> None:

@@ -64,7 +64,6 @@ def stranded_spools(cfg: Config, warned: set[str] | None = None) -> Stranded:
 class StrandedSpools(SinkBase):
     """The spool directory's lines of destinations no longer listed: a self-metric only."""
 
-    key: Hashable = ("spool directory",)
     writes = False
 
     def __init__(self, cfg: Config) -> None:
@@ -97,13 +96,13 @@ def graphite_sinks(cfg: Config) -> Iterator[Wanted]:
         else:
             yield key, partial(SpoolChannel, endpoint, settings)
     if cfg.spool_dir:
-        yield StrandedSpools.key, partial(StrandedSpools, cfg)
+        yield ("spool directory",), partial(StrandedSpools, cfg)
 
 
 def stdout_sink(cfg: Config) -> Iterator[Wanted]:
     """Stdout, when it is on."""
     if cfg.use_stdout:
-        yield StdoutSink.key, partial(StdoutSink, cfg.format)
+        yield ("stdout",), partial(StdoutSink, cfg.format)
 
 
 _KINDS: list[Kind] = [graphite_sinks]

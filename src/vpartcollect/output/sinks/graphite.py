@@ -40,7 +40,6 @@ class GraphiteSink(SinkBase):
                  resend_seconds: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
-        self.key = ("graphite", endpoint, None)  # the factory's key: in memory, no spool
         self.max_lines = max_lines
         self.resend_seconds = resend_seconds
         self.clock = clock

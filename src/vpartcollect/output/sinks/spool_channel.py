@@ -48,9 +48,6 @@ class SpoolChannel(SinkBase):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.endpoint = endpoint
-        # The factory's key: what the spool is, not the bounds a running spooler takes on.
-        self.key = ("graphite", endpoint,
-                    replace(settings, max_lines=0, resend_seconds=0, flush_timeout=0))
         self.settings = settings
         self.max_lines = settings.max_lines
         self.clock = clock

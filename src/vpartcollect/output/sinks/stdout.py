@@ -10,7 +10,7 @@ import stat
 import sys
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vpartcollect.output.metrics import Metric, format_line
@@ -57,8 +57,6 @@ class StdoutSink(SinkBase):
     (other outputs exist too, e.g. Graphite) it never blocks: a reader that does not
     keep up loses the oldest lines beyond SPARE_BYTES, not the collector its Graphite.
     """
-
-    key: Hashable = ("stdout",)
 
     def __init__(self, fmt: str = "graphite", fd: int | None = None,
                  spare: bool = False) -> None:
