@@ -25,6 +25,7 @@ from typing import Any
 from vpartcollect import wire
 from vpartcollect.calls import CallKind
 from vpartcollect.clock import read_clocks
+from vpartcollect.collectd_values import vcpu_totals
 from vpartcollect.daemon import few
 from vpartcollect.samples import DomainSample, Stats
 from vpartcollect.worker import second_ask
@@ -77,6 +78,7 @@ class Cycle:
         self.sent: set[str] = set() if sent is None else sent
         self.held: list[second_ask.Held] = []
         self.domains: list[Domain] = []
+        self.totals = "vcpu_delay" in session.cfg.extra_stats  # per-domain steal sums
 
     def __repr__(self) -> str:
         return (f"<Cycle tick={self.tick.ts} {len(self.sent)}/{len(self.domains)} sent, "
@@ -258,6 +260,8 @@ class Cycle:
             stats: Stats = {}
             if answer is not None:
                 stats = clean_stats(answer.stats)
+                if self.totals:
+                    vcpu_totals(stats)
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
             wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()
