@@ -19,6 +19,7 @@ from typing import Any
 
 from vpartcollect import wire
 from vpartcollect.config import Config, Endpoint
+from vpartcollect.health import HealthValue
 from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
 from vpartcollect.sinks import Destination
@@ -118,15 +119,19 @@ class Publisher:
         if bad:
             raise BadSample(bad)
 
-    def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
+    def instance_done(self, instance: int, tick: float, values: dict[str, float],
+                      health: Sequence[HealthValue] = ()) -> None:
         """The collector's own metrics of one instance for a finished tick (once per tick:
-        after a reload, the new worker's replay of a tick the old one finished is not)."""
+        after a reload, the new worker's replay of a tick the old one finished is not),
+        with what its worker saw of the host's health (health.py)."""
         if not self.counted.admit(str(instance), tick):
             return
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
-                   for k, v in values.items()])
+                   for k, v in values.items()]
+                  + [Metric(naming.self_path(instance, typ, inst), v, tick, instance=instance)
+                     for typ, inst, v in health])
 
     def new_tick(self, ts: float, tracked: int) -> None:
         """A tick begins: the collector-wide metrics (``tracked`` per-domain entries)."""

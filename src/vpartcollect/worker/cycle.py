@@ -94,8 +94,7 @@ class Cycle:
             s.reader.kernel.forget_except([d.uuid for d in s.inventory.known()])
         if s.down():  # libvirtd does not answer: what the kernel knows, nothing asked
             self._from_kernel_only(self.domains)
-            s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
-                        len(s.guard.outstanding()))
+            self._done(started)
             return self.domains
         routes = self.triage.routes(self.domains, s.guard)
         self.triage.note_held(routes[Route.HOLD], len(s.guard.outstanding()))
@@ -111,9 +110,15 @@ class Cycle:
         self._ask_again()
         self._send((d, None, True) for d in routes[Route.HOLD])
         self._check_kernel(routes[Route.NORMAL])
-        s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
-                    len(s.guard.outstanding()))
+        self._done(started)
         return self.domains
+
+    def _done(self, started: float) -> None:
+        """The tick is over: how long it took, and what it saw of the host (health.py)."""
+        s = self.session
+        s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
+                    len(s.guard.outstanding()),
+                    self.triage.health(self.domains, s.took_since_last()))
 
     def give_up(self) -> None:
         """The tick failed half-way (libvirt error): send the first answers still held for
