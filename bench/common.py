@@ -42,11 +42,14 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values["Rss"], values["Pss"]
 
 
-def start_collector(*args: str, stdout: IO[bytes] | int = subprocess.DEVNULL
-                    ) -> subprocess.Popen[bytes]:
-    """``vpartcollect run ARGS`` in its own session."""
+def start_collector(*args: str, stdout: IO[bytes] | int = subprocess.DEVNULL,
+                    src: str | None = None) -> subprocess.Popen[bytes]:
+    """``vpartcollect run ARGS`` in its own session (``src``: another checkout's source
+    directory, first on its path: an A/B against that version)."""
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     return subprocess.Popen([sys.executable, "-m", "vpartcollect", "run", *args],
-                            stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
 
 
 def session_cpu(sid: int) -> float:

@@ -12,6 +12,12 @@ from the kernel, not asked) and without. CPU counts the client processes and
 libvirtd, not QEMU, and says libvirtd's share. Where collectd is installed
 (Debian's collectd-core), its virt plugin (4 instances, the ExtraStats behind
 shared/reference's paths) is measured the same way beside it.
+
+    .venv/bin/python bench/host_cost.py --against /path/to/other/src [--rounds 3]
+
+A/B instead: 4 instances with the kernel reader, this checkout (with ``vcpu_delay``
+too: the health values and the vCPU delay are what issue 27 added) and the other
+checkout's source directory (main's, say), measured alternately on the same lab.
 """
 
 from __future__ import annotations
@@ -125,8 +131,8 @@ class Cost:
                 f"libvirtd {self.libvirtd * 1000:.1f} = {self.libvirtd / self.total:.0%})")
 
 
-def start(daemon: PrivateLibvirtd, seconds: float, what: str | tuple[int, bool]
-          ) -> subprocess.Popen[bytes]:
+def start(daemon: PrivateLibvirtd, seconds: float, what: str | tuple[int, bool],
+          src: str | None = None, extra: str = "") -> subprocess.Popen[bytes]:
     """The process whose cost is measured: the floor, nobody, the checks, collectd, or
     vpartcollect (instances, kernel reader on or off)."""
     until = str(seconds + WARMUP + 5)
@@ -145,13 +151,14 @@ def start(daemon: PrivateLibvirtd, seconds: float, what: str | tuple[int, bool]
     assert isinstance(what, tuple)
     instances, kernel = what
     return start_collector("--connect", daemon.uri, "--interval", "1", "--extra-stats",
-                           ALL_GROUPS, "--instances", str(instances),
-                           "--kernel-reader" if kernel else "--no-kernel-reader")
+                           f"{ALL_GROUPS} {extra}", "--instances", str(instances),
+                           "--kernel-reader" if kernel else "--no-kernel-reader", src=src)
 
 
-def measure(daemon: PrivateLibvirtd, seconds: float, what: str | tuple[int, bool]) -> Cost:
+def measure(daemon: PrivateLibvirtd, seconds: float, what: str | tuple[int, bool],
+            src: str | None = None, extra: str = "") -> Cost:
     """Client and libvirtd CPU per 1 s cycle, in the steady state."""
-    proc = start(daemon, seconds, what)
+    proc = start(daemon, seconds, what, src, extra)
     time.sleep(WARMUP)
     wait_for_aligned_start(1.0)
     client, libvirtd = session_cpu(proc.pid), cpu_seconds(daemon.pid)
@@ -170,9 +177,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the floors and our runs, each round against its own "
                         "floor (libvirtd's cost on one host drifts by a third between runs)")
+    parser.add_argument("--against", metavar="SRC",
+                        help="A/B against another checkout's src directory (see above)")
     args = parser.parse_args()
     if args.rounds < 1 or args.domains < 1 or args.seconds <= 0:
         parser.error("--rounds and --domains must be at least 1, --seconds above 0")
+    if args.against:
+        a_b(args.domains, args.seconds, args.rounds, args.against)
+        return
     runs: list[tuple[int, bool]] = [(1, False), (1, True), (4, False), (4, True)]
     with qemu_lab(args.domains) as daemon:
         print(f"{args.domains} QEMU domains ({daemon.kind}), interval 1 s, {args.seconds:.0f} s "
@@ -206,6 +218,26 @@ def main() -> None:
               f"{collectd.total / floor.total:.2f}x the last floor")
     else:
         print("collectd: not installed (apt-get install collectd-core to compare)")
+
+
+def a_b(domains: int, seconds: float, rounds: int, other: str) -> None:
+    """This checkout against ``other``, alternately, each round in the other order."""
+    mine: list[Cost] = []
+    theirs: list[Cost] = []
+    with qemu_lab(domains) as daemon:
+        print(f"{domains} QEMU domains ({daemon.kind}), 4 instances, kernel reader, "
+              f"{seconds:.0f} s each, this checkout (+ vcpu_delay) against {other}", flush=True)
+        for number in range(rounds):
+            order = [True, False] if number % 2 else [False, True]
+            for ours in order:
+                cost = (measure(daemon, seconds, (4, True), extra="vcpu_delay") if ours
+                        else measure(daemon, seconds, (4, True), src=other))
+                (mine if ours else theirs).append(cost)
+                print(f"  round {number + 1}, {'this' if ours else 'other'}: {cost}", flush=True)
+    a = sum(c.total for c in mine) / len(mine)
+    b = sum(c.total for c in theirs) / len(theirs)
+    print(f"this checkout: {a * 1000:.1f} ms CPU per cycle, the other {b * 1000:.1f}: "
+          f"{a / b - 1:+.1%}")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,8 @@ def test_defaults_and_lookups() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("<Plugin virt>\n  Bogus 1\n</Plugin>\n", "virt: unknown option 'Bogus'"),
     ('<Plugin virt>\n  ExtraStats "disk nonsense"\n</Plugin>\n', "unknown selector"),
+    # Ours alone (issue 27): collectd refuses it, so a collectd.conf with it is no collectd's.
+    ('<Plugin virt>\n  ExtraStats "vcpu_delay"\n</Plugin>\n', "unknown selector 'vcpu_delay'"),
     ("<Plugin virt>\n  IgnoreSelected maybe\n</Plugin>\n", "needs true or false"),
     ('<Plugin write_graphite>\n<Node "a">\nProtocol "sctp"\n</Node>\n</Plugin>\n',
      "Protocol must be tcp or udp"),
@@ -372,3 +374,4 @@ def test_quoted_strings_as_liboconfig_reads_them() -> None:
     assert values('K "a\rb"\n') == [("K", ["a\rb"])]
     with pytest.raises(CollectdConfError, match=r"collectd\.conf:2: a NUL byte"):
         parse('A 1\nK "a\0b"\n')
+

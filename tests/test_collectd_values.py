@@ -3,7 +3,13 @@ the oracle)."""
 
 from __future__ import annotations
 
-from vpartcollect.collectd_values import IgnoreList, Selection, collectd_values, needed_groups
+from vpartcollect.collectd_values import (
+    IgnoreList,
+    Selection,
+    collectd_values,
+    needed_groups,
+    vcpu_totals,
+)
 from vpartcollect.samples import Stats
 
 STATS: Stats = {
@@ -149,3 +155,26 @@ def test_a_vcpu_number_past_any_real_one_is_not_a_pin() -> None:
     assert names(stats, Selection(frozenset({"vcpupin"}))) >= {"cpu_affinity-vcpu_0-cpu_1"}
     assert not any("7777" in n or "1234567890" in n
                    for n in names(stats, Selection(frozenset({"vcpupin"}))))
+
+
+def test_vcpu_delay_gives_steal_and_wait_per_vcpu_and_per_domain() -> None:
+    """Issue 27: ExtraStats vcpu_delay (ours: collectd has no type for it) writes each
+    vCPU's delay and wait (ns, counters: rates like virt_vcpu) and their sums per domain,
+    keyed by the vCPU's number; without the selector, none of them."""
+    stats: Stats = {**STATS, "vcpu.current": 2, "vcpu.maximum": 4,
+                    **{f"vcpu.{n}.{k}": 1000 * (n + 1) for n in (0, 3)
+                       for k in ("state", "time", "wait", "delay")}}
+    vcpu_totals(stats)
+    assert stats["vcpu.delay"] == stats["vcpu.wait"] == 5000
+    selection = Selection(frozenset({"vcpu_delay"}))
+    got = names(stats, selection) - names(stats, Selection())
+    assert got == {"virt_vcpu_delay-0", "virt_vcpu_delay-3", "virt_vcpu_wait-0",
+                   "virt_vcpu_wait-3", "virt_vcpu_delay_total", "virt_vcpu_wait_total"}
+    assert all(v.counter for v in collectd_values(stats, "lab-7", selection)
+               if v.type.startswith("virt_vcpu_"))
+    assert "vcpu" in needed_groups(selection)
+    # A libvirt older than 7.2 (or a driver) that gives no delay: nothing, not zeros.
+    bare: Stats = {**STATS, "vcpu.0.time": 5}
+    vcpu_totals(bare)
+    assert "vcpu.delay" not in bare
+    assert names(bare, selection) == names(bare, Selection())

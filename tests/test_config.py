@@ -152,3 +152,13 @@ def test_a_deeply_nested_file_is_one_line(tmp_path: Path) -> None:
     deep.write_text("include = " + "[" * 500 + "]" * 500 + "\n")
     with pytest.raises(ConfigError, match=r"deep\.toml: not valid TOML: nested too deeply"):
         load(deep)
+
+
+def test_our_own_extra_stats_selector() -> None:
+    """Issue 27: vcpu_delay is accepted in extra_stats (any case) beside collectd's; a
+    misspelt one is a one-line error naming it and every selector there is."""
+    assert build({"extra_stats": "vcpu VCPU_delay"}).extra_stats == ("vcpu", "vcpu_delay")
+    with pytest.raises(ConfigError) as err:
+        build({"extra_stats": "vcpu_delays"})
+    assert "\n" not in str(err.value)
+    assert "unknown selector 'vcpu_delays'" in str(err.value) and "vcpu_delay" in str(err.value)

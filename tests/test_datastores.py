@@ -55,12 +55,18 @@ def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:
     assert probes.dead() == {"/dead"}
     probes.start({"/dead": here(str(fifo)), "/fine": here(str(tmp_path))})
     probes.settle()
+    # The health metrics: answering or not, and for how long not (since its first probe:
+    # it never answered), while the store that answers says 0.
+    health = probes.health()
+    assert health["/fine"] == (True, 0.0)
+    assert not health["/dead"][0] and 0.2 <= health["/dead"][1] < 5
     assert looks.count(str(fifo)) == 1  # still out: never a second probe of that store
     assert looks.count(str(tmp_path)) == 2
     with open(fifo, "w"):
         pass  # the store answers
     time.sleep(0.1)
     assert probes.dead() == set()
+    assert probes.health()["/dead"] == (True, 0.0)
     probes.start({"/dead": here(str(fifo))})
     assert looks.count(str(fifo)) == 2
     with open(fifo, "w"):

@@ -171,7 +171,8 @@ def frame(rng: random.Random) -> list[Any]:
                 for _ in range(rng.randrange(6))]
         body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(rows)]
     elif kind == "done":
-        body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(0.1), pick(3), pick(0)]
+        body = [pick(1_800_000_000.0 + rng.randrange(100)), pick(0.1), pick(3), pick(0),
+                pick([["frozen_qemus", pick("all"), pick(1)]])]
     elif kind == "tick":
         body = [pick(1.0), pick([]), pick([])]
     else:

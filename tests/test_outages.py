@@ -29,6 +29,8 @@ from collectd_lab import settle
 from harness import PrivateLibvirtd, StallStore
 from soak import Outcome, soak
 
+from vpartcollect.output.naming import escape_part
+
 pytestmark = pytest.mark.libvirtd
 
 INTERVAL = 2
@@ -140,6 +142,21 @@ def flagged_after(out: Outcome, name: str, since: float) -> float | None:
     return min(hits) - since if hits else None
 
 
+def own(out: Outcome, metric: str) -> dict[int, dict[int, float]]:
+    """The collector's own ``<host>.vpartcollect-virt-N.<metric>``: {tick: {N: value}}."""
+    got: dict[int, dict[int, float]] = {}
+    for path, value, ts in out.lines:
+        head, sep, tail = path.partition(".vpartcollect-virt-")
+        if sep and "." not in head and tail.partition(".")[2] == metric:
+            got.setdefault(int(ts), {})[int(tail.partition(".")[0])] = value
+    return got
+
+
+def store_metric(store: StallStore, what: str) -> str:
+    """A FUSE datastore's health metric (its mount point names it: no network fs)."""
+    return f"{what}-{escape_part(str(store.mount))}"
+
+
 def report(case: str, **figures: object) -> None:
     print(f"\n[{case}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
@@ -177,7 +194,16 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     state = share(out, frozen, "domain_state.state", during)
     flags = [flagged_after(out, n, ev["freeze"]) for n in frozen]
     flagged = [f for f in flags if f is not None]
+    # Issue 27: the host's health says how many QEMUs are frozen and why, and libvirtd's
+    # answer time for bulk stats stays what it was (nothing we ask it waits on a QEMU).
+    counted = {t: sum(v.values()) for t, v in own(out, "frozen_qemus-all").items()}
+    stopped = {t: sum(v.values()) for t, v in own(out, "frozen_qemus-stopped").items()}
+    stats_max = own(out, "libvirtd_seconds-stats_max")
+    before = [v for t, vs in stats_max.items() if t < ev["freeze"] for v in vs.values()][1:]
+    amid = [v for t in during for v in stats_max.get(t, {}).values()]
     report("21 frozen", threads=threads, blocked_calls=out.blocked_calls(),
+           frozen_counted={t: counted.get(t) for t in during},
+           stats_max_before_s=max(before), stats_max_during_s=max(amid),
            client_max_s=round(max(client.seconds), 2),
            healthy=f"{healthy:.0%}", healthy_disk=f"{healthy_disk:.0%}",
            frozen_cpu=f"{cpu:.0%}", frozen_state=f"{state:.0%}",
@@ -189,6 +215,11 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     assert cpu >= 0.9 and state >= 0.9
     assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
     assert len(flagged) == len(frozen)
+    assert all(counted.get(t) == len(frozen) == stopped.get(t) for t in during[1:]), counted
+    assert all(counted.get(t) == 0 for t in ticks(out, end=ev["freeze"])), counted
+    # "Normal range": within twice the worst answer before the freeze, or 50 ms (a busy
+    # 2-core host).
+    assert amid and max(amid) <= max(2 * max(before), 0.05), (before, amid)
     # After the thaw everything comes back, monitor-side values included.
     after = ticks(out, ev["thaw"] + 3 * INTERVAL)
     assert after and share(out, NAMES, "disk_capacity-vda", after) == 1.0
@@ -220,7 +251,18 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     cpu = share(out, part(3), "virt_cpu_total", during)
     flags = [flagged_after(out, n, ev["stall"]) for n in part(3)]
     flagged = [f for f in flags if f is not None]
+    # Issue 27: the datastore's own health, as virt-3 (whose images it holds) probes it.
+    answering = {t: v[3] for t, v in own(out, store_metric(lab.store,
+                                                           "datastore_answering")).items()}
+    silent = {t: v[3] for t, v in own(out, store_metric(lab.store,
+                                                        "datastore_silent_seconds")).items()}
+    went = min((t for t, v in answering.items() if t >= ev["stall"] and v == 0), default=None)
+    back = min((t for t, v in answering.items() if t >= ev["resume"] and v == 1), default=None)
     report("FUSE stall", threads=threads, blocked_calls=out.blocked_calls(),
+           store_silent_after_s=None if went is None else round(went - ev["stall"], 1),
+           store_back_after_s=None if back is None else round(back - ev["resume"], 1),
+           store_silent_max_s=max(silent.values(), default=None),
+           frozen_counted=max(sum(v.values()) for v in own(out, "frozen_qemus-all").values()),
            client_max_s=round(max(client.seconds), 2),
            healthy=f"{got:.0%}", stalled_cpu=f"{cpu:.0%}",
            flagged=f"{len(flagged)}/{len(part(3))}", flagged_within_s=max(flagged, default=-1))
@@ -230,6 +272,13 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     assert got == 1.0
     assert cpu >= 0.9
     assert len(flagged) == len(part(3))
+    assert went is not None and went - ev["stall"] <= 2 * INTERVAL, answering
+    assert all(answering.get(t) == 0 for t in ticks(out, went - 1, ev["resume"])), answering
+    assert back is not None and back - ev["resume"] <= 2 * INTERVAL, answering
+    assert all(answering.get(t) == 1 for t in ticks(out, back - 1)), answering
+    assert all(answering.get(t) == 1 for t in ticks(out, end=ev["stall"])), answering
+    # Seconds since it last answered: counting the stall, near its whole length at the end.
+    assert ev["resume"] - ev["stall"] - 2 * INTERVAL <= max(silent.values()), silent
     # No block info is asked while the store is dead; it comes back after.
     assert not any(t in out.stamps(n, "disk_capacity-vda") for n in part(3) for t in during[1:])
     after = ticks(out, ev["resume"] + 3 * INTERVAL)

@@ -102,10 +102,12 @@ def test_a_real_process_is_found_and_judged_frozen_when_stopped(
     assert qemu.frozen([("u-1", "vm")]) == set()
     os.kill(pid, signal.SIGSTOP)
     wait_for_state(pid, "T")
-    assert qemu.frozen([("u-1", "vm")]) == {"u-1"}
+    assert qemu.frozen([("U-1", "vm")]) == {"U-1"}
+    assert qemu.why == {"u-1": "stopped"}  # the health metrics' frozen_qemus-stopped
     os.kill(pid, signal.SIGCONT)
     wait_for_state(pid, "S")
     assert qemu.frozen([("u-1", "vm")]) == set()
+    assert qemu.why == {}
     fresh = QemuProcesses(Path("/proc"), tmp_path / "none")  # no pid file: the command line
     assert fresh.pid("u-1", "other-name") == pid
     assert fresh.pid("u-2", "vm") is None

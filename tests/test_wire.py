@@ -21,6 +21,8 @@ MESSAGES: list[wire.Message] = [
     ]),
     wire.Done(1700000000.0, 0.125, 2),
     wire.Done(1700000000.0, 0.125, 2, 1),
+    wire.Done(1700000000.0, 0.125, 2, 1, [("datastore_answering", "nfs:srv:/x", 0.0),
+                                          ("libvirtd_seconds", "stats_max", 0.004)]),
     wire.Tick(1700000010.0, ["u1"]),
 ]
 
@@ -45,10 +47,21 @@ def test_stream_split_at_every_byte() -> None:
     ["nope", 1],
     ["busy", "stats"],  # wrong arity
     ["busy", "stats", [1, 2]],  # uuids not strings
-    ["done", "t", 1.0, 3, 0],  # tick not a number
-    ["done", 1.0, 1.0, True, 0],  # bool where an int belongs
-    ["done", 1.0, 1.0, 3, -1],  # a negative count of blocked calls
+    ["done", "t", 1.0, 3, 0, []],  # tick not a number
+    ["done", 1.0, 1.0, True, 0, []],  # bool where an int belongs
+    ["done", 1.0, 1.0, 3, -1, []],  # a negative count of blocked calls
     ["done", 1.0, 1.0, 3],  # a field short
+    ["done", 1.0, 1.0, 3, 0],  # no health (issue 27's field)
+    # Health values (issue 27): known types, bounded names, finite numbers >= 0, bounded count.
+    ["done", 1.0, 1.0, 3, 0, [["cpu_secret", "x", 1]]],
+    ["done", 1.0, 1.0, 3, 0, [["frozen_qemus", "all"]]],
+    ["done", 1.0, 1.0, 3, 0, [["frozen_qemus", "all", float("nan")]]],
+    ["done", 1.0, 1.0, 3, 0, [["frozen_qemus", "all", -1]]],
+    ["done", 1.0, 1.0, 3, 0, [["frozen_qemus", "all", True]]],
+    ["done", 1.0, 1.0, 3, 0, [["datastore_answering", "s" * 257, 1]]],
+    ["done", 1.0, 1.0, 3, 0, [["datastore_answering", "", 1]]],
+    ["done", 1.0, 1.0, 3, 0, [["frozen_qemus", "all", 1]] * (wire.MAX_HEALTH + 1)],
+    ["done", 1.0, 1.0, 3, 0, {"frozen_qemus": 1}],
     ["results", 1.0, 1.0, [["u", "n", None, False, {"k": [1]}, None]]],  # stat value a list
     ["results", 1.0, 1.0, [["u", "n", None, "no", {}, None]]],  # flag not a bool
     ["results", 1.0, 1.0, [["u", "n", None, False, {}]]],  # a field short
@@ -69,7 +82,7 @@ def test_stream_split_at_every_byte() -> None:
     ["results", 1.0, [["u", "n" * 4097, None, False, {}, 1.0, None]]],
     ["results", 1.0, [["u", "n", "virt-" + "1" * 5000, False, {}, 1.0, None]]],
     ["results", float("nan"), 1.0, []],
-    ["done", 1.0, float("inf"), 3, 0],
+    ["done", 1.0, float("inf"), 3, 0, []],
     ["tick", float("-inf"), [], []],
 ])
 def test_wrong_shapes_are_rejected(obj: object) -> None:

@@ -25,8 +25,14 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "glusterfs", "fuse.glusterfs", "cep
 def _file_backend(path: str, mounts: Sequence[Mount]) -> str | None:
     best = mount_of(path, mounts)
     if best is not None and best.fstype in NETWORK_FS:
-        return f"{best.fstype}:{best.source}"
+        return store_name(best)
     return None
+
+
+def store_name(mount: Mount) -> str:
+    """A datastore as an operator knows it: a network filesystem as this module names
+    its backend (``nfs:server:/export``), any other by its mount point."""
+    return f"{mount.fstype}:{mount.source}" if mount.fstype in NETWORK_FS else mount.target
 
 
 def _block_backend(dev: str) -> str | None:

@@ -22,6 +22,9 @@ from vpartcollect.samples import Stats, StatValue
 EXTRA_STATS = ("disk", "pcpu", "cpu_util", "domain_state", "perf", "vcpupin", "disk_err",
                "fs_info", "job_stats_completed", "job_stats_background", "disk_allocation",
                "disk_capacity", "disk_physical", "memory", "vcpu")
+# Selectors of our own (collectd has no type for what they add; config accepts them, a
+# collectd.conf import does not): ``vcpu_delay``, each vCPU's steal and wait (README).
+OWN_EXTRA_STATS = ("vcpu_delay",)
 RUNNING = 1  # VIR_DOMAIN_RUNNING: collectd reports only the state of any other domain
 
 
@@ -176,6 +179,20 @@ _JOB_NOT_PARAMETERS = frozenset({"job.type"})
 # digits raises (Python's conversion limit) instead of giving a vCPU number.
 _PIN = re.compile(r"vcpu\.(\d{1,9})\.pin\.(\d{1,9})$")
 _VCPU_TIME = re.compile(r"vcpu\.(\d{1,9})\.time$")
+_VCPU_DELAY = re.compile(r"vcpu\.(\d{1,9})\.(delay|wait)$")
+# Per-domain sums of the vCPUs' counters (vcpu_totals adds them to the raw stats).
+DELAY_TOTAL, WAIT_TOTAL = "vcpu.delay", "vcpu.wait"
+
+
+def vcpu_totals(stats: Stats) -> None:
+    """Add ``vcpu.delay`` and ``vcpu.wait``: the sums over the domain's vCPUs (ns), when
+    its stats carry the per-vCPU values (libvirt 7.2+, or the kernel reader)."""
+    sums: dict[str, int | float] = {}
+    for key, value in stats.items():
+        if (m := _VCPU_DELAY.match(key)) and (n := _num(value)) is not None:
+            total = f"vcpu.{m[2]}"
+            sums[total] = sums.get(total, 0) + n
+    stats.update(sums)
 
 
 class _Values:
@@ -203,12 +220,24 @@ class _Values:
             # By number, as collectd keys them: with vCPU 1 offline they are 0, 2, 3.
             for n, key in sorted((int(m[1]), k) for k in stats if (m := _VCPU_TIME.match(k))):
                 self.add(key, "virt_vcpu", str(n), "value", False, True)
+        if "vcpu_delay" in extra:
+            self.vcpu_delay()
         if "vcpupin" in extra:
             pins = sorted((int(m[1]), int(m[2]), k) for k in stats if (m := _PIN.match(k)))
             for vcpu, cpu, key in pins:
                 self.add(key, "cpu_affinity", f"vcpu_{vcpu}-cpu_{cpu}", "value", False, False)
         if "memory" in extra:
             self.memory()
+
+    def vcpu_delay(self) -> None:
+        # Time runnable but not running (schedstat's second field: the guest's steal)
+        # and the scheduler's wait_sum, ns/s like virt_vcpu; per vCPU, then the domain.
+        stats = self.stats
+        for n, what, key in sorted((int(m[1]), m[2], k) for k in stats
+                                   if (m := _VCPU_DELAY.match(k))):
+            self.add(key, f"virt_vcpu_{what}", str(n), "value", False, True)
+        self.add(DELAY_TOTAL, "virt_vcpu_delay_total", "", "value", False, True)
+        self.add(WAIT_TOTAL, "virt_vcpu_wait_total", "", "value", False, True)
 
     def memory(self) -> None:
         stats = self.stats
@@ -281,7 +310,7 @@ def collectd_values(stats: Stats, domain: str, selection: Selection) -> list[Val
 def needed_groups(selection: Selection) -> set[str]:
     """The libvirt bulk stats groups these values need: only what is asked for."""
     groups = {"state", "cpu-total", "balloon"}  # running or not; virt_cpu_total, memory
-    if selection.extra & {"vcpu", "vcpupin"}:
+    if selection.extra & {"vcpu", "vcpupin", "vcpu_delay"}:
         groups.add("vcpu")
     if selection.report_net:
         groups.add("interface")

@@ -15,7 +15,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, entry_error
+from vpartcollect.collectd_values import (
+    EXTRA_STATS,
+    OWN_EXTRA_STATS,
+    IgnoreList,
+    Selection,
+    entry_error,
+)
 from vpartcollect.output.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
@@ -354,8 +360,9 @@ def _extra_stats(key: str, value: Any) -> tuple[str, ...]:
     items = _strings(key, value.split() if isinstance(value, str) else value)
     names = tuple(dict.fromkeys(i.lower() for i in items))
     for name in names:
-        if name not in EXTRA_STATS:
-            raise ConfigError(f"{key}: unknown selector {name!r}; use {', '.join(EXTRA_STATS)}")
+        if name not in EXTRA_STATS + OWN_EXTRA_STATS:
+            known = ", ".join(EXTRA_STATS + OWN_EXTRA_STATS)
+            raise ConfigError(f"{key}: unknown selector {name!r}; use {known}")
     if {"job_stats_completed", "job_stats_background"} <= set(names):
         raise ConfigError(f"{key}: job_stats_completed and job_stats_background exclude "
                           "each other (as in collectd)")

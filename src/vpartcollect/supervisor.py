@@ -283,7 +283,7 @@ class Supervisor:
             log.warning("%s: caught up; %d tick(s) were skipped", slot.name, slot.missing)
             slot.missing = 0
         if self.schedule.written(msg.tick):
-            self.publisher.instance_done(slot.index, msg.tick, slot.counters(msg))
+            self.publisher.instance_done(slot.index, msg.tick, slot.counters(msg), msg.health)
         self.feed(slot)
 
     @staticmethod

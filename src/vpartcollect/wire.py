@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from vpartcollect.calls import CallKind
+from vpartcollect.health import HealthValue, valid
 from vpartcollect.samples import DomainSample, Stats
 
 __all__ = [
@@ -83,6 +84,8 @@ class Done:
     seconds: float
     domains: int
     blocked: int = 0  # calls this worker abandoned that libvirtd is still running
+    # The host's health as this worker saw it this tick (health.py): (type, instance, value).
+    health: list[HealthValue] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def encode(msg: Message) -> bytes:
              for d in msg.domains],
         ]
     elif isinstance(msg, Done):
-        body = ["done", msg.tick, msg.seconds, msg.domains, msg.blocked]
+        body = ["done", msg.tick, msg.seconds, msg.domains, msg.blocked,
+                [list(h) for h in msg.health]]
     else:
         body = ["tick", msg.ts, msg.skip, msg.suspects]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -200,7 +204,25 @@ def _sample(value: object) -> DomainSample:
     )
 
 
-_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 3, "done": 5, "tick": 4}
+def _health(value: object) -> list[HealthValue]:
+    rows = _need(value, list, "health")
+    if len(rows) > MAX_HEALTH:
+        raise WireError(f"health: {len(rows)} values (at most {MAX_HEALTH})")
+    out = []
+    for row in rows:
+        if type(row) is not list or len(row) != 3:
+            raise WireError("health: expected [type, instance, value] rows")
+        item = (_need(row[0], str, "health type"), _need(row[1], str, "health instance"),
+                _number(row[2], "health value"))
+        why = valid(item, MAX_KEY_CHARS)
+        if why is not None:
+            raise WireError(f"health: {why}")
+        out.append(item)
+    return out
+
+
+_ARITY = {"hello": 7, "busy": 3, "idle": 2, "results": 3, "done": 6, "tick": 4}
+MAX_HEALTH = 3 * MAX_DEVICES  # two values a datastore, a few more a call kind
 _KINDS = {k.value: k for k in CallKind}
 
 
@@ -234,7 +256,7 @@ def decode(obj: object) -> Message:
             raise WireError(f"blocked: expected 0-{MAX_DEVICES}, got {blocked}")
         return Done(
             _number(frame[1], "tick"), _number(frame[2], "seconds"),
-            _need(frame[3], int, "domains"), blocked,
+            _need(frame[3], int, "domains"), blocked, _health(frame[5]),
         )
     return Tick(_number(frame[1], "ts"), _strings(frame[2], "skip"),
                 _strings(frame[3], "suspects"))

@@ -202,13 +202,15 @@ class MetricBuilder:
         return out
 
     def self_metric(self, instance: int | None, name: str, value: float,
-                    ts: float) -> Metric:
-        """One of the collector's own metrics (per instance, or collector-wide)."""
+                    ts: float, type_instance: str = "") -> Metric:
+        """One of the collector's own metrics (per instance, or collector-wide; with
+        ``type_instance``: a health value's datastore or call kind)."""
         naming = self.naming
         source = Source(naming.hostname, "vpartcollect",
                         "" if instance is None else f"virt-{instance}")
-        return Metric(naming.self_path(instance, name), value, ts, instance=instance,
-                      source=source, vtype=value_type(name, "", "value", False), raw=value)
+        return Metric(naming.self_path(instance, name, type_instance), value, ts,
+                      instance=instance, source=source,
+                      vtype=value_type(name, type_instance, "value", False), raw=value)
 
     def tracked(self) -> int:
         """Domains held in the largest of this builder's per-domain tables."""

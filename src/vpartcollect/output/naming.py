@@ -111,11 +111,13 @@ class Naming:
             return f"{name}.{ds}"
         return name
 
-    def self_path(self, instance: int | None, metric: str) -> str:
+    def self_path(self, instance: int | None, metric: str, type_instance: str = "") -> str:
         """Path of one of the collector's own metrics (per instance, or global): plugin
-        ``vpartcollect``, plugin instance ``virt-N``, the metric as a single-value type."""
+        ``vpartcollect``, plugin instance ``virt-N``, the metric as a single-value type
+        (with ``type_instance``: the health values' datastore or call kind, escaped)."""
         host = self._host(self.hostname)
         plugin_instance = "" if instance is None else f"virt-{instance}"
         plugin = self._plugin("vpartcollect", plugin_instance)
-        suffix = self.value_suffix("vpartcollect", metric, "", "value", False, plugin_instance)
+        suffix = self.value_suffix("vpartcollect", metric, type_instance, "value", False,
+                                   plugin_instance)
         return f"{host}.{plugin}.{suffix}"

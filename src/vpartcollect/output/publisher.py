@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 from vpartcollect import wire
 from vpartcollect.config import Config
+from vpartcollect.health import HealthValue
 from vpartcollect.output.ledger import Ledger
 from vpartcollect.output.metrics import Metric, MetricBuilder
 from vpartcollect.output.sinks.base import Registrations, Sink, SinkClosed, SinkFailed, combine
@@ -90,13 +91,17 @@ class Publisher:
         if bad:
             raise BadSample(bad)
 
-    def instance_done(self, instance: int, tick: float, values: dict[str, float]) -> None:
+    def instance_done(self, instance: int, tick: float, values: dict[str, float],
+                      health: Sequence[HealthValue] = ()) -> None:
         """The collector's own metrics of one instance for a finished tick (once per tick:
-        after a reload, the new worker's replay of a tick the old one finished is not)."""
+        after a reload, the new worker's replay of a tick the old one finished is not),
+        with what its worker saw of the host's health (health.py)."""
         if not self.counted.admit(str(instance), tick):
             return
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
-        self.emit([self.builder.self_metric(instance, k, v, tick) for k, v in values.items()])
+        self.emit([self.builder.self_metric(instance, k, v, tick) for k, v in values.items()]
+                  + [self.builder.self_metric(instance, typ, v, tick, inst)
+                     for typ, inst, v in health])
         for sink in list(self.sinks):
             self._guard(sink, functools.partial(sink.tick_done, instance, tick, values))
 

@@ -25,6 +25,7 @@ from typing import Any
 from vpartcollect import wire
 from vpartcollect.calls import CallKind
 from vpartcollect.clock import read_clocks
+from vpartcollect.collectd_values import vcpu_totals
 from vpartcollect.daemon import few
 from vpartcollect.samples import DomainSample, Stats
 from vpartcollect.worker import second_ask
@@ -77,6 +78,7 @@ class Cycle:
         self.sent: set[str] = set() if sent is None else sent
         self.held: list[second_ask.Held] = []
         self.domains: list[Domain] = []
+        self.totals = "vcpu_delay" in session.cfg.extra_stats  # per-domain steal sums
 
     def __repr__(self) -> str:
         return (f"<Cycle tick={self.tick.ts} {len(self.sent)}/{len(self.domains)} sent, "
@@ -92,8 +94,7 @@ class Cycle:
             s.reader.kernel.forget_except([d.uuid for d in s.inventory.known()])
         if s.down():  # libvirtd does not answer: what the kernel knows, nothing asked
             self._from_kernel_only(self.domains)
-            s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
-                        len(s.guard.outstanding()))
+            self._done(started)
             return self.domains
         routes = self.triage.routes(self.domains, s.guard)
         self.triage.note_held(routes[Route.HOLD], len(s.guard.outstanding()))
@@ -109,9 +110,15 @@ class Cycle:
         self._ask_again()
         self._send((d, None, True) for d in routes[Route.HOLD])
         self._check_kernel(routes[Route.NORMAL])
-        s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
-                    len(s.guard.outstanding()))
+        self._done(started)
         return self.domains
+
+    def _done(self, started: float) -> None:
+        """The tick is over: how long it took, and what it saw of the host (health.py)."""
+        s = self.session
+        s.link.done(self.tick.ts, time.monotonic() - started, len(self.domains),
+                    len(s.guard.outstanding()),
+                    self.triage.health(self.domains, s.took_since_last()))
 
     def give_up(self) -> None:
         """The tick failed half-way (libvirt error): send the first answers still held for
@@ -258,6 +265,8 @@ class Cycle:
             stats: Stats = {}
             if answer is not None:
                 stats = clean_stats(answer.stats)
+                if self.totals:
+                    vcpu_totals(stats)
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
             wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()

@@ -70,6 +70,7 @@ class _Probe:
     def __init__(self, images: Sequence[Image], look: Callable[[str], object],
                  sizes: Sizes) -> None:
         self.started = time.monotonic()
+        self.finished = 0.0  # when it returned (monotonic), once ``done``
         self.done = threading.Event()
         threading.Thread(target=self._look, args=(images, look, sizes),
                          name="datastore-probe", daemon=True).start()
@@ -90,6 +91,7 @@ class _Probe:
                 if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
                     sizes[image.path] = (st.st_size, st.st_blocks * 512)
         finally:
+            self.finished = time.monotonic()
             self.done.set()
 
 
@@ -101,6 +103,7 @@ class Probes:
         self.look = look  # what QEMU does to an image when asked for its size
         self._probes: dict[str, _Probe] = {}
         self._round: list[_Probe] = []
+        self._answered: dict[str, float] = {}  # datastore -> when a probe of it last returned
         self.sizes: Sizes = {}  # written by the probe threads, one key at a time
 
     def start(self, paths: dict[str, list[Image]]) -> None:
@@ -109,6 +112,7 @@ class Probes:
         self._round = []
         for store in [s for s, p in self._probes.items() if s not in paths and p.done.is_set()]:
             del self._probes[store]
+            self._answered.pop(store, None)
         wanted = {image.path for images in paths.values() for image in images}
         for path in [p for p in self.sizes if p not in wanted]:
             del self.sizes[path]
@@ -121,6 +125,8 @@ class Probes:
             running = self._probes.get(store)
             if running is not None and not running.done.is_set():
                 continue  # stuck in the kernel: never a second one
+            if running is not None:
+                self._answered[store] = running.finished
             probe = self._probes[store] = _Probe(images, self.look, self.sizes)
             self._round.append(probe)
 
@@ -129,6 +135,17 @@ class Probes:
         for probe in self._round:
             probe.done.wait(max(0.0, probe.started + self.timeout - time.monotonic()))
         self._round = []
+
+    def health(self) -> dict[str, tuple[bool, float]]:
+        """{datastore: (answering, seconds since a probe of it last returned; 0 while it
+        answers)}: a dead one counts from its last answer, or from its first probe."""
+        dead, now = self.dead(), time.monotonic()
+        out = {}
+        for store, probe in self._probes.items():
+            since = probe.finished if probe.done.is_set() else self._answered.get(
+                store, probe.started)
+            out[store] = (store not in dead, 0.0 if store not in dead else now - since)
+        return out
 
     def dead(self) -> set[str]:
         """Datastores whose probe has been out longer than ``timeout``."""

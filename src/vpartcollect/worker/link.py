@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from vpartcollect import wire
 from vpartcollect.calls import CallKind
+from vpartcollect.health import HealthValue
 from vpartcollect.samples import DomainSample
 
 
@@ -60,10 +61,12 @@ class Link:
         if samples:
             self._send(wire.Results(tick, list(samples)))
 
-    def done(self, tick: float, seconds: float, domains: int, blocked: int) -> None:
-        """Finished ``tick``: ``domains`` sampled, ``blocked`` calls still in libvirtd."""
+    def done(self, tick: float, seconds: float, domains: int, blocked: int,
+             health: Sequence[HealthValue] = ()) -> None:
+        """Finished ``tick``: ``domains`` sampled, ``blocked`` calls still in libvirtd,
+        ``health``: what this worker saw of the host (health.py)."""
         self.busy_with = None
-        self._send(wire.Done(tick, seconds, domains, blocked))
+        self._send(wire.Done(tick, seconds, domains, blocked, list(health)))
 
     def _send(self, msg: wire.Message) -> None:
         data = memoryview(wire.encode(msg))

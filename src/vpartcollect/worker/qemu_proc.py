@@ -71,6 +71,12 @@ def stuck_for(state: str, wchan: str) -> float | None:
     return None
 
 
+def frozen_why(wait: float) -> str:
+    """Why a thread that stayed stuck for ``wait`` (``stuck_for``'s answer) is frozen, as
+    the health metrics name it: ``stopped``, ``filesystem`` or ``d_state``."""
+    return {STOPPED_SECONDS: "stopped", FS_WAIT_SECONDS: "filesystem"}.get(wait, "d_state")
+
+
 def looks_frozen(state: str, wchan: str) -> bool:
     """Whether a main thread in ``state`` sleeping in ``wchan`` cannot serve its monitor now."""
     return stuck_for(state, wchan) is not None
@@ -105,6 +111,7 @@ class QemuProcesses:
         self._pids: dict[str, int] = {}  # uuid -> pid
         self._started: dict[int, str | None] = {}  # pid -> its start time when found
         self._scanned = -RESCAN_SECONDS
+        self.why: dict[str, str] = {}  # uuid -> why its QEMU was frozen when last looked at
 
     def pid(self, uuid: str, name: str) -> int | None:
         """The QEMU pid of domain ``uuid`` (named ``name``), or None if it cannot be found."""
@@ -148,12 +155,16 @@ class QemuProcesses:
         """Drop the pids of domains that no longer run."""
         keep = {u.lower() for u in uuids}
         self._pids = {u: p for u, p in self._pids.items() if u in keep}
+        self.why = {u: w for u, w in self.why.items() if u in keep}
         self._started = {p: t for p, t in self._started.items() if p in self._pids.values()}
 
     def frozen(self, domains: Iterable[tuple[str, str]]) -> set[str]:
         """The uuids, among (uuid, name) pairs, whose QEMU main thread is frozen now:
         it looks stuck and is not scheduled once for as long as ``stuck_for`` says."""
         started = time.monotonic()
+        domains = list(domains)
+        for uuid, _ in domains:
+            self.why.pop(uuid.lower(), None)
         pending = {(uuid, name): seen for uuid, name in domains
                    if (seen := self._check(uuid, name)) is not None}
         frozen: set[str] = set()
@@ -167,6 +178,7 @@ class QemuProcesses:
                     continue  # it moved: busy, not frozen
                 if elapsed >= min(wait, self.longest):
                     frozen.add(key[0])
+                    self.why[key[0].lower()] = frozen_why(wait)
                 else:
                     still[key] = (switches, wait)
             pending = still

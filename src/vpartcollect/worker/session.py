@@ -78,6 +78,9 @@ class Session:
         # Wall time libvirtd answered again after Session.open had to wait for it (0: at
         # the first try): a tick whose interval ended before then had nothing read of it.
         self.back_at = 0.0
+        # Seconds each call took since the last tick's end, by kind (health.py's
+        # libvirtd_seconds): a call abandoned at its deadline counts what it was waited.
+        self.call_seconds: dict[str, list[float]] = {}
 
     def __repr__(self) -> str:
         return (f"<Session {self.cfg.connect} {len(self.inventory.known())} domain(s), "
@@ -136,12 +139,26 @@ class Session:
         under its deadline; Abandoned when it outlives it (the connection is parked)."""
         uuids = [d if isinstance(d, str) else d.uuid for d in domains]
         self.link.busy(kind, uuids)
+        started, timed = time.monotonic(), False
         try:
             return self.guard.run(kind, uuids, call_deadline(self.cfg.call_timeout, len(uuids),
                                                              kind), fn, conn=self.conn)
         except Abandoned:
+            self._took(kind, time.monotonic() - started)
+            timed = True  # the new connection's opening is not this call's answer time
             self._park()
             raise
+        finally:
+            if not timed:
+                self._took(kind, time.monotonic() - started)
+
+    def _took(self, kind: CallKind, seconds: float) -> None:
+        self.call_seconds.setdefault(kind.value, []).append(seconds)
+
+    def took_since_last(self) -> dict[str, list[float]]:
+        """The seconds each call took since the last time this was asked, by kind."""
+        out, self.call_seconds = self.call_seconds, {}
+        return out
 
     def _park(self) -> None:
         """Leave the current connection to the call stuck in it; go on with a new one.

@@ -25,7 +25,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from vpartcollect.autotag import store_name
 from vpartcollect.config import Config
+from vpartcollect.health import HealthValue, health_values
 from vpartcollect.mounts import Mount, read_mountinfo
 from vpartcollect.worker.datastores import Image, Probes, Sizes, datastores
 from vpartcollect.worker.guard import Guard
@@ -85,6 +87,7 @@ class Triage:
         self.probes = probes or Probes(min(PROBE_SECONDS, cfg.call_timeout / 2))
         self._views: dict[str, tuple[float, list[Mount]]] = {}  # mount namespace -> mounts
         self.holding: dict[str, str] = {}  # uuid -> name held back (logged once an episode)
+        self.store_names: dict[str, str] = {}  # datastore key -> its name in the metrics
 
     def __repr__(self) -> str:
         return (f"<Triage {len(self._views)} mount view(s), {len(self.probes.dead())} dead "
@@ -163,7 +166,23 @@ class Triage:
             pid = self.qemu.pid(dom.uuid, dom.name)
             mounts, root = self._view(pid)
             dom.stores = datastores((src for _, src in dom.disks), mounts, root)
+            self.store_names.update({m.store: store_name(m) for m in mounts
+                                     if m.store in dom.stores})
         return dom.stores
+
+    def health(self, domains: Iterable[Domain],
+               calls: dict[str, list[float]]) -> list[HealthValue]:
+        """What this tick saw of the host (health.py): the datastores probed, why each of
+        ``domains``' QEMUs found frozen is, and ``calls``' answer times by kind."""
+        stores: dict[str, tuple[bool, float]] = {}
+        for store, (answering, silent) in self.probes.health().items():
+            name = self.store_names.get(store, store)
+            # One export mounted twice is one datastore: the worse of the two says it.
+            was = stores.get(name, (True, 0.0))
+            stores[name] = (answering and was[0], max(silent, was[1]))
+        why = self.qemu.why
+        frozen = [why[u] for d in domains if (u := d.uuid.lower()) in why]
+        return health_values(stores, frozen, calls)
 
     def _view(self, pid: int | None) -> tuple[list[Mount], str]:
         """(mounts, path prefix) of QEMU's mount namespace, or of ours without its pid."""
