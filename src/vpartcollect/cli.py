@@ -90,6 +90,13 @@ def cli() -> None:
 @click.option("--spool-dir", metavar="DIR",
               help="Keep Graphite lines carbon cannot take now in DIR (default: "
                    "$STATE_DIRECTORY/spool under systemd, else memory only).")
+@click.option("--prometheus", metavar="HOST:PORT",
+              help="Serve each domain's last sample to Prometheus at http://HOST:PORT/metrics "
+                   "(default off).")
+@click.option("--web-config", metavar="FILE",
+              help="exporter-toolkit web configuration (TLS, basic auth) for --prometheus.")
+@click.option("--prometheus-timestamps/--no-prometheus-timestamps", default=None,
+              help="Stamp each Prometheus series with its sample's tick (default off).")
 @click.option("--once", is_flag=True, help="Take one sample, write it, exit.")
 def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) -> int:
     """Collect statistics until SIGTERM/SIGINT (or once)."""

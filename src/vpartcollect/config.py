@@ -38,7 +38,7 @@ NOVA_XPATH = "/instance/name/text()"
 _FLAGS = ("store_rates", "stdout", "block_device_format_basename", "ignore_selected",
           "report_block_devices", "report_network_interfaces", "separate_instances",
           "always_append_ds", "drop_duplicate_fields", "preserve_separator", "reverse_host",
-          "kernel_reader")
+          "kernel_reader", "prometheus_timestamps")
 _CHOICES = {"format": ("graphite", "json"), "interface_format": ("name", "address", "number"),
             "block_device_format": ("target", "source")}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -113,6 +113,9 @@ class Config:
     log_level: str = "info"
     # A domain not sampled for this long (or 10 intervals, if longer) is forgotten.
     forget_after: float = 60.0
+    prometheus: Endpoint | None = None  # where the Prometheus endpoint listens (None: off)
+    web_config: str | None = None  # exporter-toolkit's web configuration (TLS, basic auth)
+    prometheus_timestamps: bool = False  # each series stamped with its sample's tick
 
     @property
     def call_timeout(self) -> float:
@@ -167,7 +170,7 @@ class Config:
         return (self.connect, self.instances, self.refresh_interval, self.call_timeout,
                 self.chunk_size, self.include, self.exclude, self.domains,
                 self.ignore_selected, self.log_level, self.label_spec(), self.selection(),
-                self.kernel_reader)
+                self.kernel_reader, self.prometheus is not None)
 
     def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
         """Which instance samples this domain, and why (None: include/exclude leave it
@@ -308,6 +311,16 @@ def _check(key: str, value: Any) -> Any:
         path = _kind(key, value, str, "a string")
         if not path.strip() or "\0" in path:
             raise ConfigError("spool_dir: must be a directory path")
+        return path
+    if key == "prometheus":
+        return parse_endpoint(_kind(key, value, str, "a string"), key)
+    if key == "web_config":
+        from vpartcollect.prometheus.webconfig import WebConfigError, load
+        path = _kind(key, value, str, "a string")
+        try:
+            load(path)  # a bad file: one line, exit 2 (and on SIGHUP, the running one kept)
+        except WebConfigError as exc:
+            raise ConfigError(str(exc)) from None
         return path
     if key == "graphite":
         return _unique_endpoints(key, tuple(parse_endpoint(t, key)

@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from vpartcollect import wire
-from vpartcollect.config import Config, Endpoint
+from vpartcollect.config import Config, ConfigError, Endpoint
 from vpartcollect.ledger import Ledger
 from vpartcollect.metrics import Metric, MetricBuilder
+from vpartcollect.prometheus.channel import PrometheusChannel
+from vpartcollect.prometheus.server import ExporterSettings
+from vpartcollect.prometheus.webconfig import WebConfigError
+from vpartcollect.prometheus.webconfig import load as load_web_config
 from vpartcollect.sinks import Destination
 from vpartcollect.sinks.graphite import GraphiteSink
 from vpartcollect.sinks.spool import Stranded
@@ -69,6 +73,18 @@ def same_spool(old: Config, new: Config) -> bool:
             == replace(after, max_lines=0, resend_seconds=0, flush_timeout=0))
 
 
+def exporter_settings(cfg: Config) -> ExporterSettings:
+    """What the Prometheus exporter process is started with (the web configuration as
+    read now: a bad one is a ConfigError, exit 2 at start, the running one kept on
+    SIGHUP)."""
+    try:
+        first = load_web_config(cfg.web_config) if cfg.web_config else None
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return ExporterSettings(cfg.interval, cfg.prometheus_timestamps, cfg.instances,
+                            2 * cfg.interval + cfg.call_timeout + 5, cfg.web_config, first)
+
+
 def rate_gap(interval: float) -> float:
     """Reads closer than this give no rate of their own (see rates.py): half a second,
     or half the interval when it is shorter."""
@@ -92,6 +108,7 @@ class Publisher:
         self._registered: dict[int, tuple[Any, int] | None] = {}
         self._selector: selectors.BaseSelector | None = None
         self.stranded = stranded_spools(cfg)
+        self.prometheus = self._prometheus(cfg, None)
 
     # -- samples in -------------------------------------------------------
     def samples(self, instance: int, msg: wire.Results, ncpus: int,
@@ -101,12 +118,14 @@ class Publisher:
         cannot be made into metrics is left out, the others written, then BadSample."""
         out: list[Metric] = []
         bad = ""
+        admitted = []
         for d in msg.domains:
             if not self.ledger.admit(d.uuid, msg.tick):
                 self.duplicates[instance] = self.duplicates.get(instance, 0) + 1
                 log.debug("virt-%d: a second sample of %s for %s dropped", instance, d.name,
                           msg.tick)
                 continue
+            admitted.append(d)
             try:
                 out += self.builder.domain_metrics(instance, msg.tick, d, ncpus)
             except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -115,6 +134,8 @@ class Publisher:
                 bad = f"{d.name[:60]!r}: {type(exc).__name__}: {str(exc)[:200]}"
         if not silent:
             self.emit(out)
+            if self.prometheus is not None and admitted:
+                self.prometheus.results(instance, wire.Results(msg.tick, admitted))
         if bad:
             raise BadSample(bad)
 
@@ -125,6 +146,8 @@ class Publisher:
             return
         naming = self.builder.naming
         values = {**values, "duplicate_samples": self.duplicates.get(instance, 0)}
+        if self.prometheus is not None:
+            self.prometheus.done(instance, tick, values)
         self.emit([Metric(naming.self_path(instance, k), v, tick, instance=instance)
                    for k, v in values.items()])
 
@@ -146,6 +169,8 @@ class Publisher:
             if oldest:
                 values["spool_oldest_timestamp"] = min(oldest)
         naming = self.builder.naming
+        if self.prometheus is not None:
+            self.prometheus.collector(values, ts)
         self.emit([Metric(naming.self_path(None, k), v, ts) for k, v in values.items()])
 
     def clock_stepped(self) -> None:
@@ -184,14 +209,18 @@ class Publisher:
     # -- the supervisor's loop --------------------------------------------
     def next_wakeup(self) -> float | None:
         """Monotonic time the outputs next need the loop (a reconnect, a time limit)."""
-        return min((w for g in self.graphite if (w := g.next_wakeup()) is not None),
+        return min((w for g in self._channels() if (w := g.next_wakeup()) is not None),
                    default=None)
+
+    def _channels(self) -> list[Any]:
+        """What the selector waits on for the outputs: Graphite's, the exporter's."""
+        return [*self.graphite, *([self.prometheus] if self.prometheus is not None else [])]
 
     def register(self, selector: selectors.BaseSelector) -> None:
         """Before every wait: let disconnected destinations try again, and register what
         each wants to wait for (its socket or its name lookup) with ``selector``."""
         self._selector = selector
-        for sink in self.graphite:
+        for sink in self._channels():
             sink.poll()
             want = sink.interest()
             had = self._registered.get(id(sink))
@@ -210,11 +239,28 @@ class Publisher:
         """A destination's socket (or lookup) is ready."""
         sink.on_ready(mask)
 
-    def unregister(self, selector: selectors.BaseSelector, sink: Destination) -> None:
+    def unregister(self, selector: selectors.BaseSelector,
+                   sink: Destination | PrometheusChannel) -> None:
         """Take one destination out of ``selector``."""
         had = self._registered.pop(id(sink), None)
         if had is not None:
             selector.unregister(had[0])
+
+    def _prometheus(self, cfg: Config, old: PrometheusChannel | None) -> PrometheusChannel | None:
+        """The exporter for ``cfg`` (None: off); ``old``'s listening socket is kept when
+        the address is the same (a reload restarts the exporter, not the port)."""
+        if cfg.prometheus is None:
+            return None
+        settings = exporter_settings(cfg)
+        listening = old.listening if old is not None and old.endpoint == cfg.prometheus \
+            else None
+        channel = PrometheusChannel(cfg.prometheus, settings, listening)
+
+        def release() -> None:
+            if self._selector is not None:
+                self.unregister(self._selector, channel)
+        channel.on_close = release
+        return channel
 
     def _destination(self, endpoint: Endpoint, cfg: Config) -> Destination:
         """A destination whose lines wait in memory, or are spooled (with ``spool_dir``);
@@ -267,6 +313,19 @@ class Publisher:
                                 sink.buffered)
                 sink.close()
         self.graphite = [keep.get(ep) or self._destination(ep, new) for ep in new.graphite]
+        self._reconfigure_prometheus(old, new)
+
+    def _reconfigure_prometheus(self, old: Config, new: Config) -> None:
+        """A changed exporter setting restarts the exporter (it refills within a tick)."""
+        before = self.prometheus
+        if before is not None and exporter_settings(new) == before.settings \
+                and new.prometheus == before.endpoint:
+            return
+        if before is not None:
+            before.close()
+            if new.prometheus != before.endpoint:
+                before.listening.close()
+        self.prometheus = self._prometheus(new, before)
 
     def stop_writes(self) -> None:
         """A stop was asked: a stdout write in progress finishes if read, but not forever."""
@@ -297,6 +356,9 @@ class Publisher:
                 log.warning("%s: did not confirm the last lines before exit", sink)
             self.unregister(selector, sink)
             sink.close()
+        if self.prometheus is not None:
+            self.unregister(selector, self.prometheus)
+            self.prometheus.shutdown()
         if self.stdout is not None:
             # Beside Graphite, stdout's reader gets what is left of the time (Graphite
             # first: stdout never holds it up); what it does not take is a warning.
