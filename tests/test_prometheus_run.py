@@ -1,0 +1,88 @@
+"""The collector's Prometheus endpoint on libvirt's test driver: beside Debian's
+prometheus-libvirt-exporter on the same domains, every name and label set it exposes is in
+ours; promtool finds nothing wrong; a bad web_config or a port taken is one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from promlab import DebianExporter, free_port, libvirt_only, parse, wait_for
+from require import require_or_fail
+from runner import DEMO_URI, cli, cli_popen, no_traceback
+
+
+def run_exporting(port: int, *extra: str) -> subprocess.Popen[str]:
+    return cli_popen("run", "--connect", DEMO_URI, "--interval", "1", "--instances", "2",
+                     "--prometheus", f"127.0.0.1:{port}", "--no-stdout", "--graphite",
+                     "127.0.0.1:9", *extra)
+
+
+def scrape_when_full(port: int, domains: int) -> str:
+    """Our /metrics once every domain is on it."""
+    for _ in range(100):
+        text = wait_for(f"http://127.0.0.1:{port}/metrics")
+        if parse(text).get("libvirt_domains_number", {}).get((), 0) == domains:
+            return text
+        subprocess.run(["sleep", "0.1"], check=True)
+    raise AssertionError(f"never {domains} domains: {text[-2000:]}")
+
+
+def test_every_name_and_label_set_of_debians_exporter_is_in_ours() -> None:
+    require_or_fail(DebianExporter.installed(), "prometheus-libvirt-exporter (Debian)")
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        ours = parse(scrape_when_full(port, 10))
+        with DebianExporter(DEMO_URI) as theirs:
+            debian = libvirt_only(parse(theirs.scrape()))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)
+    assert len(debian) == 19  # all of 0.2.0's families: info 4, state, block 4, nic 8, 2
+    missing = {name: sorted(set(labels) - set(ours.get(name, {})))[:2]
+               for name, labels in debian.items() if set(labels) - set(ours.get(name, {}))}
+    assert missing == {}
+    assert ours["libvirt_up"][()] == 1
+
+
+def test_promtool_finds_no_problem_in_either_format() -> None:
+    require_or_fail(Path("/usr/bin/promtool").exists(), "promtool (Debian's prometheus)")
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        text = scrape_when_full(port, 10)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                           capture_output=True, check=False)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+
+
+def test_a_bad_web_config_or_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "web.yml"
+    bad.write_text("basic_auth_users:\n  prom: plaintext\n")
+    res = cli("run", "--connect", DEMO_URI, "--prometheus", "127.0.0.1:9100",
+              "--web-config", str(bad))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "web_config" in res.stderr and "bcrypt" in res.stderr
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/")
+        res = cli("run", "--connect", DEMO_URI, "--prometheus", f"127.0.0.1:{port}")
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert f"prometheus: cannot listen on 127.0.0.1:{port}" in res.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1:0", "127.0.0.1:99999"])
+def test_a_bad_address_is_one_line(value: str) -> None:
+    res = cli("run", "--connect", DEMO_URI, "--prometheus", value)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("vpartcollect: error: prometheus: "), res.stderr
