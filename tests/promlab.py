@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,6 +51,32 @@ def wait_for(url: str, seconds: float = 20) -> str:
             if time.monotonic() > limit:
                 raise
             time.sleep(0.1)
+
+
+def scrape_when_full(url: str, domains: int, seconds: float = 30) -> str:
+    """An exporter's /metrics once ``domains`` domains have a sample with disks on it."""
+    limit = time.monotonic() + seconds
+    while True:
+        text = wait_for(url)
+        series = parse(text)
+        disks = {dict(k)["domain"] for k in
+                 series.get("libvirt_domain_block_stats_read_bytes_total", {})}
+        if series.get("libvirt_domains_number", {}).get((), 0) == domains \
+                and len(disks) == domains:
+            return text
+        if time.monotonic() > limit:
+            raise AssertionError(f"not {domains} domains with disks: {text[-2000:]}")
+        time.sleep(0.2)
+
+
+def missing_from(ours: Series, theirs: Series) -> dict[str, list[tuple[tuple[str, str], ...]]]:
+    """Per name, the label sets ``theirs`` has and ``ours`` has not (a few of them)."""
+    out = {}
+    for name, labels in theirs.items():
+        lacking = sorted(set(labels) - set(ours.get(name, {})))
+        if lacking:
+            out[name] = lacking[:2]
+    return out
 
 
 def libvirt_only(series: Series) -> Series:
@@ -125,21 +152,21 @@ class PrometheusServer:
             self.proc.kill()
             self.proc.wait()
 
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, object]]:
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query's result vector."""
         args = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
         body = json.loads(fetch(f"http://127.0.0.1:{self.port}/api/v1/query?"
                                 + urllib.parse.urlencode(args)))
         assert body["status"] == "success", body
-        result: list[dict[str, object]] = body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
     def query_range(self, expr: str, start: float, end: float,
-                    step: float = 1.0) -> list[dict[str, object]]:
+                    step: float = 1.0) -> list[dict[str, Any]]:
         """A range query's result matrix."""
         args = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)}
         body = json.loads(fetch(f"http://127.0.0.1:{self.port}/api/v1/query_range?"
                                 + urllib.parse.urlencode(args)))
         assert body["status"] == "success", body
-        result: list[dict[str, object]] = body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
         return result

@@ -8,7 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from promlab import DebianExporter, free_port, libvirt_only, parse, wait_for
+from promlab import (
+    DebianExporter,
+    free_port,
+    libvirt_only,
+    missing_from,
+    parse,
+    scrape_when_full,
+    wait_for,
+)
 from require import require_or_fail
 from runner import DEMO_URI, cli, cli_popen, no_traceback
 
@@ -19,22 +27,12 @@ def run_exporting(port: int, *extra: str) -> subprocess.Popen[str]:
                      "127.0.0.1:9", *extra)
 
 
-def scrape_when_full(port: int, domains: int) -> str:
-    """Our /metrics once every domain is on it."""
-    for _ in range(100):
-        text = wait_for(f"http://127.0.0.1:{port}/metrics")
-        if parse(text).get("libvirt_domains_number", {}).get((), 0) == domains:
-            return text
-        subprocess.run(["sleep", "0.1"], check=True)
-    raise AssertionError(f"never {domains} domains: {text[-2000:]}")
-
-
 def test_every_name_and_label_set_of_debians_exporter_is_in_ours() -> None:
     require_or_fail(DebianExporter.installed(), "prometheus-libvirt-exporter (Debian)")
     port = free_port()
     proc = run_exporting(port)
     try:
-        ours = parse(scrape_when_full(port, 10))
+        ours = parse(scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10))
         with DebianExporter(DEMO_URI) as theirs:
             debian = libvirt_only(parse(theirs.scrape()))
     finally:
@@ -42,9 +40,7 @@ def test_every_name_and_label_set_of_debians_exporter_is_in_ours() -> None:
         _, err = proc.communicate(timeout=20)
     no_traceback(err)
     assert len(debian) == 19  # all of 0.2.0's families: info 4, state, block 4, nic 8, 2
-    missing = {name: sorted(set(labels) - set(ours.get(name, {})))[:2]
-               for name, labels in debian.items() if set(labels) - set(ours.get(name, {}))}
-    assert missing == {}
+    assert missing_from(ours, debian) == {}
     assert ours["libvirt_up"][()] == 1
 
 
@@ -53,7 +49,7 @@ def test_promtool_finds_no_problem_in_either_format() -> None:
     port = free_port()
     proc = run_exporting(port)
     try:
-        text = scrape_when_full(port, 10)
+        text = scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10)
     finally:
         proc.terminate()
         proc.communicate(timeout=20)

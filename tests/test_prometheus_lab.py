@@ -1,0 +1,84 @@
+"""A real Prometheus server (Debian's package) scraping the collector every second on four
+QEMU domains, beside Debian's prometheus-libvirt-exporter on the same private libvirtd:
+``up`` 1 at every scrape, each domain's cpu rate as Prometheus computes it from our
+counters within 5 % of /proc's account of its QEMU, and every name and label set
+Debian's exporter exposes present in ours."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from harness import PrivateLibvirtd
+from promlab import (
+    DebianExporter,
+    PrometheusServer,
+    free_port,
+    libvirt_only,
+    missing_from,
+    parse,
+    scrape_when_full,
+)
+from require import require_or_fail
+from runner import cli_popen, no_traceback
+from soak import CpuTruth
+
+pytestmark = [pytest.mark.libvirtd, pytest.mark.slow]
+RUN_SECONDS = 40
+DOMAINS = [f"par-{i}" for i in range(4)]
+
+
+def test_prometheus_scrapes_every_second_and_reads_the_true_cpu_rate(
+        parity_lab: PrivateLibvirtd, tmp_path: Path) -> None:
+    require_or_fail(PrometheusServer.installed(), "prometheus (Debian)")
+    require_or_fail(DebianExporter.installed(), "prometheus-libvirt-exporter (Debian)")
+    lab = parity_lab
+    port = free_port()
+    ours = f"127.0.0.1:{port}"
+    err = open(tmp_path / "stderr", "w+")  # noqa: SIM115 - read after the run
+    proc = cli_popen("run", "--connect", lab.uri, "--instances", "4", "--interval", "1",
+                     "--prometheus", ours, stdout=subprocess.DEVNULL, stderr=err)
+    pids = {d: lab.qemu_pid(d) for d in DOMAINS}
+    try:
+        mine = parse(scrape_when_full(f"http://{ours}/metrics", 4))
+        with DebianExporter(lab.uri) as debian, CpuTruth(pids) as truth, \
+                PrometheusServer(tmp_path / "prom", [ours]) as prom:
+            theirs = libvirt_only(parse(debian.scrape()))
+            start = time.time()
+            time.sleep(RUN_SECONDS)
+            end = time.time()
+            ups = prom.query_range(f'up{{instance="{ours}"}}', start + 2, end - 1)
+            scrapes = prom.query(f'count_over_time(up{{instance="{ours}"}}[{RUN_SECONDS}s])',
+                                 end)
+            rates = prom.query_range("rate(libvirt_domain_info_cpu_time_seconds_total[5s])",
+                                     start + 8, end - 1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    err.seek(0)
+    no_traceback(err.read())
+    # Each domain's rate as Prometheus computes it, against /proc over the same 5 s.
+    report = {}
+    for series in rates:
+        domain = series["metric"]["domain"]
+        ratios = []
+        for ts, value in series["values"]:
+            true = truth.rate(domain, float(ts) - 5, float(ts))
+            if true:
+                ratios.append(float(value) * 1e9 / true)
+        report[domain] = (statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+    print("rate / /proc (median, min, max, n):", report)
+    # Every name and label set of Debian's exporter, in ours.
+    assert missing_from(mine, theirs) == {}
+    # up 1 at every scrape, a scrape every second.
+    assert len(ups) == 1
+    values = [float(v) for _, v in ups[0]["values"]]
+    assert values and set(values) == {1.0}
+    assert float(scrapes[0]["value"][1]) >= RUN_SECONDS - 3
+    assert set(report) == set(DOMAINS)
+    for domain, (median, _, _, n) in report.items():
+        assert n >= RUN_SECONDS - 12, (domain, n)
+        assert abs(median - 1) <= 0.05, (domain, report[domain])
