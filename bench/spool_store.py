@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vpartcollect.config import Endpoint
-from vpartcollect.metrics import Metric
-from vpartcollect.sinks.spool import Spool
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.sinks.spool import Spool
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.spooler import SpoolSettings
 
 RATE = 100_000  # lines a second to write
 BATCH = 10_000  # lines per append: a tenth of a second (the spooler writes each 0.1-1 s)

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +29,6 @@ from nodes import tagged_node
 
 from vpartcollect import supervisor
 from vpartcollect.config import build
-from vpartcollect.sinks.stdout import StdoutSink
 from vpartcollect.supervisor import Supervisor
 from vpartcollect.worker import worker_main
 from vpartcollect.worker.link import Link
@@ -126,9 +126,10 @@ def test_fuzzed_frames_cost_their_worker_only(tmp_path: Path, monkeypatch: pytes
     caplog.set_level(logging.INFO)
     cfg = build({"connect": uri, "instances": 2, "interval": 0.5, "format": "json",
                  "extra_stats": EXTRA})
-    sup = Supervisor(cfg)
     with tempfile.TemporaryFile("w+") as out:
-        sup.publisher.stdout = StdoutSink("json", fd=out.fileno())
+        with monkeypatch.context() as m:  # the stdout sink it makes writes to the file
+            m.setattr(sys, "stdout", out)
+            sup = Supervisor(cfg)
         timer = threading.Timer(12.0, os.kill, (os.getpid(), signal.SIGTERM))
         timer.start()
         try:

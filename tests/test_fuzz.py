@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 import random
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from capture import capture_sinks
 from runner import cli, no_traceback
 
 from vpartcollect import wire
 from vpartcollect.config import _KEYS, Config, ConfigError, load
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.publisher import BadSample
+from vpartcollect.output.publisher import BadSample
 from vpartcollect.supervisor import Supervisor
 
 CASES = 3000
@@ -184,14 +183,9 @@ def frame(rng: random.Random) -> list[Any]:
 
 def test_random_worker_frames_are_handled_or_refused(tmp_path: Path) -> None:
     rng = random.Random(1125)
-    sup = Supervisor(load(None, {"connect": "test:///default", "instances": 2,
-                                 "stdout": False}))
-    lines: list[str] = []
-
-    def emit(metrics: Sequence[Metric]) -> None:  # what the sinks would write, formatted
-        lines.extend(format_line(m.path, m.value, m.ts) for m in metrics)
-
-    sup.publisher.emit = emit  # type: ignore[method-assign]
+    with capture_sinks() as made:  # what the sinks are handed
+        sup = Supervisor(load(None, {"connect": "test:///default", "instances": 2,
+                                     "stdout": False}))
     refused = handled = 0
     for case in range(CASES):
         slot = sup.slots[case % 2]
@@ -215,6 +209,7 @@ def test_random_worker_frames_are_handled_or_refused(tmp_path: Path) -> None:
             refused += 1
         except Exception as exc:  # the defect this test exists for
             pytest.fail(f"case {case}: {type(exc).__name__}: {exc}: {data!r}")
+    lines = made[0].lines
     for line in lines:  # no value may forge or break a Graphite line
         _path, value, ts = line.rstrip("\n").split(" ")
         assert line.count("\n") == 1 and math.isfinite(float(value)), line

@@ -19,8 +19,8 @@ from nodes import tagged_node
 from runner import DEMO_URI, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import Endpoint
-from vpartcollect.metrics import Metric
-from vpartcollect.sinks.graphite import GraphiteSink
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.sinks.graphite import GraphiteSink
 
 pytestmark = pytest.mark.carbon
 

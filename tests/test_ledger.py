@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vpartcollect.ledger import Ledger
+from vpartcollect.output.ledger import Ledger
 
 
 def test_a_second_sample_of_a_tick_is_refused() -> None:

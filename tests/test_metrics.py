@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vpartcollect.collectd_values import Selection, collectd_values
-from vpartcollect.metrics import MetricBuilder, format_line, format_number
-from vpartcollect.naming import Naming, escape_part
+from vpartcollect.output.metrics import Metric, MetricBuilder, format_line, format_number
+from vpartcollect.output.naming import Naming, escape_part
 from vpartcollect.wire import DomainSample, Stats
 
 # The ExtraStats of the run that wrote the reference paths (shared/reference).
@@ -205,3 +205,49 @@ def test_a_cpu_share_that_overflows_is_left_out() -> None:
     values = {m.path: m.value for m in got}
     assert all(math.isfinite(v) for v in values.values()), values
     assert not any("percent" in p for p in values), values
+
+
+def second_sample(builder: MetricBuilder, uuid: str = "uuid-7",
+                  name: str = "lab-7") -> list[Metric]:
+    builder.domain_metrics(0, 100.0, DomainSample(uuid, name, None, False, qemu_stats(0),
+                                                  100.0), 2)
+    return builder.domain_metrics(0, 110.0, DomainSample(uuid, name, None, False,
+                                                         qemu_stats(10), 110.0), 2)
+
+
+def test_each_metric_carries_collectds_identity_of_its_value() -> None:
+    """The oracle is the path collectd wrote (the reference run's naming): host, plugin,
+    ``type[-type_instance]`` and the data source name read back from it agree with what
+    the metric carries; the raw value is the counter as read, the value its rate."""
+    got = {m.path: m for m in second_sample(reference_builder())}
+    for path, m in got.items():
+        assert m.source is not None and m.vtype is not None, path
+        host, plugin, name, *ds = path.split(".")
+        assert (m.source.host, m.source.plugin, m.source.plugin_instance) == (host, plugin, "")
+        assert name == "-".join(p for p in (m.vtype.type, m.vtype.type_instance) if p)
+        assert ds in ([m.vtype.ds], []) and (ds or m.vtype.ds in ("value", "state")), path
+    rx = got["lab-7.virt.if_octets-lt7.rx"]
+    assert rx.vtype is not None and (rx.vtype.kind, rx.vtype.unit) == ("counter", "bytes")
+    assert rx.raw == 2000 and rx.value == pytest.approx(100.0)
+    flush = got["lab-7.virt.total_time_in_ms-flush-vda"]
+    assert flush.vtype is not None and flush.vtype.unit == "ms" and flush.raw == 13.0
+    memory = got["lab-7.virt.memory-total"]
+    assert memory.vtype is not None and (memory.vtype.kind, memory.vtype.unit) == (
+        "gauge", "bytes") and memory.raw == memory.value == 65536 * 1024
+    share = got["lab-7.virt.percent-virt_cpu_total"]
+    assert share.vtype is not None and share.vtype.kind == "gauge" and share.raw == share.value
+
+
+def test_identity_follows_the_naming_options_and_value_types_are_shared() -> None:
+    naming = Naming(hostname_format=("uuid",), plugin_instance_format=("name",),
+                    separate_instances=True)
+    builder = MetricBuilder(naming)
+    one = {m.path: m for m in second_sample(builder, "uuid-1", "web.example.com")}
+    two = {m.path: m for m in second_sample(builder, "uuid-2", "db")}
+    rd = one["uuid-1.virt.web_example_com.disk_octets.vda.read"]
+    assert rd.source == ("uuid-1", "virt", "web.example.com")  # not escaped
+    assert rd.vtype is two["uuid-2.virt.db.disk_octets.vda.read"].vtype  # one shared copy
+    own = builder.self_metric(2, "domains", 5, 120.0)
+    assert (own.path, own.source, own.vtype and own.vtype.type) == (
+        "localhost.vpartcollect.virt-2.domains", ("localhost", "vpartcollect", "virt-2"),
+        "domains")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vpartcollect.naming import Naming
+from vpartcollect.output.naming import Naming
 
 
 def path(naming: Naming, type_: str, inst: str = "", ds: str = "value", several: bool = False,

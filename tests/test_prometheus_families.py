@@ -7,9 +7,9 @@ from __future__ import annotations
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from promlab import Series, parse
 
-from vpartcollect.prometheus.board import Board
-from vpartcollect.prometheus.families import Entry, exposition
-from vpartcollect.prometheus.server import Exporter, ExporterSettings
+from vpartcollect.output.prometheus.board import Board
+from vpartcollect.output.prometheus.families import Entry, exposition
+from vpartcollect.output.prometheus.server import Exporter, ExporterSettings
 from vpartcollect.samples import DomainSample, Stats
 
 HEALTHY: Stats = {

@@ -18,8 +18,8 @@ import bcrypt
 import pytest
 
 from vpartcollect.config import ConfigError, build
-from vpartcollect.prometheus.server import Exporter, ExporterSettings, Server
-from vpartcollect.prometheus.webconfig import WebConfigError, load
+from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
+from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 
 
 def serve(web: Path | None) -> tuple[Server, int]:

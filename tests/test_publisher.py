@@ -15,11 +15,12 @@ from listener import Listener
 
 from vpartcollect import wire
 from vpartcollect.config import build
-from vpartcollect.metrics import Metric
-from vpartcollect.publisher import Publisher, same_spool
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.stdout import StdoutSink
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.publisher import Publisher
+from vpartcollect.output.sinks.factory import same_spool
+from vpartcollect.output.sinks.graphite import GraphiteSink
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.stdout import StdoutSink
 
 STATS: wire.Stats = {"state.state": 1, "cpu.time": 0, "block.count": 1, "block.0.name": "vda",
                      "block.0.rd.bytes": 0, "balloon.current": 1024}
@@ -66,19 +67,19 @@ def test_own_metrics_and_forgetting(capfd: pytest.CaptureFixture[str]) -> None:
 def test_reload_keeps_queued_graphite_lines_when_bounds_change() -> None:
     cfg = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 1000})  # nobody listens
     pub, sel = Publisher(cfg), selectors.DefaultSelector()
-    sink = pub.graphite[0]
+    sink = pub.sinks[0]
     assert isinstance(sink, GraphiteSink)  # no spool_dir: lines wait in memory
     sink.write([Metric(f"a.m{i}", float(i), 1700000000 + i) for i in range(500)])
     bigger = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 5000,
                     "graphite_resend_seconds": 60})
     pub.reconfigure(cfg, bigger, sel)
-    assert pub.graphite == [sink] and sink.buffered == 500 and sink.dropped == 0
+    assert pub.sinks == [sink] and sink.buffered == 500 and sink.dropped == 0
     assert (sink.max_lines, sink.resend_seconds) == (5000, 60)
     smaller = build({"graphite": ["127.0.0.1:9"], "graphite_buffer": 200})
     pub.reconfigure(bigger, smaller, sel)
     assert sink.buffered == 200 and sink.dropped == 300  # the oldest, counted
     pub.reconfigure(smaller, build({"graphite": ["127.0.0.1:10"]}), sel)
-    assert pub.graphite[0] is not sink  # a destination that is gone is closed
+    assert pub.sinks[0] is not sink  # a destination that is gone is closed
 
 
 def test_finish_sends_everything_then_closes() -> None:
@@ -102,7 +103,7 @@ def test_finish_sends_everything_then_closes() -> None:
     server.close()
     lines = bytes(got).decode().splitlines()
     assert len(lines) == 1000 and lines[-1] == "a.m999 999 1700000000"
-    assert pub.graphite[0].interest() is None  # closed
+    assert pub.sinks[0].interest() is None  # closed
 
 
 
@@ -114,7 +115,7 @@ def test_a_closed_graphite_socket_leaves_the_selector_first() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     pub = Publisher(build({"graphite": [f"127.0.0.1:{server.getsockname()[1]}"],
                            "stdout": False}))
-    sel, sink = selectors.DefaultSelector(), pub.graphite[0]
+    sel, sink = selectors.DefaultSelector(), pub.sinks[0]
     assert isinstance(sink, GraphiteSink)
     pub.register(sel)
     conn, _ = server.accept()
@@ -147,7 +148,7 @@ def test_a_destination_removed_by_a_reload_is_closed() -> None:
     ends = [f"127.0.0.1:{s.getsockname()[1]}" for s in servers]
     old = build({"graphite": ends, "stdout": False})
     pub, sel = Publisher(old), selectors.DefaultSelector()
-    kept, removed = pub.graphite
+    kept, removed = pub.sinks
     assert isinstance(kept, GraphiteSink) and isinstance(removed, GraphiteSink)
     pub.register(sel)
     conns = [s.accept()[0] for s in servers]
@@ -156,7 +157,7 @@ def test_a_destination_removed_by_a_reload_is_closed() -> None:
             pub.on_ready(key.data[1], mask)
         pub.register(sel)
     pub.reconfigure(old, build({"graphite": ends[:1], "stdout": False}), sel)
-    assert pub.graphite == [kept] and kept.sock is not None
+    assert pub.sinks == [kept] and kept.sock is not None
     assert removed.sock is None  # closed, out of the selector
     conns[1].settimeout(2)
     assert conns[1].recv(1) == b""  # the removed carbon sees the connection end
@@ -188,10 +189,10 @@ def test_a_new_flush_timeout_keeps_the_spooled_destination(tmp_path: Path) -> No
     new = build({"graphite": ["127.0.0.1:9"], "spool_dir": str(tmp_path), "flush_timeout": 9})
     assert same_spool(old, new)
     pub = Publisher(old)
-    sink = pub.graphite[0]
+    sink = pub.sinks[0]
     assert isinstance(sink, SpoolChannel)
     pub.reconfigure(old, new, selectors.DefaultSelector())
-    assert pub.graphite == [sink] and sink.settings.flush_timeout == 9
+    assert pub.sinks[0] is sink and sink.settings.flush_timeout == 9
     sink.close()
 
 
@@ -210,13 +211,14 @@ def read_all(fd: int, got: bytearray, after: float) -> threading.Thread:
     return reader
 
 
-def test_stdout_beside_graphite_is_flushed_at_exit() -> None:
+def test_stdout_beside_graphite_is_flushed_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     """run --once with Graphite and stdout: what a slow pipe reader had not taken when the
     run ended (beyond the pipe's space) used to be lost."""
     carbon = Listener()
-    pub = Publisher(build({"graphite": [f"127.0.0.1:{carbon.port}"], "flush_timeout": 5}))
     r, w = os.pipe()
-    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    monkeypatch.setattr(sys, "stdout", open(w, "w", closefd=False))  # noqa: SIM115
+    pub = Publisher(build({"graphite": [f"127.0.0.1:{carbon.port}"], "flush_timeout": 5,
+                           "stdout": True}))
     got = bytearray()
     pub.emit(lines_of(5000))  # ~130 KB: more than the pipe holds
     reader = read_all(r, got, 0.3)
@@ -227,13 +229,14 @@ def test_stdout_beside_graphite_is_flushed_at_exit() -> None:
     assert bytes(got).decode().splitlines() == [f"a.m{i} {i} 1700000000" for i in range(5000)]
 
 
-def test_stdout_lines_queued_beside_graphite_go_first_when_it_is_removed() -> None:
+def test_stdout_lines_queued_beside_graphite_go_first_when_it_is_removed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload removes every Graphite destination: stdout blocks again, and what waited
     for its reader used to be skipped by the later lines (and never written)."""
     old = build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1, "stdout": True})
-    pub, sel = Publisher(old), selectors.DefaultSelector()
     r, w = os.pipe()
-    pub.stdout = StdoutSink("graphite", fd=w, spare=True)
+    monkeypatch.setattr(sys, "stdout", open(w, "w", closefd=False))  # noqa: SIM115
+    pub, sel = Publisher(old), selectors.DefaultSelector()
     pub.emit(lines_of(5000))
     new = build({"flush_timeout": 1, "stdout": True})
     pub.reconfigure(old, new, sel)
@@ -256,7 +259,8 @@ def test_stdout_lines_queued_before_a_format_change_are_written(
     monkeypatch.setattr(sys, "stdout", open(w, "w", closefd=False))  # noqa: SIM115
     got = bytearray()
     pub, sel = Publisher(old), selectors.DefaultSelector()
-    assert pub.stdout is not None and pub.stdout.fd == w and pub.stdout.spare
+    stdout = pub.sinks[-1]
+    assert isinstance(stdout, StdoutSink) and stdout.fd == w and stdout.spare
     pub.emit(lines_of(5000))
     pub.reconfigure(old, build({"graphite": ["127.0.0.1:9"], "flush_timeout": 1,
                                 "stdout": True, "format": "json"}), sel)

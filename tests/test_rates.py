@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vpartcollect.rates import RateTracker
+from vpartcollect.output.rates import RateTracker
 
 NS = 1e9  # the test driver's oracle: a cpu counter that is the wall clock in ns
 

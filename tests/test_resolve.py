@@ -11,7 +11,13 @@ import msgpack
 import pytest
 
 from vpartcollect import children
-from vpartcollect.resolve import Lookup, decode_reply, encode_reply, numeric, order_addresses
+from vpartcollect.output.sinks.resolve import (
+    Lookup,
+    decode_reply,
+    encode_reply,
+    numeric,
+    order_addresses,
+)
 
 V6 = socket.AF_INET6
 V4 = socket.AF_INET

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vpartcollect.sinks import segments
-from vpartcollect.sinks.segments import Record, Skipped
-from vpartcollect.sinks.spool import Spool
+from vpartcollect.output.sinks import segments
+from vpartcollect.output.sinks.segments import Record, Skipped
+from vpartcollect.output.sinks.spool import Spool
 
 
 def batch(first: int, count: int) -> tuple[bytes, int, float]:

@@ -21,8 +21,8 @@ from carbon import PrivateCarbon
 from nodes import tagged_node
 from runner import COLLECTOR, no_traceback, parse_lines
 
-from vpartcollect.sinks import segments
-from vpartcollect.sinks.spool import Spool
+from vpartcollect.output.sinks import segments
+from vpartcollect.output.sinks.spool import Spool
 
 pytestmark = pytest.mark.carbon
 

@@ -24,12 +24,12 @@ from carbon import free_port
 from runner import cli, cli_popen, no_traceback, parse_lines
 
 from vpartcollect.config import ConfigError, Endpoint, build
-from vpartcollect.metrics import Metric
-from vpartcollect.publisher import spool_settings
-from vpartcollect.sinks import segments
-from vpartcollect.sinks.spool import Spool
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import Spooler, SpoolSettings
+from vpartcollect.output.metrics import Metric
+from vpartcollect.output.sinks import segments
+from vpartcollect.output.sinks.factory import spool_settings
+from vpartcollect.output.sinks.spool import Spool
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.spooler import Spooler, SpoolSettings
 
 
 def metrics(first: int, count: int, ts: int = 1_700_000_000) -> list[Metric]:
@@ -200,7 +200,7 @@ def test_what_does_not_fit_in_memory_goes_to_the_spool(tmp_path: Path, reloaded:
     try:
         pump(channel, 0.1)
         if reloaded:
-            channel.reconfigure(1000, 30.0)
+            channel.set_bounds(1000, 30.0)
             pump(channel, 0.1)
         listener.settimeout(5)
         conns.append(listener.accept()[0])  # the live connection is up

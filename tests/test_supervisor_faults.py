@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from capture import capture_sinks
 from nodes import tagged_node
 from runner import DEMO_URI
 
 from vpartcollect import supervisor, wire
 from vpartcollect.config import Config, build
-from vpartcollect.sinks.stdout import StdoutSink
 from vpartcollect.supervisor import Supervisor
 from vpartcollect.ticks import Schedule
 from vpartcollect.worker import worker_main
@@ -87,11 +88,13 @@ def test_garbage_on_a_worker_pipe_kills_that_worker(
 
 
 def test_every_per_domain_table_is_pruned() -> None:
-    sup = Supervisor(build({"connect": DEMO_URI, "instances": 2, "stdout": False}))
-    sup.publisher.emit = lambda metrics: None  # type: ignore[method-assign]
+    with capture_sinks():  # the only output: nothing is written anywhere
+        sup = Supervisor(build({"connect": DEMO_URI, "instances": 2, "stdout": False}))
+    for slot in sup.slots:  # each worker says it is ready and is given tick 1000
+        slot.queue(wire.Tick(1000.0), sup.backlog)
+        sup.handle(slot, wire.Hello(slot.index, 0, 1, "test", [], []))
     for i in range(1000):
         slot = sup.slots[i % 2]
-        slot.current = wire.Tick(1000.0)
         stats: wire.Stats = {"state.state": 1, "cpu.time": i, "block.count": 1,
                              "block.0.name": "vda",
                              "block.0.rd.bytes": i}
@@ -99,7 +102,9 @@ def test_every_per_domain_table_is_pruned() -> None:
             wire.DomainSample(f"u{i}", f"vm{i}", "virt-1", i % 3 == 0, stats, 1000.0)]))
         sup.roster.suspect(i % 2, [f"u{i}"])
     assert sup.tracked() == 1000
-    sup.slots[0].current = wire.Tick(1100.0)
+    sup.handle(sup.slots[0], wire.Done(1000.0, 0.1, 500))
+    sup.slots[0].queue(wire.Tick(1100.0), sup.backlog)
+    sup.feed(sup.slots[0])
     sup.handle(sup.slots[0], wire.Results(1100.0, [
         wire.DomainSample("u0", "vm0", None, False, {"state.state": 1}, 1100.0)]))
     sup._prune(1050.0)
@@ -153,9 +158,10 @@ def test_an_old_worker_that_never_finishes_its_tick_is_killed_after_the_reload(
     monkeypatch.setattr(supervisor, "worker_main", stuck_then_real)
     caplog.set_level(logging.INFO)
     first = build({"connect": uri, "instances": 1, "interval": 1.0, "format": "json"})
-    sup = Supervisor(first, reload=lambda: dataclasses.replace(first, instances=2))
     with tempfile.TemporaryFile("w+") as out:
-        sup.publisher.stdout = StdoutSink("json", fd=out.fileno())
+        with monkeypatch.context() as m:  # the stdout sink it makes writes to the file
+            m.setattr(sys, "stdout", out)
+            sup = Supervisor(first, reload=lambda: dataclasses.replace(first, instances=2))
         hup = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGHUP))
         hup.start()
         try:

@@ -23,10 +23,10 @@ from runner import DEMO_URI
 
 from vpartcollect import children, preflight, wire
 from vpartcollect.config import Config, Endpoint, build
+from vpartcollect.output.publisher import OutputClosed
+from vpartcollect.output.sinks.spool_channel import SpoolChannel
+from vpartcollect.output.sinks.spooler import SpoolSettings
 from vpartcollect.preflight import LibvirtProbe
-from vpartcollect.publisher import OutputClosed
-from vpartcollect.sinks.spool_channel import SpoolChannel
-from vpartcollect.sinks.spooler import SpoolSettings
 from vpartcollect.slot import Slot
 from vpartcollect.supervisor import Supervisor
 

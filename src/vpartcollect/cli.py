@@ -78,7 +78,7 @@ def cli() -> None:
 @click.option("--graphite", multiple=True, metavar="HOST:PORT",
               help="Send to this carbon plaintext listener (repeatable).")
 @click.option("--stdout/--no-stdout", default=None,
-              help="Write metrics to stdout (default: when no --graphite).")
+              help="Write metrics to stdout (default: when no --graphite or --prometheus).")
 @click.option("--format", "format_", type=click.Choice(config_mod.FORMATS),
               help="stdout format (default graphite).")
 @click.option("--extra-stats", metavar="SELECTORS",

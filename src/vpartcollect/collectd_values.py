@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from vpartcollect.ere import EreError, compile_ere, ere_search
@@ -117,6 +117,16 @@ _NET = {"rx.bytes": ("if_octets", "rx"), "tx.bytes": ("if_octets", "tx"),
 # hugetlb counters nowhere).
 _MEMORY = {"current": "actual_balloon", "rss": "rss", "unused": "unused",
            "available": "available", "usable": "usable", "disk_caches": "disk_caches"}
+
+
+# The unit of each type's values as written (after ``Value.scale``; a counter's rate is
+# that unit per second). Types not listed count things, or are codes.
+UNITS = {"virt_cpu_total": "ns", "ps_cputime": "ns", "virt_vcpu": "ns", "percent": "%",
+         "memory": "bytes", "swap_io": "KiB", "disk_octets": "bytes", "disk_time": "ns",
+         "total_time_in_ms": "ms", "disk_allocation": "bytes", "disk_capacity": "bytes",
+         "disk_physical": "bytes", "if_octets": "bytes", "if_packets": "packets",
+         "if_errors": "errors", "if_dropped": "packets", "disk_ops": "requests",
+         "total_requests": "requests", "ps_pagefaults": "faults", "perf": "events"}
 
 
 def _num(value: StatValue | None) -> float | None:
@@ -280,11 +290,6 @@ def needed_groups(selection: Selection) -> set[str]:
     if "perf" in selection.extra:
         groups.add("perf")
     return groups
-
-
-def unknown_extra_stats(names: Iterable[str]) -> list[str]:
-    """The ExtraStats selectors collectd 5.12 does not know (case-insensitive)."""
-    return [n for n in names if n.lower() not in EXTRA_STATS]
 
 
 def parse_extra_stats(names: Sequence[str]) -> frozenset[str]:

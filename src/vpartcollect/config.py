@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vpartcollect.collectd_values import EXTRA_STATS, IgnoreList, Selection, entry_error
-from vpartcollect.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
+from vpartcollect.output.naming import HOSTNAME_FIELDS, PLUGIN_INSTANCE_FIELDS, Naming
 from vpartcollect.partition import Assignment, assign
 
 MAX_INSTANCES = 64
@@ -73,7 +73,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     hostname: str = field(default_factory=socket.gethostname)
     graphite: tuple[Endpoint, ...] = ()
-    stdout: bool | None = None  # None: on when no graphite destination is set
+    stdout: bool | None = None  # None: on when no graphite (nor prometheus) is set
     format: str = "graphite"
     store_rates: bool = True
     prefix: str = ""
@@ -125,7 +125,9 @@ class Config:
     @property
     def use_stdout(self) -> bool:
         """Whether metrics go to stdout."""
-        return self.stdout if self.stdout is not None else not self.graphite
+        # Not beside a Prometheus endpoint either: under systemd stdout is the journal.
+        return self.stdout if self.stdout is not None else \
+            not self.graphite and self.prometheus is None
 
     def naming(self) -> Naming:
         """The path-naming rules of this configuration."""
@@ -305,23 +307,13 @@ def _check(key: str, value: Any) -> Any:
         patterns = _strings(key, value)
         _validate_regexes(key, patterns)
         return patterns
-    if key == "hostname":
-        return _path_text(key, value)
     if key == "spool_dir":
         path = _kind(key, value, str, "a string")
         if not path.strip() or "\0" in path:
             raise ConfigError("spool_dir: must be a directory path")
         return path
-    if key == "prometheus":
-        return parse_endpoint(_kind(key, value, str, "a string"), key)
-    if key == "web_config":
-        from vpartcollect.prometheus.webconfig import WebConfigError, load
-        path = _kind(key, value, str, "a string")
-        try:
-            load(path)  # a bad file: one line, exit 2 (and on SIGHUP, the running one kept)
-        except WebConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        return path
+    if key in ("prometheus", "web_config"):
+        return _prometheus_key(key, value)
     if key == "graphite":
         return _unique_endpoints(key, tuple(parse_endpoint(t, key)
                                             for t in _strings(key, value)))
@@ -347,7 +339,7 @@ def _check(key: str, value: Any) -> Any:
         return _kind(key, value, str, "a string")
     if key == "hostname_metadata_path":
         return _element_path(key, _kind(key, value, str, "a string"))
-    if key in ("prefix", "postfix"):
+    if key in ("hostname", "prefix", "postfix"):
         return _path_text(key, value)
     if key == "escape_character":
         esc = _path_text(key, value)
@@ -360,6 +352,19 @@ def _check(key: str, value: Any) -> Any:
     if key == "plugin_instance_format":
         return _fieldlist(key, value, PLUGIN_INSTANCE_FIELDS, allow_empty=True)
     raise ConfigError(f"unknown key {key!r}")  # pragma: no cover - guarded by _KEYS
+
+
+def _prometheus_key(key: str, value: Any) -> Any:
+    """``prometheus`` (HOST:PORT) or ``web_config`` (a file that must read well)."""
+    if key == "prometheus":
+        return parse_endpoint(_kind(key, value, str, "a string"), key)
+    from vpartcollect.output.prometheus.webconfig import WebConfigError, load
+    path = _kind(key, value, str, "a string")
+    try:
+        load(path)  # a bad file: one line, exit 2 (and on SIGHUP, the running one kept)
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return path
 
 
 def _extra_stats(key: str, value: Any) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vpartcollect import children
+from vpartcollect.proctitle import set_process_name
 
 _PR_SET_PDEATHSIG = 1
 REPEAT_WINDOW = 60.0  # seconds an identical log line is held back after it was written
@@ -104,10 +105,12 @@ def _keep_only_fds(keep: set[int]) -> None:
     os.close(devnull)
 
 
-def fork_child(keep: set[int], child: Callable[[], NoReturn]) -> int:
+def fork_child(keep: set[int], child: Callable[[], NoReturn], role: str,
+               detail: str = "") -> int:
     """Fork; in the child, close every inherited descriptor but stdio and ``keep``, point
-    stdout at /dev/null (metrics are the parent's) and run ``child`` (which never
-    returns); in the parent, return the child's pid."""
+    stdout at /dev/null (metrics are the parent's), take the name ``vpc <role>``
+    (proctitle.py) and run ``child`` (which never returns); in the parent, return the
+    child's pid."""
     # Objects the child inherits stay shared: the child's GC must not touch (and so copy)
     # every page of them.
     gc.freeze()
@@ -115,6 +118,7 @@ def fork_child(keep: set[int], child: Callable[[], NoReturn]) -> int:
     if pid == 0:
         _keep_only_fds(keep)
         children.forget_all()
+        set_process_name(role, detail)
         child()
     return pid
 

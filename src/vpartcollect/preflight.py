@@ -18,7 +18,7 @@ from typing import NoReturn
 from vpartcollect import children
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import fork_child
-from vpartcollect.sinks import spool
+from vpartcollect.output.sinks import spool
 
 PREFLIGHT_TIMEOUT = 30.0
 _OK = b"ok"
@@ -53,7 +53,7 @@ class LibvirtProbe:
         # Only the pipe is inherited: a worker's control pipe held open here would keep
         # that worker from seeing it closed.
         try:
-            pid = fork_child({write_fd}, child)
+            pid = fork_child({write_fd}, child, "probe", "libvirt")
         except OSError:  # out of processes: the caller says so; no descriptor leaks
             os.close(read_fd)
             os.close(write_fd)

@@ -86,7 +86,7 @@ class Slot:
             fds += (ctl_r, ctl_w)
             out_r, out_w = os.pipe()
             fds += (out_r, out_w)
-            pid = fork_child({ctl_r, out_w}, lambda: child(ctl_r, out_w))
+            pid = fork_child({ctl_r, out_w}, lambda: child(ctl_r, out_w), self.name)
         except OSError as exc:  # out of processes or descriptors: the supervisor goes on
             for fd in fds:
                 os.close(fd)

@@ -22,10 +22,9 @@ from vpartcollect import children, handover, wire
 from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
+from vpartcollect.output.publisher import BadSample, OutputClosed, OutputFailed, Publisher
 from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
-from vpartcollect.publisher import BadSample, OutputClosed, Publisher
 from vpartcollect.roster import Roster
-from vpartcollect.sinks.stdout import StdoutFailed
 from vpartcollect.slot import Slot, readable
 from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline
@@ -82,8 +81,6 @@ class Supervisor:
         self.signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD),
                                   self._on_signal)
         self.selector.register(self.signals.fd, selectors.EVENT_READ, ("wakeup", None))
-        self.schedule = Schedule(self.cfg.interval, time.time(), self.once,
-                                 self.cfg.store_rates)
         self.clock = ClockWatch(*read_clocks())
         started = time.monotonic()
         try:
@@ -103,9 +100,8 @@ class Supervisor:
                     log.error("--once: no complete sample within %.0f s; giving up", ONCE_LIMIT)
                     self.exit_code = 1
                     break
-        except OutputClosed as exc:  # a reader gone: 0; stdout failing, nothing else: 1
-            self.exit_code = 1 if isinstance(exc, StdoutFailed) else 0
-            self.publisher.drop_stdout()
+        except OutputClosed as exc:  # a reader gone: 0; the last output failing: 1
+            self.exit_code = 1 if isinstance(exc, OutputFailed) else 0
         finally:
             self.shutdown()
         return self.exit_code
@@ -134,7 +130,7 @@ class Supervisor:
                 self.read_worker(obj)
             elif kind == "probe":
                 self._probed()
-            elif kind == "graphite":
+            elif kind == "sink":
                 self.publisher.on_ready(obj, mask)
             else:
                 assert self.signals is not None
@@ -478,21 +474,16 @@ class Supervisor:
                     os.kill(slot.pid, signal.SIGTERM)
         limit = time.monotonic() + STOP_GRACE
         while any(s.pid for s in self.slots) and time.monotonic() < limit:
-            try:
+            # An output that closes meanwhile has left the publisher's sinks already.
+            with contextlib.suppress(OutputClosed):
                 self.wait(0.05)
-            except OutputClosed:
-                self.publisher.drop_stdout()
-            try:
+            with contextlib.suppress(OutputClosed):  # a drain's emit found an output gone
                 self.reap()
-            except OutputClosed:  # a drain's emit found the output gone
-                self.publisher.drop_stdout()
         for slot in self.slots:
             if slot.pid and children.running(slot.pid):
                 os.kill(slot.pid, signal.SIGKILL)
-                try:
+                with contextlib.suppress(OutputClosed):
                     children.exited(*os.waitpid(slot.pid, 0))
-                except OutputClosed:
-                    self.publisher.drop_stdout()
         self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:

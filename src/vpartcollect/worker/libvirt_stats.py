@@ -186,11 +186,6 @@ class StatsReader:
         whose blockInfo already has GetBlockInfo's meaning)."""
         return bool(self.bulk_bits & GROUPS["block"])
 
-    @property
-    def needs_devices(self) -> bool:
-        """Whether fallback calls need disk/interface names from the domain XML."""
-        return bool({"block", "interface"} & set(self.fallback))
-
     def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Answer]:
         """Raw stats per uuid; a domain that vanished mid-call is simply absent.
 

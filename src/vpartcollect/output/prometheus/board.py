@@ -8,7 +8,7 @@ sample are dropped (gone, or handed to another instance).
 
 from __future__ import annotations
 
-from vpartcollect.prometheus.families import Entry
+from vpartcollect.output.prometheus.families import Entry
 from vpartcollect.samples import DomainSample
 
 

@@ -1,6 +1,8 @@
-"""Domain samples -> Graphite metrics: which values (collectd_values), their paths
-(naming), counters as rates (rates). What reaches Graphite is what collectd 5.12's virt
-plugin writes through write_graphite with the same options.
+"""Domain samples -> metrics: which values (collectd_values), their paths (naming),
+counters as rates (rates). What reaches Graphite is what collectd 5.12's virt plugin
+writes through write_graphite with the same options; each metric also carries collectd's
+identity of its value (a Source per domain, a ValueType shared by every domain that has
+it), for sinks that label values instead of naming paths.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import sys
 from functools import lru_cache
 from typing import NamedTuple
 
-from vpartcollect.collectd_values import Selection, collectd_values
-from vpartcollect.naming import PLUGIN, Naming
-from vpartcollect.rates import RateTracker
+from vpartcollect.collectd_values import UNITS, Selection, collectd_values
+from vpartcollect.output.naming import PLUGIN, Naming
+from vpartcollect.output.rates import RateTracker
 from vpartcollect.samples import DomainSample, Stats
 
 
@@ -36,8 +38,45 @@ def _stamp(ts: float) -> str:
     return str(int(ts)) if float(ts).is_integer() else f"{ts:.3f}"
 
 
+class Source(NamedTuple):
+    """Whose value it is, as collectd names it (not escaped): one per domain."""
+
+    host: str
+    plugin: str
+    plugin_instance: str
+
+
+class ValueType(NamedTuple):
+    """Which value of its source it is, as collectd names it, its kind and its unit."""
+
+    type: str
+    type_instance: str
+    ds: str
+    counter: bool  # collectd's DERIVE (written as a rate with store_rates), else a gauge
+    unit: str  # of the value read (``Metric.raw``); a rate is per second of it
+
+    @property
+    def kind(self) -> str:
+        """``counter`` or ``gauge``."""
+        return "counter" if self.counter else "gauge"
+
+
+_types: dict[ValueType, ValueType] = {}
+
+
+def value_type(type_: str, type_instance: str, ds: str, counter: bool,
+               unit: str = "") -> ValueType:
+    """The one shared copy of this value type (thousands of domains have the same)."""
+    vt = ValueType(type_, type_instance, ds, counter, unit)
+    if len(_types) > 100_000:  # device names come and go; never grow without bound
+        _types.clear()
+    return _types.setdefault(vt, vt)
+
+
 class Metric(NamedTuple):
-    """One output point with the identity a JSON consumer wants."""
+    """One output point: its Graphite path and value, the domain it is of (what a JSON
+    consumer wants), and collectd's identity of the value with the value as read (``raw``:
+    a counter's total, not its rate)."""
 
     path: str
     value: float
@@ -46,10 +85,14 @@ class Metric(NamedTuple):
     uuid: str | None = None
     tag: str | None = None
     instance: int | None = None
+    source: Source | None = None
+    vtype: ValueType | None = None
+    raw: float | None = None
 
 
-# (raw key, path suffix, counter, scale, is the cpu percentage)
-_Plan = list[tuple[str, str, bool, float, bool]]
+# (raw key, path suffix, counter, scale, is the cpu percentage, value type)
+_Plan = list[tuple[str, str, bool, float, bool, ValueType]]
+_UNRESPONSIVE = value_type("unresponsive", "", "value", False)
 
 
 class MetricBuilder:
@@ -65,7 +108,8 @@ class MetricBuilder:
         self._selection = selection or Selection()
         self.store_rates = store_rates
         self.rates = RateTracker(min_gap)
-        self._plans: dict[tuple[str, str, str | None, tuple[str, ...]], tuple[str, _Plan]] = {}
+        self._plans: dict[tuple[str, str, str | None, tuple[str, ...]],
+                          tuple[str, Source, _Plan]] = {}
         self.last_seen: dict[str, float] = {}  # uuid -> when its last sample was read (mono)
 
     @property
@@ -91,7 +135,8 @@ class MetricBuilder:
             self._plans.clear()
         self._selection = selection
 
-    def _plan(self, uuid: str, name: str, label: str | None, stats: Stats) -> tuple[str, _Plan]:
+    def _plan(self, uuid: str, name: str, label: str | None,
+              stats: Stats) -> tuple[str, Source, _Plan]:
         key = (uuid, name, label, tuple(stats))
         plan = self._plans.get(key)
         if plan is None:
@@ -105,9 +150,12 @@ class MetricBuilder:
             steps = [(sys.intern(v.key),
                       sys.intern(naming.value_suffix(PLUGIN, v.type, v.type_instance, v.ds,
                                                      v.several_ds, plugin_instance)),
-                      v.counter, v.scale, v.type == "percent")
+                      v.counter, v.scale, v.type == "percent",
+                      value_type(v.type, v.type_instance, v.ds, v.counter,
+                                 UNITS.get(v.type, "")))
                      for v in collectd_values(stats, name, self.selection)]
-            plan = self._plans[key] = (naming.domain_prefix(name, uuid, label), steps)
+            source = Source(naming.host(name, uuid, label), PLUGIN, plugin_instance)
+            plan = self._plans[key] = (naming.domain_prefix(name, uuid, label), source, steps)
         return plan
 
     def domain_metrics(self, instance: int, ts: float, sample: DomainSample,
@@ -122,10 +170,10 @@ class MetricBuilder:
         sampled = sample.monotonic
         self.rates.clock(uuid, sample.read_at - sampled)
         self.last_seen[uuid] = max(sampled, self.last_seen.get(uuid, sampled))
-        head, steps = self._plan(uuid, name, sample.label, stats)
+        head, source, steps = self._plan(uuid, name, sample.label, stats)
         out: list[Metric] = []
         rate = self.rates.rate
-        for key, suffix, counter, scale, is_percent in steps:
+        for key, suffix, counter, scale, is_percent, vtype in steps:
             value = stats[key]
             if type(value) is float and not math.isfinite(value):
                 continue  # carbon cannot store nan/inf; collectd's nan is dropped there anyway
@@ -139,16 +187,28 @@ class MetricBuilder:
             if is_percent:  # cpu time as a share of every host cpu (ExtraStats cpu_util)
                 util = rate(uuid, "cpu_util", sampled, value)
                 final = None if util is None or ncpus <= 0 else util * 100 / (ncpus * 1e9)
+                value = final or 0.0  # a share has no value read of its own
             elif counter and self.store_rates:
                 final = rate(uuid, suffix, sampled, value)
             # One check on what is written: a rate or a share may overflow after its inputs
             # passed (carbon and JSON take no inf/nan).
             if final is None or (type(final) is float and not math.isfinite(final)):
                 continue
-            out.append(Metric(head + suffix, final, ts, name, uuid, tag, instance))
-        out.append(Metric(head + "unresponsive", 1 if sample.unresponsive else 0, ts, name, uuid,
-                          tag, instance))
+            out.append(Metric(head + suffix, final, ts, name, uuid, tag, instance, source, vtype,
+                              value))
+        flag = 1 if sample.unresponsive else 0
+        out.append(Metric(head + "unresponsive", flag, ts, name, uuid, tag, instance, source,
+                          _UNRESPONSIVE, flag))
         return out
+
+    def self_metric(self, instance: int | None, name: str, value: float,
+                    ts: float) -> Metric:
+        """One of the collector's own metrics (per instance, or collector-wide)."""
+        naming = self.naming
+        source = Source(naming.hostname, "vpartcollect",
+                        "" if instance is None else f"virt-{instance}")
+        return Metric(naming.self_path(instance, name), value, ts, instance=instance,
+                      source=source, vtype=value_type(name, "", "value", False), raw=value)
 
     def tracked(self) -> int:
         """Domains held in the largest of this builder's per-domain tables."""

@@ -11,8 +11,13 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from vpartcollect.metrics import Metric, format_line
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase, SinkClosed, SinkFailed
+
+if TYPE_CHECKING:
+    from vpartcollect.config import Config
 
 # A write may block part-way through a chunk; a signal then ends it with the count
 # written so far, and the loop gets to look at ``stopping``.
@@ -28,11 +33,11 @@ STALL_WARN = 5.0  # seconds lines wait for stdout's reader before a warning
 log = logging.getLogger(__name__)
 
 
-class StdoutClosed(Exception):
+class StdoutClosed(SinkClosed):
     """The reader of stdout went away (``| head``) or stopped reading during a stop."""
 
 
-class StdoutFailed(StdoutClosed):
+class StdoutFailed(StdoutClosed, SinkFailed):
     """Writing to stdout failed otherwise (a full disk, an I/O error): one line, and the
     run goes on with its other outputs, or ends with exit status 1 when it has none."""
 
@@ -44,17 +49,18 @@ def json_line(m: Metric) -> str:
                       separators=(",", ":")) + "\n"
 
 
-class StdoutSink:
+class StdoutSink(SinkBase):
     """Writes to stdout, blocking while the reader is slow: it is the operator's own pipe.
 
     Once ``stopping`` is set (by the supervisor's signal handler), a reader that
     takes nothing for STOP_GRACE seconds no longer holds the stop up. With ``spare``
-    (Graphite destinations exist too) it never blocks: a reader that does not keep
-    up loses the oldest lines beyond SPARE_BYTES, not the collector its Graphite.
+    (other outputs exist too, e.g. Graphite) it never blocks: a reader that does not
+    keep up loses the oldest lines beyond SPARE_BYTES, not the collector its Graphite.
     """
 
     def __init__(self, fmt: str = "graphite", fd: int | None = None,
                  spare: bool = False) -> None:
+        super().__init__()
         self.fmt = fmt
         self.fd = sys.stdout.fileno() if fd is None else fd
         self.stopping = False
@@ -88,6 +94,40 @@ class StdoutSink:
         except OSError as exc:
             self._to_devnull()
             raise StdoutFailed(f"stdout: {exc.strerror or exc}") from None
+
+    def __str__(self) -> str:
+        return "stdout"
+
+    def beside(self, others: int) -> None:
+        """Other outputs: never block (lines wait in memory); none: block on the reader."""
+        self.spare = others > 0
+
+    def stop_asked(self) -> None:
+        """A stop was asked: a write in progress finishes if read, but not forever."""
+        self.stopping = True
+
+    def reconfigure(self, old: Config, new: Config) -> bool:
+        """SIGHUP: the new format from the next batch (what is queued stays first)."""
+        self.fmt = new.format
+        return True
+
+    def poll(self) -> None:
+        """Beside other outputs: hand the reader what it takes now, never waiting."""
+        if not self.waiting:
+            return
+        try:
+            self._send_waiting(0.0)
+        except BrokenPipeError:
+            self._to_devnull()
+            raise StdoutClosed() from None
+        except OSError as exc:
+            self._to_devnull()
+            raise StdoutFailed(f"stdout: {exc.strerror or exc}") from None
+
+    def finish(self, deadline: float) -> bool:
+        """At exit: the reader gets what waits for it until monotonic ``deadline``."""
+        self.flush_waiting(deadline)
+        return True  # what the reader left is one warning already
 
     def _write_all(self, data: memoryview) -> None:
         stuck_since: float | None = None
@@ -155,13 +195,6 @@ class StdoutSink:
         if self.waiting and warn:
             log.warning("stdout: %d bytes not taken by its reader before exit",
                         self.waiting_bytes)
-
-    def take_waiting(self, other: StdoutSink) -> None:
-        """What ``other`` (the sink a reload replaces) still holds goes out first here."""
-        self.waiting.extend(other.waiting)
-        self.waiting_bytes += other.waiting_bytes
-        other.waiting.clear()
-        other.waiting_bytes = 0
 
     def _to_devnull(self) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -21,6 +21,7 @@ import msgpack
 
 from vpartcollect import children
 from vpartcollect.daemon import die_with_parent
+from vpartcollect.proctitle import set_process_name
 
 LOOKUP_SECONDS = 30.0  # a lookup still unanswered after this has failed
 _MAX_REPLY = 1 << 16
@@ -154,6 +155,7 @@ def _lookup_child(host: str, port: int, out: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         die_with_parent()
+        set_process_name("lookup", f"{host}:{port}")
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             reply = encode_reply([(info[0], info[4]) for info in infos

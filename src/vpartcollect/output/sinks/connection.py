@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
-from vpartcollect.resolve import Address, Lookup, numeric
+from vpartcollect.output.sinks.resolve import Address, Lookup, numeric
 
 BACKOFF_MIN = 0.5
 # Carbon back from a restart is found within a second at a numeric address (a refused

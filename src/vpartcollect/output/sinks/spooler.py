@@ -36,8 +36,9 @@ import msgpack
 from vpartcollect import children
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import OneLineFormatter, die_with_parent
-from vpartcollect.sinks.graphite import GraphiteSink
-from vpartcollect.sinks.spool import SEGMENT_BYTES, Spool
+from vpartcollect.output.sinks.base import Registrations
+from vpartcollect.output.sinks.graphite import GraphiteSink
+from vpartcollect.output.sinks.spool import SEGMENT_BYTES, Spool
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Spooler:
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.selector.register(channel, selectors.EVENT_READ, None)
-        self._registered: dict[int, tuple[Any, int] | None] = {}
+        self._registered = Registrations()
 
     def __repr__(self) -> str:
         return (f"<Spooler {self.live.endpoint} live={self.live.conn!r} "
@@ -138,16 +139,7 @@ class Spooler:
             else:
                 sink.poll()
                 want = sink.interest()
-            had = self._registered.get(id(sink))
-            if had is not None and (want is None or had[0] is not want[0]):
-                self.selector.unregister(had[0])
-                had = None
-            if want is not None:
-                if had is None:
-                    self.selector.register(want[0], want[1], sink)
-                elif had[1] != want[1]:
-                    self.selector.modify(want[0], want[1], sink)
-            self._registered[id(sink)] = want
+            self._registered.update(self.selector, sink, want, sink)
 
     def _read_channel(self) -> bool:
         """Take what the supervisor sent; False when there is nothing more to read now."""
@@ -180,7 +172,7 @@ class Spooler:
             # A reload's new bounds: the connection and what it holds stay.
             self.settings = replace(self.settings, max_lines=frame[1],
                                     resend_seconds=float(frame[2]))
-            self.live.reconfigure(frame[1], float(frame[2]))
+            self.live.set_bounds(frame[1], float(frame[2]))
             # As at start: the live queue's watermark and the spool's resend window too.
             self.watermark = min(LIVE_WATERMARK, frame[1])
             self.spool.keep_seconds = float(frame[2])

@@ -29,9 +29,9 @@ from prometheus_client.registry import Collector
 
 from vpartcollect import wire
 from vpartcollect.daemon import OneLineFormatter, die_with_parent
-from vpartcollect.prometheus.board import Board
-from vpartcollect.prometheus.families import exposition
-from vpartcollect.prometheus.webconfig import Authenticator, Current, WebConfig
+from vpartcollect.output.prometheus.board import Board
+from vpartcollect.output.prometheus.families import exposition
+from vpartcollect.output.prometheus.webconfig import Authenticator, Current, WebConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpartcollect.sinks import segments
-from vpartcollect.sinks.segments import Record, Skipped
+from vpartcollect.output.sinks import segments
+from vpartcollect.output.sinks.segments import Record, Skipped
 
 log = logging.getLogger(__name__)
 

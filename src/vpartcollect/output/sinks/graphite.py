@@ -18,17 +18,22 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from vpartcollect.config import Endpoint
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.sinks.connection import Connection
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.output.sinks.connection import Connection
+
+if TYPE_CHECKING:
+    from vpartcollect.config import Config
 
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 64 * 1024
 
 
-class GraphiteSink:
+class GraphiteSink(SinkBase):
     """One destination, with its own queue and connection."""
 
     def __init__(self, endpoint: Endpoint, max_lines: int = 100_000,
@@ -48,6 +53,7 @@ class GraphiteSink:
         self._episode_dropped = 0
         self._down_logged = False
         self._lost_at: float | None = None  # when the last good connection died
+        super().__init__()
 
     def __str__(self) -> str:
         return f"graphite {self.endpoint}"
@@ -80,11 +86,20 @@ class GraphiteSink:
         """Lines not yet handed to the kernel."""
         return len(self.queue) + len(self.inflight)
 
-    def reconfigure(self, max_lines: int, resend_seconds: float) -> None:
+    def set_bounds(self, max_lines: int, resend_seconds: float) -> None:
         """New bounds (SIGHUP): the queue and the connection stay; a smaller bound drops
         (and counts) the oldest lines over it."""
         self.max_lines, self.resend_seconds = max_lines, resend_seconds
         self._trim()
+
+    def reconfigure(self, old: Config, new: Config) -> bool:
+        """SIGHUP: the new bounds; the queue and the connection stay."""
+        self.set_bounds(new.graphite_buffer, new.graphite_resend_seconds)
+        return True
+
+    def self_metrics(self) -> dict[str, float]:
+        """Lines dropped (queue full) and waiting."""
+        return {"graphite_dropped": self.dropped, "graphite_buffered": self.buffered}
 
     def write(self, metrics: Sequence[Metric]) -> None:
         """Queue lines; drop (and count) the oldest when over the bound."""

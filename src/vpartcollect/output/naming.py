@@ -73,6 +73,10 @@ class Naming:
         head = escape_path(self.prefix, self.escape)
         return f"{head}{self._part(host)}{escape_path(self.postfix, self.escape)}"
 
+    def host(self, name: str, uuid: str, label: str | None = None) -> str:
+        """A domain's host field, as HostnameFormat makes it (not escaped nor reversed)."""
+        return self._fields(self.hostname_format, name, uuid, label)
+
     def plugin_instance(self, name: str, uuid: str, label: str | None = None) -> str:
         """A domain's plugin instance, as PluginInstanceFormat makes it (not escaped)."""
         if not self.plugin_instance_format:
@@ -81,7 +85,7 @@ class Naming:
 
     def domain_prefix(self, name: str, uuid: str, label: str | None = None) -> str:
         """``<prefix><host><postfix>.virt[-<plugin_instance>].`` for one domain."""
-        host = self._host(self._fields(self.hostname_format, name, uuid, label))
+        host = self._host(self.host(name, uuid, label))
         return f"{host}.{self._plugin(PLUGIN, self.plugin_instance(name, uuid, label))}."
 
     def _plugin(self, plugin: str, instance: str) -> str:

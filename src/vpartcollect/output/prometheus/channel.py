@@ -1,8 +1,10 @@
-"""The Prometheus endpoint as the supervisor sees it: a listening socket it bound, and a
-socket pair to the exporter process (server.py) that serves it.
+"""The Prometheus sink: a listening socket the supervisor bound, and a socket pair to the
+exporter process (server.py) that serves it.
 
-The supervisor only packs frames (each Results frame as the worker's codec wrote
-it, each finished tick's own values) and writes them non-blocking; what the
+A sink that takes no metrics, only each domain's raw sample and each tick's own
+values (the Sink seam's ``samples``, ``tick_done``, ``tick_started``). The
+supervisor only packs frames (each instance's samples in the workers' codec,
+each finished tick's own values) and writes them non-blocking; what the
 exporter has not taken waits in a bounded outbox (oldest dropped, counted). An
 exporter that dies is started again with backoff on the same listening socket.
 """
@@ -17,16 +19,20 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 
 from vpartcollect import children, wire
 from vpartcollect.backoff import backoff
-from vpartcollect.config import ConfigError, Endpoint
+from vpartcollect.config import Config, ConfigError, Endpoint
 from vpartcollect.daemon import fork_child
-from vpartcollect.prometheus.server import ExporterSettings, exporter_main
+from vpartcollect.output.prometheus.server import ExporterSettings, exporter_main
+from vpartcollect.output.prometheus.webconfig import WebConfigError
+from vpartcollect.output.prometheus.webconfig import load as load_web_config
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.samples import DomainSample
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +61,28 @@ def listen(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
-class PrometheusChannel:
+def exporter_settings(cfg: Config) -> ExporterSettings:
+    """What the exporter process is started with (the web configuration as read now: a
+    bad one is a ConfigError, exit 2 at start; on SIGHUP the running one is kept)."""
+    try:
+        first = load_web_config(cfg.web_config) if cfg.web_config else None
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return ExporterSettings(cfg.interval, cfg.prometheus_timestamps, cfg.instances,
+                            2 * cfg.interval + cfg.call_timeout + 5, cfg.web_config, first)
+
+
+class PrometheusSink(SinkBase):
     """The listening socket, the exporter process and the frames on their way to it."""
 
+    writes = False  # no finished metrics: raw samples and own values only
+
     def __init__(self, endpoint: Endpoint, settings: ExporterSettings,
-                 listening: socket.socket | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.endpoint = endpoint
         self.settings = settings
-        self.listening = listening if listening is not None else listen(endpoint)
+        self.listening = listen(endpoint)
         self.clock = clock
         self.sock: socket.socket | None = None
         self.pid = 0
@@ -73,23 +92,31 @@ class PrometheusChannel:
         self.dropped = 0  # frames dropped (outbox full)
         self.failures = 0
         self.start_at = 0.0
-        self.on_close: Callable[[], None] = lambda: None
 
     def __str__(self) -> str:
         return f"prometheus {self.endpoint}"
 
     # -- what the publisher hands over ------------------------------------------
-    def results(self, instance: int, msg: wire.Results) -> None:
-        """A worker's samples (the exporter decodes them with the workers' codec)."""
-        self._queue(["results", instance, wire.encode(msg)])
+    def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
+        """An instance's samples (the exporter decodes them with the workers' codec)."""
+        self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))])
 
-    def done(self, instance: int, tick: float, values: dict[str, float]) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
         """An instance finished ``tick`` with these own values."""
-        self._queue(["done", instance, tick, values])
+        self._queue(["done", instance, tick, dict(values)])
 
-    def collector(self, values: dict[str, float], tick: float) -> None:
-        """The collector-wide values of a tick."""
-        self._queue(["collector", values, tick])
+    def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
+        """The collector-wide values of a tick that begins."""
+        self._queue(["collector", dict(values), tick])
+
+    def self_metrics(self) -> dict[str, float]:
+        """Frames the exporter could not take in time (its outbox full), dropped."""
+        return {"prometheus_dropped_frames": self.dropped}
+
+    def reconfigure(self, old: Config, new: Config) -> bool:
+        """Kept when the exporter's settings are the same (else replaced: a new
+        exporter, on a socket bound again)."""
+        return exporter_settings(new) == self.settings
 
     # -- the supervisor's loop ----------------------------------------------------
     def interest(self) -> tuple[socket.socket, int] | None:
@@ -125,7 +152,11 @@ class PrometheusChannel:
             self._send()
 
     def close(self) -> None:
-        """Stop the exporter (keeps the listening socket: see shutdown)."""
+        """Stop the exporter and stop listening."""
+        self._stop()
+        self.listening.close()
+
+    def _stop(self) -> None:
         self.on_close()
         if self.sock is not None:
             self.sock.close()
@@ -134,11 +165,6 @@ class PrometheusChannel:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
         self.pid = 0
-
-    def shutdown(self) -> None:
-        """Stop the exporter and stop listening."""
-        self.close()
-        self.listening.close()
 
     # -- internals ------------------------------------------------------------------
     def _queue(self, body: list[Any]) -> None:
@@ -180,7 +206,8 @@ class PrometheusChannel:
         try:
             self.pid = fork_child({theirs.fileno(), listening.fileno()},
                                   lambda: exporter_main(listening, theirs, self.settings,
-                                                        parent))
+                                                        parent),
+                                  "prometheus", str(self.endpoint))
         except OSError as exc:
             mine.close()
             theirs.close()
@@ -199,7 +226,7 @@ class PrometheusChannel:
             self.pid = 0
 
     def _died(self, why: str) -> None:
-        self.close()
+        self._stop()
         self.head_sent = 0
         self.outbox.clear()
         self.outbox_bytes = 0

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -28,8 +28,12 @@ from vpartcollect import children
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Endpoint
 from vpartcollect.daemon import fork_child
-from vpartcollect.metrics import Metric, format_line
-from vpartcollect.sinks.spooler import SpoolSettings, spooler_main
+from vpartcollect.output.metrics import Metric, format_line
+from vpartcollect.output.sinks.base import SinkBase
+from vpartcollect.output.sinks.spooler import SpoolSettings, spooler_main
+
+if TYPE_CHECKING:
+    from vpartcollect.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +41,12 @@ SOCKET_BUFFER = 4 * 1024 * 1024  # a tick of a large host fits at once
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 
 
-class SpoolChannel:
+class SpoolChannel(SinkBase):
     """One spooled destination: the socket to its spooler, and the spooler's last report."""
 
     def __init__(self, endpoint: Endpoint, settings: SpoolSettings,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.endpoint = endpoint
         self.settings = settings
         self.max_lines = settings.max_lines
@@ -56,7 +61,6 @@ class SpoolChannel:
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 20)
         self.failures = 0
         self.start_at = 0.0
-        self.on_close: Callable[[], None] = lambda: None  # the selector lets go of us
 
     def __str__(self) -> str:
         return f"graphite {self.endpoint} (spooled)"
@@ -76,7 +80,26 @@ class SpoolChannel:
         """Lines dropped here (outbox full) and in the spooler (spool or memory full)."""
         return self.dropped_here + int(self.report.get("dropped", 0))
 
-    def reconfigure(self, max_lines: int, resend_seconds: float) -> None:
+    def self_metrics(self) -> dict[str, float]:
+        """What the outbox and the spooler hold, drop and drain (its last report)."""
+        report = self.report
+        values = {"graphite_dropped": self.dropped,
+                  "graphite_buffered": self.outbox_lines + report.get("buffered", 0)}
+        for name, key in (("spool_lines", "spooled"), ("spool_bytes", "bytes"),
+                          ("spool_drained_per_second", "drained"),
+                          ("spool_corrupt_bytes", "corrupt")):
+            values[name] = report.get(key, 0)
+        if report.get("oldest"):
+            values["spool_oldest_timestamp"] = report["oldest"]
+        return values
+
+    def reconfigure(self, old: Config, new: Config) -> bool:
+        """SIGHUP: new bounds, and the flush timeout a respawned spooler starts with."""
+        self.set_bounds(new.graphite_buffer, new.graphite_resend_seconds)
+        self.settings = replace(self.settings, flush_timeout=new.flush_timeout)
+        return True
+
+    def set_bounds(self, max_lines: int, resend_seconds: float) -> None:
         """New bounds (SIGHUP): for the outbox at once, and for the running spooler by a
         frame (the connection to carbon and what waits stay; a restarted spooler starts
         with them)."""
@@ -170,7 +193,7 @@ class SpoolChannel:
         parent = os.getpid()
         try:
             self.pid = fork_child({theirs.fileno()}, lambda: spooler_main(
-                self.endpoint, self.settings, theirs, parent))
+                self.endpoint, self.settings, theirs, parent), "spool", str(self.endpoint))
         except OSError as exc:
             mine.close()
             theirs.close()
