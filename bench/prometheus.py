@@ -116,7 +116,8 @@ def isolation(domains: int, seconds: float, tmp: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     proc = start_collector("--connect", uri, "--interval", "1", "--instances", "4",
-                           "--prometheus", f"127.0.0.1:{port}", stdout=subprocess.PIPE)
+                           "--prometheus", f"127.0.0.1:{port}", "--stdout",
+                           stdout=subprocess.PIPE)
     assert proc.stdout is not None
     last: dict[float, float] = {}
 
@@ -162,7 +163,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cost(args.domains, args.scrapes, Path(tmp))
+        if args.scrapes:  # --scrapes 0: the isolation part only
+            cost(args.domains, args.scrapes, Path(tmp))
         isolation(args.abuse_domains, args.seconds, Path(tmp))
 
 
