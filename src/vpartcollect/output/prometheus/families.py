@@ -196,7 +196,7 @@ def domain_samples(out: Families, entry: Entry) -> None:
 
 # The collector's own values: which are counters (the rest are gauges), and their units.
 SELF_COUNTERS = frozenset({"watchdog_kills", "respawns", "missed_ticks", "duplicate_samples",
-                           "graphite_dropped"})
+                           "graphite_dropped", "prometheus_dropped_frames"})
 SELF_HELP = {
     "cycle_seconds": "Seconds the instance's last tick took.",
     "domains": "Domains the instance sampled in its last tick.",
@@ -207,6 +207,8 @@ SELF_HELP = {
     "blocked_calls": "libvirt calls abandoned at their deadline that libvirtd still runs.",
     "duplicate_samples": "Second samples of a domain for one tick, dropped.",
     "tracked_domains": "Per-domain entries the supervisor holds.",
+    "prometheus_dropped_frames": "Frames of samples the exporter process could not take "
+    "in time, dropped.",
 }
 
 
