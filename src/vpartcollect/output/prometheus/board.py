@@ -41,12 +41,6 @@ class Board:
         """The collector-wide values of a tick that began."""
         self.collector = (values, tick)
 
-    def retire(self, instances: int) -> None:
-        """A reload left ``instances`` instances: the others' values go."""
-        for i in [i for i in self.done_at if i >= instances]:
-            del self.done_at[i]
-            self.instances.pop(f"virt-{i}", None)
-
     def snapshot(self) -> list[Entry]:
         """The entries, sorted by domain name (a stable scrape)."""
         return sorted((e for _, e in self.entries.values()),
