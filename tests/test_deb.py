@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.package, pytest.mark.slow]
 ROOT = Path(__file__).parent.parent
 DEB = f"vpartcollect_{vpartcollect.__version__}_all.deb"
 SYSTEM_PYTHON = "/usr/bin/python3"
-DEBIAN_DEPS = ("python3-libvirt", "python3-msgpack", "python3-click", "python3-defusedxml")
+DEBIAN_DEPS = ("python3-libvirt", "python3-msgpack", "python3-click", "python3-defusedxml",
+               "python3-prometheus-client", "python3-yaml", "python3-bcrypt")
 # Tags lintian may still print, each explained in README's "Installing from a Debian
 # package" (checked below).
 EXPLAINED_TAGS = {"package-supports-alternative-init-but-no-init.d-script"}

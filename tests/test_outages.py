@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from collectd_lab import settle
 from harness import PrivateLibvirtd, StallStore
+from promlab import DebianExporter, Series, fetch, free_port, parse
 from soak import Outcome, soak
 
 from vpartcollect.output.naming import escape_part
@@ -441,3 +442,84 @@ def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
     assert got == 1.0, missing(out, others, "memory-total", ticks(out))
     assert all(out.values("o-9", "unresponsive").get(t) == 1 for t in during)
     assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
+
+
+@dataclass
+class Scraper:
+    """A scraper of the collector's Prometheus endpoint every second: (when, seconds,
+    series) of each scrape, or the error."""
+
+    url: str
+    scrapes: list[tuple[float, float, Series | str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1):
+            started = time.monotonic()
+            try:
+                series: Series | str = parse(fetch(self.url, timeout=10))
+            except OSError as exc:
+                series = str(exc)
+            self.scrapes.append((time.time(), time.monotonic() - started, series))
+
+
+def test_21_frozen_every_prometheus_scrape_fast_and_whole(lab: Lab) -> None:
+    """The issue's outage, scraped every second: each scrape answered (up 1), every healthy
+    domain in each, the frozen ones ``libvirt_domain_timed_out 1``; Debian's exporter on
+    the same lab for the note (its scrape's duration and ``libvirt_up``)."""
+    frozen = part(1) + part(2) + part(3)
+    port = free_port()
+    scraper = Scraper(f"http://127.0.0.1:{port}/metrics")
+    debian: dict[str, object] = {}
+    ev: dict[str, float] = {}
+
+    def freeze() -> None:
+        ev["freeze"] = time.time()
+        for name in frozen:
+            lab.libvirtd.freeze(name)
+
+    def thaw() -> None:
+        ev["thaw"] = time.time()
+        for name in frozen:
+            lab.libvirtd.thaw(name)
+
+    def debian_scrape() -> None:
+        if not DebianExporter.installed():
+            return
+        with DebianExporter(lab.libvirtd.uri) as theirs:
+            started = time.monotonic()
+            try:
+                debian["up"] = parse(theirs.scrape(timeout=12))["libvirt_up"][()]
+            except OSError as exc:
+                debian["error"] = str(exc)
+            debian["seconds"] = round(time.monotonic() - started, 1)
+
+    try:
+        soak(lab.libvirtd, [*ARGS, "--prometheus", f"127.0.0.1:{port}"],
+             [at(4, scraper.start), at(8, freeze),
+              at(14, lambda: threading.Thread(target=debian_scrape, daemon=True).start()),
+              at(30, thaw)], seconds=34)
+    finally:
+        scraper.stop.set()
+    answered = [s for s in scraper.scrapes if not isinstance(s[2], str)]
+    full = [s for s in answered if s[0] > ev["freeze"] - 3]
+    timed_out = [s for s in answered if ev["freeze"] + 3 * INTERVAL < s[0] < ev["thaw"]]
+    seconds = sorted(d for _, d, _ in answered)
+    report("21 frozen, Prometheus", scrapes=len(scraper.scrapes), answered=len(answered),
+           p50_ms=round(seconds[len(seconds) // 2] * 1000, 1),
+           max_ms=round(seconds[-1] * 1000, 1), debian=debian)
+    assert len(answered) == len(scraper.scrapes) >= 25
+    for _, _, series in full:
+        assert isinstance(series, dict)
+        present = {dict(k)["domain"] for k in series["libvirt_domain_timed_out"]}
+        assert set(part(0)) <= present
+        assert series["libvirt_up"][()] == 1
+    assert len(timed_out) >= 8
+    for _, _, series in timed_out:
+        assert isinstance(series, dict)
+        flags = {dict(k)["domain"]: v for k, v in series["libvirt_domain_timed_out"].items()}
+        assert {n: flags.get(n) for n in frozen} == {n: 1.0 for n in frozen}
+        assert all(flags[n] == 0 for n in part(0))

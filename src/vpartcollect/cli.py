@@ -78,7 +78,7 @@ def cli() -> None:
 @click.option("--graphite", multiple=True, metavar="HOST:PORT",
               help="Send to this carbon plaintext listener (repeatable).")
 @click.option("--stdout/--no-stdout", default=None,
-              help="Write metrics to stdout (default: when no --graphite).")
+              help="Write metrics to stdout (default: when no --graphite or --prometheus).")
 @click.option("--format", "format_", type=click.Choice(config_mod.FORMATS),
               help="stdout format (default graphite).")
 @click.option("--extra-stats", metavar="SELECTORS",
@@ -90,6 +90,13 @@ def cli() -> None:
 @click.option("--spool-dir", metavar="DIR",
               help="Keep Graphite lines carbon cannot take now in DIR (default: "
                    "$STATE_DIRECTORY/spool under systemd, else memory only).")
+@click.option("--prometheus", metavar="HOST:PORT",
+              help="Serve each domain's last sample to Prometheus at http://HOST:PORT/metrics "
+                   "(default off).")
+@click.option("--web-config", metavar="FILE",
+              help="exporter-toolkit web configuration (TLS, basic auth) for --prometheus.")
+@click.option("--prometheus-timestamps/--no-prometheus-timestamps", default=None,
+              help="Stamp each Prometheus series with its sample's tick (default off).")
 @click.option("--once", is_flag=True, help="Take one sample, write it, exit.")
 def run(config_path: str | None, once: bool, format_: str | None, **flags: Any) -> int:
     """Collect statistics until SIGTERM/SIGINT (or once)."""

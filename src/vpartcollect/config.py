@@ -44,7 +44,7 @@ NOVA_XPATH = "/instance/name/text()"
 _FLAGS = ("store_rates", "stdout", "block_device_format_basename", "ignore_selected",
           "report_block_devices", "report_network_interfaces", "separate_instances",
           "always_append_ds", "drop_duplicate_fields", "preserve_separator", "reverse_host",
-          "kernel_reader")
+          "kernel_reader", "prometheus_timestamps")
 _CHOICES = {"format": ("graphite", "json"), "interface_format": ("name", "address", "number"),
             "block_device_format": ("target", "source")}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -79,7 +79,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     hostname: str = field(default_factory=socket.gethostname)
     graphite: tuple[Endpoint, ...] = ()
-    stdout: bool | None = None  # None: on when no graphite destination is set
+    stdout: bool | None = None  # None: on when no graphite (nor prometheus) is set
     format: str = "graphite"
     store_rates: bool = True
     prefix: str = ""
@@ -119,6 +119,9 @@ class Config:
     log_level: str = "info"
     # A domain not sampled for this long (or 10 intervals, if longer) is forgotten.
     forget_after: float = 60.0
+    prometheus: Endpoint | None = None  # where the Prometheus endpoint listens (None: off)
+    web_config: str | None = None  # exporter-toolkit's web configuration (TLS, basic auth)
+    prometheus_timestamps: bool = False  # each series stamped with its sample's tick
 
     @property
     def call_timeout(self) -> float:
@@ -128,7 +131,9 @@ class Config:
     @property
     def use_stdout(self) -> bool:
         """Whether metrics go to stdout."""
-        return self.stdout if self.stdout is not None else not self.graphite
+        # Not beside a Prometheus endpoint either: under systemd stdout is the journal.
+        return self.stdout if self.stdout is not None else \
+            not self.graphite and self.prometheus is None
 
     def naming(self) -> Naming:
         """The path-naming rules of this configuration."""
@@ -173,7 +178,7 @@ class Config:
         return (self.connect, self.instances, self.refresh_interval, self.call_timeout,
                 self.chunk_size, self.include, self.exclude, self.domains,
                 self.ignore_selected, self.log_level, self.label_spec(), self.selection(),
-                self.kernel_reader)
+                self.kernel_reader, self.prometheus is not None)
 
     def sampled_by(self, name: str, tag: str | None) -> Assignment | None:
         """Which instance samples this domain, and why (None: include/exclude leave it
@@ -308,13 +313,13 @@ def _check(key: str, value: Any) -> Any:
         patterns = _strings(key, value)
         _validate_regexes(key, patterns)
         return patterns
-    if key == "hostname":
-        return _path_text(key, value)
     if key == "spool_dir":
         path = _kind(key, value, str, "a string")
         if not path.strip() or "\0" in path:
             raise ConfigError("spool_dir: must be a directory path")
         return path
+    if key in ("prometheus", "web_config"):
+        return _prometheus_key(key, value)
     if key == "graphite":
         return _unique_endpoints(key, tuple(parse_endpoint(t, key)
                                             for t in _strings(key, value)))
@@ -340,7 +345,7 @@ def _check(key: str, value: Any) -> Any:
         return _kind(key, value, str, "a string")
     if key == "hostname_metadata_path":
         return _element_path(key, _kind(key, value, str, "a string"))
-    if key in ("prefix", "postfix"):
+    if key in ("hostname", "prefix", "postfix"):
         return _path_text(key, value)
     if key == "escape_character":
         esc = _path_text(key, value)
@@ -353,6 +358,19 @@ def _check(key: str, value: Any) -> Any:
     if key == "plugin_instance_format":
         return _fieldlist(key, value, PLUGIN_INSTANCE_FIELDS, allow_empty=True)
     raise ConfigError(f"unknown key {key!r}")  # pragma: no cover - guarded by _KEYS
+
+
+def _prometheus_key(key: str, value: Any) -> Any:
+    """``prometheus`` (HOST:PORT) or ``web_config`` (a file that must read well)."""
+    if key == "prometheus":
+        return parse_endpoint(_kind(key, value, str, "a string"), key)
+    from vpartcollect.output.prometheus.webconfig import WebConfigError, load
+    path = _kind(key, value, str, "a string")
+    try:
+        load(path)  # a bad file: one line, exit 2 (and on SIGHUP, the running one kept)
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return path
 
 
 def _extra_stats(key: str, value: Any) -> tuple[str, ...]:

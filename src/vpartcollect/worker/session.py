@@ -52,6 +52,10 @@ def reconnect_cap(interval: float) -> float:
 T = TypeVar("T")
 
 
+# What the Prometheus endpoint's families read (Debian's exporter's and inovex's).
+PROMETHEUS_GROUPS = frozenset({"state", "cpu-total", "balloon", "vcpu", "interface", "block"})
+
+
 class Session:
     """A worker's connection to libvirt, with what hangs off it (reader, inventory)."""
 
@@ -64,7 +68,10 @@ class Session:
         self.guard = guard
         self.conn = conn
         selection = cfg.selection()
-        self.reader = StatsReader(conn, bulk, fallback, needed_groups(selection),
+        groups = needed_groups(selection)
+        if cfg.prometheus is not None:  # the exporter's families need every group
+            groups |= PROMETHEUS_GROUPS
+        self.reader = StatsReader(conn, bulk, fallback, groups,
                                   selection.extra & frozenset(PER_DOMAIN), kernel)
         # A connection being opened in the background after the last one was left to a
         # stuck call: until it opens, libvirtd is not answering and nothing is asked.

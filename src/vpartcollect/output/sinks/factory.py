@@ -99,13 +99,21 @@ def graphite_sinks(cfg: Config) -> Iterator[Wanted]:
         yield ("spool directory",), partial(StrandedSpools, cfg)
 
 
+def prometheus_sink(cfg: Config) -> Iterator[Wanted]:
+    """The Prometheus endpoint, when one is configured."""
+    if cfg.prometheus is not None:  # prometheus_client is imported only when it is on
+        from vpartcollect.output.prometheus.channel import PrometheusSink, exporter_settings
+        yield ("prometheus", cfg.prometheus), partial(PrometheusSink, cfg.prometheus,
+                                                      exporter_settings(cfg))
+
+
 def stdout_sink(cfg: Config) -> Iterator[Wanted]:
     """Stdout, when it is on."""
     if cfg.use_stdout:
         yield ("stdout",), partial(StdoutSink, cfg.format)
 
 
-_KINDS: list[Kind] = [graphite_sinks]
+_KINDS: list[Kind] = [graphite_sinks, prometheus_sink]
 
 
 def register_kind(kind: Kind) -> Kind:

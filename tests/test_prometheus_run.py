@@ -1,0 +1,146 @@
+"""The collector's Prometheus endpoint on libvirt's test driver: beside Debian's
+prometheus-libvirt-exporter on the same domains, every name and label set it exposes is in
+ours; promtool finds nothing wrong; a bad web_config or a port taken is one line, exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from promlab import (
+    DebianExporter,
+    fetch,
+    free_port,
+    libvirt_only,
+    missing_from,
+    parse,
+    scrape_when_full,
+    wait_for,
+)
+from require import require_or_fail
+from runner import DEMO_URI, cli, cli_popen, no_traceback
+
+
+def run_exporting(port: int, *extra: str) -> subprocess.Popen[str]:
+    return cli_popen("run", "--connect", DEMO_URI, "--interval", "1", "--instances", "2",
+                     "--prometheus", f"127.0.0.1:{port}", "--no-stdout", "--graphite",
+                     "127.0.0.1:9", *extra)
+
+
+def test_every_name_and_label_set_of_debians_exporter_is_in_ours() -> None:
+    require_or_fail(DebianExporter.installed(), "prometheus-libvirt-exporter (Debian)")
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        ours = parse(scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10))
+        with DebianExporter(DEMO_URI) as theirs:
+            debian = libvirt_only(parse(theirs.scrape()))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)
+    assert len(debian) == 19  # all of 0.2.0's families: info 4, state, block 4, nic 8, 2
+    assert missing_from(ours, debian) == {}
+    assert ours["libvirt_up"][()] == 1
+
+
+def test_promtool_finds_no_problem_in_either_format() -> None:
+    require_or_fail(Path("/usr/bin/promtool").exists(), "promtool (Debian's prometheus)")
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        text = scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                           capture_output=True, check=False)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+
+
+def test_a_bad_web_config_or_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "web.yml"
+    bad.write_text("basic_auth_users:\n  prom: plaintext\n")
+    res = cli("run", "--connect", DEMO_URI, "--prometheus", "127.0.0.1:9100",
+              "--web-config", str(bad))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "web_config" in res.stderr and "bcrypt" in res.stderr
+    port = free_port()
+    proc = run_exporting(port)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/")
+        res = cli("run", "--connect", DEMO_URI, "--prometheus", f"127.0.0.1:{port}")
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert f"prometheus: cannot listen on 127.0.0.1:{port}" in res.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1:0", "127.0.0.1:99999"])
+def test_a_bad_address_is_one_line(value: str) -> None:
+    res = cli("run", "--connect", DEMO_URI, "--prometheus", value)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("vpartcollect: error: prometheus: "), res.stderr
+
+
+def test_idle_connections_and_a_megabyte_of_headers_hold_up_no_scrape_nor_line(
+        tmp_path: Path) -> None:
+    """What the timing of bench/prometheus.py measures, as a user sees it: while 100
+    connections sit silent and a client sends a megabyte of headers, other scrapes are
+    answered whole and every tick's lines still reach stdout."""
+    port = free_port()
+    out = open(tmp_path / "stdout", "w+")  # noqa: SIM115 - read after the run
+    proc = cli_popen("run", "--connect", DEMO_URI, "--interval", "1", "--prometheus",
+                     f"127.0.0.1:{port}", "--stdout", stdout=out)
+    silent: list[socket.socket] = []
+    try:
+        scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10)
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as flood:
+            flood.sendall(b"GET /metrics HTTP/1.1\r\n")
+            with contextlib.suppress(OSError):  # the server may close it: 431
+                for _ in range(1000):
+                    flood.sendall(b"X-Junk: " + b"a" * 1000 + b"\r\n")
+            start = time.time()
+            for _ in range(5):
+                series = parse(fetch(f"http://127.0.0.1:{port}/metrics"))
+                assert series["libvirt_domains_number"][()] == 10
+                time.sleep(0.5)
+            end = time.time()
+    finally:
+        for sock in silent:
+            sock.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err or "")
+    out.seek(0)
+    ticks = {int(float(line.rsplit(" ", 1)[1])) for line in out if line.strip()}
+    assert set(range(int(start) + 1, int(end))) <= ticks
+
+
+def test_sighup_with_a_bad_web_config_keeps_the_running_one(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {}\n")
+    conf = tmp_path / "vp.toml"
+    conf.write_text(f'web_config = "{web}"\n')
+    port = free_port()
+    proc = cli_popen("run", "-c", str(conf), "--connect", DEMO_URI, "--interval", "1",
+                     "--prometheus", f"127.0.0.1:{port}")
+    try:
+        scrape_when_full(f"http://127.0.0.1:{port}/metrics", 10)
+        web.write_text("basic_auth_users:\n  prom: plaintext\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert proc.poll() is None
+        assert "libvirt_up" in fetch(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)
+    assert "expected a bcrypt hash" in err

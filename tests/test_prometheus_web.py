@@ -1,0 +1,169 @@
+"""The exporter's HTTP side, on a real socket: /metrics, /, 404, gzip; exporter-toolkit's
+web configuration (TLS with the configured certificate, basic auth with bcrypt hashes, at
+most one bcrypt check per request, the file re-read when it changes, a bad one kept out)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from vpartcollect.config import ConfigError, build
+from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
+from vpartcollect.output.prometheus.webconfig import WebConfigError, load
+
+
+def serve(web: Path | None) -> tuple[Server, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    first = load(web) if web else None
+    exporter = Exporter(ExporterSettings(10.0, False, 1, 30.0, str(web) if web else None,
+                                         first))
+    server = Server(sock, exporter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, sock.getsockname()[1]
+
+
+@pytest.fixture
+def plain() -> Iterator[int]:
+    server, port = serve(None)
+    yield port
+    server.shutdown()
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection("localhost", port, context=tls, timeout=10) if tls
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    conn.close()
+    return out
+
+
+def test_metrics_landing_page_404_and_gzip(plain: int) -> None:
+    status, head, body = get(plain, "/metrics")
+    assert status == 200 and head["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"libvirt_up" in body
+    status, head, zipped = get(plain, "/metrics", {"Accept-Encoding": "gzip"})
+    assert head["content-encoding"] == "gzip" and gzip.decompress(zipped) == body
+    status, head, body = get(plain, "/metrics", {
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"})
+    assert head["content-type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    status, head, body = get(plain, "/")
+    assert status == 200 and b'href="/metrics"' in body
+    assert get(plain, "/metricsx")[0] == 404 and get(plain, "/favicon.ico")[0] == 404
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    return tmp_path
+
+
+def web_yml(certs: Path, users: dict[str, str]) -> Path:
+    hashed = {u: bcrypt.hashpw(p.encode(), bcrypt.gensalt(10)).decode()
+              for u, p in users.items()}
+    lines = ["tls_server_config:", "  cert_file: cert.pem", "  key_file: key.pem",
+             "basic_auth_users:", *(f"  {u}: '{h}'" for u, h in hashed.items())]
+    path = certs / "web.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode())
+            .decode()}
+
+
+def test_tls_with_the_configured_certificate_and_basic_auth(certs: Path) -> None:
+    server, port = serve(web_yml(certs, {"prom": "s3cret"}))
+    try:
+        trust = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                trust.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(
+                (certs / "cert.pem").read_text())
+        assert get(port, "/metrics", tls=trust)[0] == 401
+        status, head, _ = get(port, "/metrics", basic("prom", "wrong"), tls=trust)
+        assert status == 401 and head["www-authenticate"].startswith("Basic")
+        status, _, body = get(port, "/metrics", basic("prom", "s3cret"), tls=trust)
+        assert status == 200 and b"libvirt_up" in body
+        with pytest.raises(ssl.SSLError):  # plain TLS without trusting our certificate
+            get(port, "/metrics", tls=ssl.create_default_context())
+    finally:
+        server.shutdown()
+
+
+def test_a_wrong_password_costs_one_bcrypt_check_and_a_right_one_is_cached(
+        certs: Path) -> None:
+    server, port = serve(web_yml(certs, {"prom": "s3cret"}))
+    trust = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+    auth = server.exporter.auth
+    try:
+        for _ in range(5):
+            assert get(port, "/metrics", basic("prom", "s3cret"), tls=trust)[0] == 200
+        assert auth.checks == 1
+        for i in range(5):
+            assert get(port, "/metrics", basic("prom", f"guess{i}"), tls=trust)[0] == 401
+        assert auth.checks == 6  # one each, never more
+        for _ in range(3):  # an unknown user costs one check too (no user oracle)
+            assert get(port, "/metrics", basic("nobody", "x"), tls=trust)[0] == 401
+        assert auth.checks == 7
+        long = "x" * 200  # past bcrypt's 72 bytes: refused, no traceback
+        assert get(port, "/metrics", basic("prom", long), tls=trust)[0] == 401
+    finally:
+        server.shutdown()
+
+
+def test_the_file_is_re_read_per_request_and_a_bad_one_keeps_the_last_good(
+        certs: Path) -> None:
+    web = web_yml(certs, {"prom": "one"})
+    server, port = serve(web)
+    trust = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+    try:
+        assert get(port, "/metrics", basic("prom", "one"), tls=trust)[0] == 200
+        web_yml(certs, {"prom": "two"})
+        assert get(port, "/metrics", basic("prom", "one"), tls=trust)[0] == 401
+        assert get(port, "/metrics", basic("prom", "two"), tls=trust)[0] == 200
+        web.write_text("basic_auth_users: [not, a, mapping]\n")
+        assert get(port, "/metrics", basic("prom", "two"), tls=trust)[0] == 200
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("tls_server_config:\n  cert_file: nothere.pem\n  key_file: nothere.pem\n",
+     "No such file"),
+    ("tls_server_config:\n  cert_file: a.pem\n", "cert_file and key_file are both required"),
+    ("basic_auth_users:\n  prom: plaintext\n", "expected a bcrypt hash"),
+    ("basic_auth_user:\n  prom: x\n", "unknown key 'basic_auth_user'"),
+    ("a: [b\n", "not valid YAML"),
+    ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),  # safe loader
+])
+def test_a_bad_web_config_is_one_line_naming_the_file(tmp_path: Path, text: str,
+                                                       why: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(WebConfigError) as err:
+        load(path)
+    assert why in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=why):
+        build({"prometheus": "127.0.0.1:9177", "web_config": str(path)})
