@@ -251,3 +251,15 @@ def test_identity_follows_the_naming_options_and_value_types_are_shared() -> Non
     assert (own.path, own.source, own.vtype and own.vtype.type) == (
         "localhost.vpartcollect.virt-2.domains", ("localhost", "vpartcollect", "virt-2"),
         "domains")
+
+
+def test_the_collectors_own_counters_say_they_are_counters() -> None:
+    """A sink that tells counters from gauges (Prometheus) must not take a count that
+    only grows (respawns, lines dropped) for a gauge, nor a duration for a counter."""
+    builder = MetricBuilder(Naming())
+    kinds = {name: builder.self_metric(0, name, 1.0, 100.0).vtype
+             for name in ("respawns", "watchdog_kills", "graphite_dropped", "cycle_seconds",
+                          "domains")}
+    assert {name: vt.counter for name, vt in kinds.items() if vt is not None} == {
+        "respawns": True, "watchdog_kills": True, "graphite_dropped": True,
+        "cycle_seconds": False, "domains": False}

@@ -273,3 +273,26 @@ def test_stdout_lines_queued_before_a_format_change_are_written(
     out = bytes(got).decode().splitlines()
     assert out[:5000] == [f"a.m{i} {i} 1700000000" for i in range(5000)]
     assert len(out) == 5001 and '"path":"a.m5000"' in out[-1]
+
+
+def test_stdout_that_caught_up_between_writes_is_not_warned_of_later(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Beside Graphite, stdout's reader takes what waited (a poll of the loop), then the
+    next batch waits a moment: no "lines have waited" warning (the wait was counted from
+    the first, long-finished one)."""
+    monkeypatch.setattr("vpartcollect.output.sinks.stdout.STALL_WARN", 0.3)
+    r, w = os.pipe()
+    try:
+        sink = StdoutSink(fd=w, spare=True)
+        sink.write(lines_of(5000))  # more than a pipe holds: some wait
+        assert sink.waiting
+        while sink.waiting:  # the reader takes everything; the loop's polls hand it on
+            os.read(r, 1 << 20)
+            sink.poll()
+        time.sleep(0.4)
+        with caplog.at_level("WARNING"):
+            sink.write(lines_of(5000))  # waits again, for a moment only
+        assert [rec.message for rec in caplog.records] == []
+    finally:
+        os.close(r)
+        os.close(w)

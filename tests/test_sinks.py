@@ -78,6 +78,12 @@ def test_stdout_is_told_it_runs_beside_another_output(monkeypatch: pytest.Monkey
     assert pub.sinks == made and "vm1.virt.disk_octets-vda.read 10 101\n" in made[0].lines
     assert [r.message for r in caplog.records] == [
         "stdout: No space left on device; metrics go on to the other outputs (capture)"]
+    # A SIGHUP does not make it again to write into /dev/null: it stays off, and says so.
+    cfg = build({"hostname": "h", "stdout": True})
+    with capture_sinks() as again, caplog.at_level(logging.WARNING):
+        pub.reconfigure(cfg, cfg, selectors.DefaultSelector())
+    assert pub.sinks == made and again == []  # the capture sink kept, stdout not made
+    assert caplog.records[-1].message == "SIGHUP: stdout stays off: it failed earlier in this run"
 
 
 def test_self_metrics_of_several_sinks_are_summed_but_the_oldest_timestamp() -> None:

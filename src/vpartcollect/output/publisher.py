@@ -56,6 +56,9 @@ class Publisher:
         self.flush_timeout = cfg.flush_timeout
         self.sinks: list[Sink] = []
         self._keys: dict[int, Hashable] = {}
+        # Outputs that failed (stdout on a full disk, its descriptor now /dev/null): a
+        # reload does not make them again to write into nothing.
+        self._failed: dict[Hashable, str] = {}
         self._registered = Registrations()
         self._selector: selectors.BaseSelector | None = None
         self._build(None, cfg)
@@ -148,6 +151,8 @@ class Publisher:
         try:
             action()
         except SinkClosed as exc:
+            if isinstance(exc, SinkFailed):
+                self._failed[self._keys.get(id(sink))] = str(sink)
             self._drop(sink)
             if not isinstance(exc, SinkFailed):
                 raise
@@ -204,6 +209,10 @@ class Publisher:
             sink = have.get(key)
             if sink is not None and old is not None and sink.reconfigure(old, new):
                 keep[key] = have.pop(key)
+        for key, _make in wanted(new):
+            if key in self._failed:
+                log.warning("SIGHUP: %s stays off: it failed earlier in this run",
+                            self._failed[key])
         for sink in have.values():
             if sink.buffered:
                 log.warning("SIGHUP: %s removed with %d lines not sent", sink, sink.buffered)
@@ -211,6 +220,8 @@ class Publisher:
             sink.close()
         self.sinks, self._keys = [], {}
         for key, make in wanted(new):
+            if key in self._failed:
+                continue
             sink = keep[key] if key in keep else make()
             sink.on_close = functools.partial(self._release, sink)
             self.sinks.append(sink)

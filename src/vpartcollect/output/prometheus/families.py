@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from vpartcollect.output.metrics import SELF_COUNTERS
 from vpartcollect.samples import DomainSample, Stats
 
 NS = 1e-9  # libvirt's times are nanoseconds
@@ -194,9 +195,6 @@ def domain_samples(out: Families, entry: Entry) -> None:
                         [d.name, d.uuid, str(n)], v * scale, tick)
 
 
-# The collector's own values: which are counters (the rest are gauges), and their units.
-SELF_COUNTERS = frozenset({"watchdog_kills", "respawns", "missed_ticks", "duplicate_samples",
-                           "graphite_dropped", "prometheus_dropped_frames"})
 SELF_HELP = {
     "cycle_seconds": "Seconds the instance's last tick took.",
     "domains": "Domains the instance sampled in its last tick.",

@@ -180,6 +180,8 @@ class StdoutSink(SinkBase):
                 self.waiting.popleft()
             else:
                 self.waiting[0] = head[done:]
+        # All taken (also by a poll between writes): a later stall or drop is news again.
+        self.dropping, self.waiting_since, self.warned = False, None, False
 
     def flush_waiting(self, deadline: float, warn: bool = True) -> None:
         """At exit: what waits for the reader (beside Graphite) is written until monotonic
