@@ -3,13 +3,7 @@ the oracle)."""
 
 from __future__ import annotations
 
-from vpartcollect.collectd_values import (
-    IgnoreList,
-    Selection,
-    collectd_values,
-    needed_groups,
-    vcpu_times,
-)
+from vpartcollect.collectd_values import IgnoreList, Selection, collectd_values, needed_groups
 from vpartcollect.samples import Stats
 
 STATS: Stats = {
@@ -146,20 +140,6 @@ def test_no_job_no_job_stats() -> None:
     running = {**idle, "job.type": 2, "job.time_elapsed": 1500, "job.data_total": 4096}
     assert {n for n in names(running, tripleo) if n.startswith("job_stats")} == {
         "job_stats-time_elapsed", "job_stats-data_total"}
-
-
-def test_vcpu_times_by_number_with_or_without_what_libvirt_says_of_them() -> None:
-    """The keys looked up by number from vcpu.current/maximum are those every key matched
-    gives: with gaps, with no maximum (the kernel reader before libvirt said it), with no
-    vcpu.current, with a bogus one."""
-    times = {f"vcpu.{n}.time": 7 for n in (0, 2, 3)}
-    want = [(0, "vcpu.0.time"), (2, "vcpu.2.time"), (3, "vcpu.3.time")]
-    for said in ({"vcpu.current": 3, "vcpu.maximum": 4}, {"vcpu.current": 3}, {},
-                 {"vcpu.current": 10**9}, {"vcpu.current": 3, "vcpu.maximum": 10**12}):
-        assert vcpu_times({**said, **times, "vcpu.3.wait": 1}) == want, said
-    assert vcpu_times({"vcpu.current": 2, "vcpu.maximum": 2, "vcpu.0.time": 1,
-                       "vcpu.1.time": 2}) == [(0, "vcpu.0.time"), (1, "vcpu.1.time")]
-    assert vcpu_times({"vcpu.current": 1}) == []
 
 
 def test_a_vcpu_number_past_any_real_one_is_not_a_pin() -> None:

@@ -168,20 +168,6 @@ _PIN = re.compile(r"vcpu\.(\d{1,9})\.pin\.(\d{1,9})$")
 _VCPU_TIME = re.compile(r"vcpu\.(\d{1,9})\.time$")
 
 
-def vcpu_times(stats: Stats) -> list[tuple[int, str]]:
-    """The vCPUs' time keys by number, as collectd keys them: with vCPU 1 offline they
-    are 0, 2, 3. libvirt numbers them below ``vcpu.maximum`` and lists ``vcpu.current``
-    of them: looked up by number (a dict lookup each); only when that does not find them
-    all (no maximum and a gap, or no vcpu.current) is every key matched (~20x the time,
-    per domain a tick)."""
-    current = int(_num(stats.get("vcpu.current")) or 0)
-    bound = max(current, int(_num(stats.get("vcpu.maximum")) or 0))
-    found = [(n, key) for n in range(min(bound, 4096)) if (key := f"vcpu.{n}.time") in stats]
-    if current and len(found) >= current:
-        return found
-    return sorted((int(m[1]), k) for k in stats if (m := _VCPU_TIME.match(k)))
-
-
 class _Values:
     """The values of one domain, collected in collectd's order."""
 
@@ -205,7 +191,7 @@ class _Values:
         self.add("balloon.current", "memory", "total", "value", False, False, 1024)
         if "vcpu" in extra:
             # By number, as collectd keys them: with vCPU 1 offline they are 0, 2, 3.
-            for n, key in vcpu_times(stats):
+            for n, key in sorted((int(m[1]), k) for k in stats if (m := _VCPU_TIME.match(k))):
                 self.add(key, "virt_vcpu", str(n), "value", False, True)
         if "vcpupin" in extra:
             pins = sorted((int(m[1]), int(m[2]), k) for k in stats if (m := _PIN.match(k)))
