@@ -23,7 +23,14 @@ from require import require_or_fail
 from vpartcollect.kernel_counters import cgroup_paths, net_dev
 from vpartcollect.worker import kernel_reader
 from vpartcollect.worker.inventory import Domain
-from vpartcollect.worker.kernel_reader import KernelReader, read_text, why_not
+from vpartcollect.worker.kernel_reader import (
+    RECORD_BUFFER,
+    KernelReader,
+    may_have_more_vcpus,
+    read_record,
+    read_text,
+    why_not,
+)
 from vpartcollect.worker.libvirt_stats import StatsReader
 
 FAKE_QEMU = r"""
@@ -189,14 +196,18 @@ def test_cpu_and_vcpus_read_from_the_kernel_are_its_own_account(
         remove(group)
 
 
-def test_a_vcpu_plugged_live_is_read_at_the_next_read(placed: subprocess.Popen[str]) -> None:
+@pytest.mark.parametrize("maximum", [None, 3])
+def test_a_vcpu_plugged_live_is_read_at_the_next_read(placed: subprocess.Popen[str],
+                                                      maximum: int | None) -> None:
     """``setvcpus --live``: QEMU starts a thread ``CPU 2/KVM``; no thread went away, so
     nothing made the reader list the threads again (issue 24 #5): it must see the new one
-    at its next read, with the thread's own time."""
+    at its next read, with the thread's own time; whether libvirt's vcpu.maximum (3, of
+    which 2 are listed) is known or not yet."""
     pid = placed.pid
     reader = KernelReader(lambda d: pid)
     dom = domain()
     covered = reader.covers(dom)
+    reader._at[dom.uuid].maximum = maximum  # what agree() takes from libvirt's answer
     before = reader.read(dom, covered)
     assert before is not None and before["vcpu.current"] == 2
     assert placed.stdin is not None and placed.stdout is not None
@@ -210,6 +221,41 @@ def test_a_vcpu_plugged_live_is_read_at_the_next_read(placed: subprocess.Popen[s
     assert after["vcpu.current"] == 3, sorted(k for k in after if k.startswith("vcpu."))
     assert 0 < int(after["vcpu.2.time"]) <= truth + 2e7
     assert after["vcpu.2.state"] == 1
+
+
+def test_the_task_directory_is_looked_at_only_for_a_domain_that_can_grow() -> None:
+    """A domain with all its vCPUs listed (libvirt's maximum) cannot have one plugged."""
+    assert may_have_more_vcpus(2, None)  # maximum not known yet: look
+    assert may_have_more_vcpus(2, 4)
+    assert may_have_more_vcpus(3, 4)  # vCPU 1 offline (keys 0, 2, 3): 3 listed of 4
+    assert not may_have_more_vcpus(4, 4)
+
+
+def test_a_one_record_file_is_read_whole_in_one_read(tmp_path: Path) -> None:
+    """read_record reads a task's files in one read() (a short read is their end): what
+    it gives is the whole file, as reading to EOF gives it; a file that fills its buffer
+    is read on to the end."""
+    stopped = subprocess.Popen(["sleep", "30"])
+    try:
+        os.kill(stopped.pid, 19)  # SIGSTOP: its files hold still
+        time.sleep(0.05)
+        for name in ("stat", "schedstat", "comm"):
+            path = f"/proc/{stopped.pid}/task/{stopped.pid}/{name}"
+            assert read_record(path) == read_text(path), name
+        # sched holds a counter or two that move even then: the same lines, to the end.
+        path = f"/proc/{stopped.pid}/task/{stopped.pid}/sched"
+        one, whole = read_record(path), read_text(path)
+        assert [line.split(":")[0] for line in one.splitlines()] == [
+            line.split(":")[0] for line in whole.splitlines()]
+    finally:
+        stopped.kill()
+        stopped.wait()
+    big = tmp_path / "big"
+    big.write_text("x" * (RECORD_BUFFER * 2 + 17))
+    assert read_record(str(big)) == big.read_text()
+    exact = tmp_path / "exact"
+    exact.write_text("y" * RECORD_BUFFER)
+    assert read_record(str(exact)) == exact.read_text()
 
 
 def test_a_qemu_outside_any_cgroup_of_its_own_keeps_libvirtds_counters(

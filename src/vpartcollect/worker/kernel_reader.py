@@ -33,6 +33,7 @@ from vpartcollect.worker.inventory import Domain
 log = logging.getLogger(__name__)
 
 RETRY_MAX_SECONDS = 3600.0  # the longest a domain waits before the kernel is tried again
+RECORD_BUFFER = 16384  # above any one-record file read_record is given (sched: ~2 KiB)
 
 
 def read_text(path: str) -> str:
@@ -49,11 +50,39 @@ def read_text(path: str) -> str:
         os.close(fd)
 
 
+def read_record(path: str) -> str:
+    """A kernel file of one record as text (a task's stat, sched, schedstat, comm; a
+    cgroup's cpu.stat): one open, one read. These files are made whole before the first
+    read returns (a seq_file of one record grows its buffer until the record fits), so a
+    read shorter than the buffer is the end of the file and the empty read ``read_text``
+    ends with is saved: three of the four syscalls per file left, at every tick, for
+    every vCPU. A file that fills the buffer is read on to the end."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, RECORD_BUFFER)
+        if len(data) < RECORD_BUFFER:
+            return data.decode(errors="replace")
+        chunks = [data]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def _read_or_none(path: str) -> str | None:
     try:
-        return read_text(path)
+        return read_record(path)
     except FileNotFoundError:
         return None
+
+
+def may_have_more_vcpus(listed: int, maximum: int | None) -> bool:
+    """Whether a vCPU may have been plugged since the threads were listed: not when all
+    the vCPUs libvirt says the domain can have are listed (none can be plugged then),
+    so the task directory is looked at only for domains that can grow (or whose maximum
+    is not known yet)."""
+    return maximum is None or listed < maximum
 
 
 _REMOTE = ("ssh", "libssh", "libssh2", "tcp", "tls", "ext")
@@ -112,7 +141,10 @@ class KernelReader:
         self.retry = retry
         self.proc = proc
         if mountinfo is None:
-            mountinfo = _read_or_none(f"{proc}/self/mountinfo") or ""
+            try:  # many records: read to the end
+                mountinfo = read_text(f"{proc}/self/mountinfo")
+            except FileNotFoundError:
+                mountinfo = ""
         self.v2_root, self.v1_root = cgroup_mounts(mountinfo)
         self.clk_tck = os.sysconf("SC_CLK_TCK")
         self.cpus = os.cpu_count() or 1
@@ -229,15 +261,20 @@ class KernelReader:
 
     def _cpu(self, at: Located) -> Stats:
         if len(at.cpu_files) == 1:
-            return kc.cpu_from_v2(read_text(at.cpu_files[0]))
-        return kc.cpu_from_v1(read_text(at.cpu_files[0]), read_text(at.cpu_files[1]),
+            return kc.cpu_from_v2(read_record(at.cpu_files[0]))
+        return kc.cpu_from_v1(read_record(at.cpu_files[0]), read_record(at.cpu_files[1]),
                               self.clk_tck)
 
     def _vcpus(self, at: Located) -> Stats:
         # A vCPU plugged live (setvcpus --live) is a new thread: the task directory's link
         # count (2 + threads) says the threads changed, for one stat() a read. QEMU's I/O
         # workers come and go too; the list is then built again, ~20 small reads.
-        threads_now = os.stat(f"{self.proc}/{at.pid}/task").st_nlink
+        # Only for a domain that can still grow (a maximum above what is listed), or
+        # whose threads are to be listed afresh (``agree``: threads -1).
+        if at.threads < 0 or may_have_more_vcpus(len(at.vcpus), at.maximum):
+            threads_now = os.stat(f"{self.proc}/{at.pid}/task").st_nlink
+        else:
+            threads_now = at.threads
         threads = {}
         for attempt in range(2):
             if not at.vcpus or attempt or threads_now != at.threads:
@@ -247,7 +284,7 @@ class KernelReader:
                     sched = _read_or_none(task + "sched") if self._sched_wait else None
                     if sched is not None and "wait_sum" not in sched:
                         self._sched_wait = False  # this kernel keeps none: stop reading it
-                    threads[n] = (read_text(task + "stat"), sched,
+                    threads[n] = (read_record(task + "stat"), sched,
                                   _read_or_none(task + "schedstat"))
                 break
             except FileNotFoundError:
@@ -261,7 +298,7 @@ class KernelReader:
         base = f"{self.proc}/{pid}/task"
         for tid in os.listdir(base):
             try:
-                n = kc.vcpu_number(read_text(f"{base}/{tid}/comm"))
+                n = kc.vcpu_number(read_record(f"{base}/{tid}/comm"))
             except OSError:
                 continue
             if n is not None:
