@@ -21,7 +21,14 @@ import bcrypt
 import pytest
 
 from vpartcollect.config import ConfigError, build
-from vpartcollect.output.prometheus.limits import HEAD_LIMIT, MAX_CONNECTIONS
+from vpartcollect.output.prometheus.limits import (
+    HEAD_LIMIT,
+    MAX_CONNECTIONS,
+    Conn,
+    HeadReader,
+    HeadTooLarge,
+    oldest_idle,
+)
 from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
 from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 
@@ -217,3 +224,29 @@ def test_a_body_is_rendered_once_per_board_change_and_format(plain: int) -> None
     exporter.frame(["collector", {"domains": 7.0}, 100.0])
     body, _ = exporter.render(None)
     assert exporter.renders == 3 and b"vpartcollect_domains 7.0" in body
+
+
+def test_the_head_reader_keeps_pipelined_requests_and_the_budget_is_per_head() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reader = HeadReader(ours, limit=64, idle=5.0, head=5.0)
+        theirs.sendall(b"GET / HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n")
+        reader.begin()
+        assert reader.readline(65537) == b"GET / HTTP/1.1\r\n"
+        assert reader.readline() == b"\r\n"
+        reader.begin()  # the next head, already here: a fresh budget
+        assert reader.readline(65537) == b"GET /metrics HTTP/1.1\r\n"
+        assert reader.readline() == b"\r\n"
+        reader.begin()
+        theirs.sendall(b"X: " + b"a" * 100)
+        with pytest.raises(HeadTooLarge):
+            reader.readline(65537)
+
+
+def test_room_is_made_by_closing_the_connection_idle_longest() -> None:
+    a, b, c = (Conn(socket.socket(), idle_since=t) for t in (5.0, 1.0, None))
+    try:
+        assert oldest_idle([a, b, c]) is b and oldest_idle([c]) is None
+    finally:
+        for conn in (a, b, c):
+            conn.sock.close()
