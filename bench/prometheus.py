@@ -1,14 +1,17 @@
 """The Prometheus endpoint's cost and isolation (libvirt's test driver, every stats group).
 
     .venv/bin/python bench/prometheus.py [--domains 1000] [--scrapes 100]
-        [--abuse-domains 200] [--seconds 15]
+        [--abuse-domains 200] [--seconds 15] [--rounds 1] [--src DIR]
 
 1. A scrape of ``--domains`` domains: response time (p50, p99) and the exporter
    process's CPU per scrape, over ``--scrapes`` scrapes one after another.
 2. Abuse: 100 connections that send nothing and one client sending a megabyte of
    headers again and again, for ``--seconds``, against the same time without them:
    how late each cycle's last Graphite line comes (cycle timestamp -> last line on
-   stdout) and how long a well-behaved scrape takes meanwhile.
+   stdout) and how long a well-behaved scrape takes meanwhile; ``--rounds`` quiet and
+   abused phases alternate (the machine's other load falls on both alike).
+
+``--src DIR``: run another checkout's source (an A/B against that version).
 """
 
 from __future__ import annotations
@@ -62,12 +65,13 @@ def wait_full(url: str, domains: int) -> None:
     raise SystemExit(f"never {domains} domains at {url}")
 
 
-def cost(domains: int, scrapes: int, tmp: Path) -> None:
+def cost(domains: int, scrapes: int, tmp: Path, src: str | None) -> None:
     uri = tagged_node(tmp / "big.xml", [f"virt-{i % 4}" for i in range(domains)], "vm-")
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     proc = start_collector("--connect", uri, "--interval", "10", "--instances", "4",
-                           "--extra-stats", ALL_GROUPS, "--prometheus", f"127.0.0.1:{port}")
+                           "--extra-stats", ALL_GROUPS, "--prometheus", f"127.0.0.1:{port}",
+                           src=src)
     try:
         wait_full(url, domains)
         pid = exporter_pid(port, proc.pid)
@@ -111,13 +115,14 @@ def idle_and_header_abuse(port: int, stop: threading.Event) -> None:
         sock.close()
 
 
-def isolation(domains: int, seconds: float, tmp: Path) -> None:
+def isolation(domains: int, seconds: float, rounds: int, tmp: Path,
+              src: str | None) -> None:
     uri = tagged_node(tmp / "abuse.xml", [f"virt-{i % 4}" for i in range(domains)], "vm-")
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     proc = start_collector("--connect", uri, "--interval", "1", "--instances", "4",
                            "--prometheus", f"127.0.0.1:{port}", "--stdout",
-                           stdout=subprocess.PIPE)
+                           stdout=subprocess.PIPE, src=src)
     assert proc.stdout is not None
     last: dict[float, float] = {}
 
@@ -126,10 +131,10 @@ def isolation(domains: int, seconds: float, tmp: Path) -> None:
         for line in proc.stdout:
             last[float(line.rsplit(b" ", 1)[1])] = time.time()
     threading.Thread(target=read, daemon=True).start()
-    phases: dict[str, tuple[float, float, list[float]]] = {}
+    phases: list[tuple[str, float, float, list[float]]] = []
     try:
         wait_full(url, domains)
-        for phase in ("quiet", "abused"):
+        for phase in ("quiet", "abused") * rounds:
             stop = threading.Event()
             abuser = threading.Thread(target=idle_and_header_abuse, args=(port, stop))
             if phase == "abused":
@@ -139,15 +144,20 @@ def isolation(domains: int, seconds: float, tmp: Path) -> None:
             while time.time() - start < seconds:
                 scrapes.append(scrape(url)[0] * 1000)
                 time.sleep(0.2)
-            phases[phase] = (start, time.time(), scrapes)
+            phases.append((phase, start, time.time(), scrapes))
             stop.set()
             if abuser.is_alive():
                 abuser.join()
     finally:
         proc.terminate()
         proc.wait()
-    for phase, (start, end, scrapes) in phases.items():
-        delays = [(last[ts] - ts) * 1000 for ts in sorted(last) if start + 1 < ts < end - 1]
+    for phase in ("quiet", "abused"):
+        delays, scrapes = [], []
+        for name, start, end, took in phases:
+            if name == phase:
+                delays += [(last[ts] - ts) * 1000 for ts in sorted(last)
+                           if start + 1 < ts < end - 1]
+                scrapes += took
         print(f"{phase:6}: cycle -> last Graphite line p50 {percentile(delays, 50):.0f} ms, "
               f"p99 {percentile(delays, 99):.0f} ms, max {max(delays):.0f} ms "
               f"({len(delays)} cycles); a scrape of {domains} domains p50 "
@@ -160,12 +170,15 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=1000)
     parser.add_argument("--scrapes", type=int, default=100)
     parser.add_argument("--abuse-domains", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="of each phase")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="quiet and abused phases, alternating")
+    parser.add_argument("--src", help="another checkout's source directory (A/B)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.scrapes:  # --scrapes 0: the isolation part only
-            cost(args.domains, args.scrapes, Path(tmp))
-        isolation(args.abuse_domains, args.seconds, Path(tmp))
+            cost(args.domains, args.scrapes, Path(tmp), args.src)
+        isolation(args.abuse_domains, args.seconds, args.rounds, Path(tmp), args.src)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """The exporter's HTTP side, on a real socket: /metrics, /, 404, gzip; exporter-toolkit's
 web configuration (TLS with the configured certificate, basic auth with bcrypt hashes, at
-most one bcrypt check per request, the file re-read when it changes, a bad one kept out)."""
+most one bcrypt check per request, the file re-read when it changes, a bad one kept out);
+what a client may cost (a request head over the cap, connections past the bound); a body
+rendered once per board change."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import socket
@@ -18,6 +21,14 @@ import bcrypt
 import pytest
 
 from vpartcollect.config import ConfigError, build
+from vpartcollect.output.prometheus.limits import (
+    HEAD_LIMIT,
+    MAX_CONNECTIONS,
+    Conn,
+    HeadReader,
+    HeadTooLarge,
+    oldest_idle,
+)
 from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
 from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 
@@ -25,7 +36,7 @@ from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 def serve(web: Path | None) -> tuple[Server, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
+    sock.listen(64)
     first = load(web) if web else None
     exporter = Exporter(ExporterSettings(10.0, False, 1, 30.0, str(web) if web else None,
                                          first))
@@ -167,3 +178,75 @@ def test_a_bad_web_config_is_one_line_naming_the_file(tmp_path: Path, text: str,
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=why):
         build({"prometheus": "127.0.0.1:9177", "web_config": str(path)})
+
+
+def test_a_request_head_over_the_cap_gets_431_and_a_normal_scrape_still_works(
+        plain: int) -> None:
+    """Fewer than http.server's 100 lines, far more than HEAD_LIMIT bytes: refused."""
+    headers = "".join(f"X-Junk-{i}: {'a' * 2000}\r\n" for i in range(50))  # 100 KB
+    assert len(headers) > HEAD_LIMIT
+    with socket.create_connection(("127.0.0.1", plain), timeout=10) as flood:
+        with contextlib.suppress(OSError):  # the server may close before it is all sent
+            flood.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        status, _, body = get(plain, "/metrics")  # meanwhile
+        assert status == 200 and b"libvirt_up" in body
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := flood.recv(65536):
+                answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert b"libvirt_up" not in answer
+    modest = {f"X-Tag-{i}": "b" * 200 for i in range(40)}  # 8 KB: a scraper's worst
+    assert get(plain, "/metrics", modest)[0] == 200
+
+
+def test_past_the_connection_bound_the_oldest_silent_one_is_closed(plain: int) -> None:
+    silent = [socket.create_connection(("127.0.0.1", plain), timeout=5)
+              for _ in range(MAX_CONNECTIONS + 5)]
+    try:
+        status, _, body = get(plain, "/metrics")
+        assert status == 200 and b"libvirt_up" in body
+        assert silent[0].recv(1) == b""  # closed for room (else: a timeout here)
+        assert silent[5].recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_body_is_rendered_once_per_board_change_and_format(plain: int) -> None:
+    exporter = Exporter(ExporterSettings(10.0, False, 1, 30.0))
+    first = [exporter.render(None) for _ in range(3)]
+    assert exporter.renders == 1 and first[0] == first[1] == first[2]
+    zipped, _ = exporter.render(None, gzipped=True)
+    assert gzip.decompress(zipped) == first[0][0] and exporter.renders == 1
+    exporter.render("application/openmetrics-text; version=1.0.0")
+    assert exporter.renders == 2
+    exporter.frame(["collector", {"domains": 7.0}, 100.0])
+    body, _ = exporter.render(None)
+    assert exporter.renders == 3 and b"vpartcollect_domains 7.0" in body
+
+
+def test_the_head_reader_keeps_pipelined_requests_and_the_budget_is_per_head() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reader = HeadReader(ours, limit=64, idle=5.0, head=5.0)
+        theirs.sendall(b"GET / HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n")
+        reader.begin()
+        assert reader.readline(65537) == b"GET / HTTP/1.1\r\n"
+        assert reader.readline() == b"\r\n"
+        reader.begin()  # the next head, already here: a fresh budget
+        assert reader.readline(65537) == b"GET /metrics HTTP/1.1\r\n"
+        assert reader.readline() == b"\r\n"
+        reader.begin()
+        theirs.sendall(b"X: " + b"a" * 100)
+        with pytest.raises(HeadTooLarge):
+            reader.readline(65537)
+
+
+def test_room_is_made_by_closing_the_connection_idle_longest() -> None:
+    a, b, c = (Conn(socket.socket(), idle_since=t) for t in (5.0, 1.0, None))
+    try:
+        assert oldest_idle([a, b, c]) is b and oldest_idle([c]) is None
+    finally:
+        for conn in (a, b, c):
+            conn.sock.close()

@@ -20,6 +20,7 @@ class Board:
         self.instances: dict[str, tuple[dict[str, float], float]] = {}
         self.collector: tuple[dict[str, float], float] | None = None
         self.done_at: dict[int, float] = {}  # instance -> monotonic time of its last tick
+        self.version = 0  # bumped by every change of what a scrape shows
 
     def sample(self, instance: int, tick: float, sample: DomainSample) -> None:
         """A domain's sample for ``tick``: an older tick's never replaces a newer one."""
@@ -27,10 +28,12 @@ class Board:
         if had is not None and had[1].tick > tick:
             return
         self.entries[sample.uuid] = (instance, Entry(sample, tick))
+        self.version += 1
 
     def done(self, instance: int, tick: float, values: dict[str, float], now: float) -> None:
         """``instance`` finished ``tick``: what it did not sample then is gone."""
         self.instances[f"virt-{instance}"] = (values, tick)
+        self.version += 1
         self.done_at[instance] = now
         stale = [uuid for uuid, (inst, entry) in self.entries.items()
                  if inst == instance and entry.tick < tick]
@@ -40,6 +43,7 @@ class Board:
     def collector_values(self, values: dict[str, float], tick: float) -> None:
         """The collector-wide values of a tick that began."""
         self.collector = (values, tick)
+        self.version += 1
 
     def snapshot(self) -> list[Entry]:
         """The entries, sorted by domain name (a stable scrape)."""

@@ -4,7 +4,11 @@ It lives in a process of its own (like a spooler): the supervisor forks workers
 and must not run threads, and a scrape (rendering a thousand domains, a slow
 client, a TLS handshake, a bcrypt check) must never take the supervisor's time.
 Here one thread reads the supervisor's frames into the board, and each HTTP
-connection has a thread of its own, so an idle or slow client holds up only itself.
+connection has a thread of its own, so an idle or slow client holds up only itself;
+limits.py bounds what a client may cost (head bytes and time, connections). A scrape
+body is rendered once per change of the board and format, and sent to every scrape
+until the next change. The process runs at a lower CPU priority (NICE): on a busy
+host the supervisor and its workers, the data path, win the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vpartcollect import wire
 from vpartcollect.daemon import OneLineFormatter, die_with_parent
 from vpartcollect.output.prometheus.board import Board
 from vpartcollect.output.prometheus.families import exposition
+from vpartcollect.output.prometheus.limits import Conn, Connections, HeadReader, HeadTooLarge
 from vpartcollect.output.prometheus.webconfig import Authenticator, Current, WebConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,8 @@ log = logging.getLogger(__name__)
 LANDING = (b"<html><head><title>vpartcollect</title></head><body><h1>vpartcollect</h1>"
            b"<p>libvirt domain statistics, sampled by vpartcollect.</p>"
            b"<p><a href=\"/metrics\">Metrics</a></p></body></html>\n")
-CLIENT_TIMEOUT = 10.0  # seconds a connection may stay silent (a request, a handshake)
+CLIENT_TIMEOUT = 10.0  # seconds a send or a TLS handshake may stall
+NICE = 10  # added to the exporter's nice value: the data path first
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ class Exporter:
         self.web = (Current(settings.web_config, settings.first_web or WebConfig())
                     if settings.web_config else None)
         self.auth = Authenticator()
+        self.rendering = threading.Lock()  # one render at a time; the others then reuse it
+        self.state: tuple[int, bool] | None = None  # (board version, libvirt_up) of bodies
+        self.bodies: dict[tuple[str, bool], bytes] = {}  # (content type, gzip) -> body
+        self.renders = 0
+
 
     def frame(self, obj: Any) -> None:
         """One frame from the supervisor."""
@@ -78,22 +89,37 @@ class Exporter:
             elif kind == "collector":
                 self.board.collector_values(dict(obj[1]), float(obj[2]))
 
-    def render(self, accept: str | None) -> tuple[bytes, str]:
-        """The body of one scrape and its content type (negotiated from ``accept``)."""
+    def render(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
+        """The body of one scrape and its content type (negotiated from ``accept``),
+        gzipped if asked: rendered once per board state, format and encoding."""
         s = self.settings
-        with self.lock:  # a copy of references: the rendering runs without the lock
-            entries = self.board.snapshot()
-            instances = dict(self.board.instances)
-            collector = self.board.collector
-            up = self.board.up(time.monotonic(), s.instances, s.up_within)
-        families = list(exposition(entries, instances, collector, s.interval, s.timestamps,
-                                   up))
-
-        class Scrape(Collector):
-            def collect(self) -> Any:
-                return families
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(Scrape()), content_type  # type: ignore[arg-type]
+        with self.rendering:
+            with self.lock:  # a copy of references: the rendering runs without the lock
+                state = (self.board.version,
+                         self.board.up(time.monotonic(), s.instances, s.up_within))
+                if state != self.state:
+                    self.state, self.bodies = state, {}
+                text = self.bodies.get((content_type, False))
+                if text is None:
+                    entries = self.board.snapshot()
+                    instances = dict(self.board.instances)
+                    collector = self.board.collector
+            if text is None:
+                families = list(exposition(entries, instances, collector, s.interval,
+                                           s.timestamps, state[1]))
+
+                class Scrape(Collector):
+                    def collect(self) -> Any:
+                        return families
+                text = self.bodies[content_type, False] = encoder(Scrape())  # type: ignore[arg-type]
+                self.renders += 1
+            if not gzipped:
+                return text, content_type
+            body = self.bodies.get((content_type, True))
+            if body is None:
+                body = self.bodies[content_type, True] = gzip.compress(text, compresslevel=1)
+            return body, content_type
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -106,11 +132,28 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s: " + format, self.address_string(), *args)
 
+    conn: Conn
+    rfile: HeadReader
+
+    def setup(self) -> None:
+        super().setup()
+        self.conn = self.server.local.conn
+        self.rfile.close()  # http.server's reader: ours bounds each request head
+        self.rfile = HeadReader(self.connection)
+
+    def handle_one_request(self) -> None:
+        """One request; its head within the budget and deadlines of limits.py."""
+        self.server.connections.idle(self.conn)
+        self.rfile.begin()
+        try:
+            super().handle_one_request()
+        except HeadTooLarge:  # the request line alone (the headers get 431 from http.server)
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(431)
+            self.close_connection = True
+
     def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
               extra: dict[str, str] | None = None) -> None:
-        if "gzip" in (self.headers.get("Accept-Encoding") or "") and code == 200:
-            body = gzip.compress(body, compresslevel=1)
-            extra = {**(extra or {}), "Content-Encoding": "gzip"}
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -142,12 +185,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # http.server's name
         """Serve one request."""
+        self.server.connections.busy(self.conn)
+        self.connection.settimeout(CLIENT_TIMEOUT)
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            body, content_type = self.server.exporter.render(self.headers.get("Accept"))
-            self._send(200, body, content_type)
+            gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
+            body, content_type = self.server.exporter.render(self.headers.get("Accept"),
+                                                             gzipped)
+            self._send(200, body, content_type,
+                       {"Content-Encoding": "gzip"} if gzipped else None)
         elif path == "/":
             self._send(200, LANDING, "text/html; charset=utf-8")
         else:
@@ -157,8 +205,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
-    """A threading HTTP server on a socket bound by the supervisor; TLS, when the web
-    configuration asks for it, is set up in the connection's own thread."""
+    """A threading HTTP server on a socket bound by the supervisor, at most
+    MAX_CONNECTIONS connections (limits.py); TLS, when the web configuration asks for
+    it, is set up in the connection's own thread."""
 
     daemon_threads = True
     request_queue_size = 128
@@ -168,6 +217,32 @@ class Server(ThreadingHTTPServer):
         self.socket.close()
         self.socket = listening
         self.exporter = exporter
+        self.connections = Connections()
+        self.local = threading.local()  # .conn: the connection of this thread
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection, if there is room (made by closing the oldest
+        idle one); else it is closed at once."""
+        conn = self.connections.admit(request)
+        if conn is None:
+            log.debug("%s: refused: %d connections answering", client_address,
+                      self.connections.limit)
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._connection, args=(request, client_address, conn),
+                         daemon=True).start()
+
+    def _connection(self, request: Any, client_address: Any, conn: Conn) -> None:
+        self.local.conn = conn
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.connections.leave(conn)
+            self.shutdown_request(request)
+            if conn.sock is not request:
+                conn.sock.close()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: the TLS handshake there, under a deadline."""
@@ -179,6 +254,7 @@ class Server(ThreadingHTTPServer):
             except (OSError, ssl.SSLError) as exc:
                 log.debug("%s: TLS handshake failed: %s", client_address, exc)
                 return
+            self.local.conn.sock = request  # closed for room: this socket now
         super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -200,6 +276,10 @@ def exporter_main(listening: socket.socket, chan: socket.socket,
         die_with_parent()
         if os.getppid() != parent_pid:
             os._exit(1)
+        try:
+            os.nice(NICE)  # scrapes yield the CPU to the supervisor and its workers
+        except OSError:
+            pass
         where = listening.getsockname()
         for handler in logging.getLogger().handlers:
             handler.setFormatter(OneLineFormatter(
