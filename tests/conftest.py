@@ -40,6 +40,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     report.longrepr = f"skipped under CI=true, where every real part must be there: {reason}"
 
 
+# Labs of real QEMU domains, by the fixture that builds them. Under pytest-xdist
+# (bin/test runs ``-n 4 --dist loadgroup``) the tests of one lab share one worker: a
+# session fixture is built once per worker, and a lab is a minute of boot and settle.
+LAB_FIXTURES = {"libvirtd": "lab", "testdriver": "lab", "parity_lab": "parity"}
+
+
+def lab_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test that drives a private libvirtd with QEMU domains: its
+    lab's name (a module's own lab: the module's), or None for any other test."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    for fixture, group in LAB_FIXTURES.items():
+        if fixture in fixtures:
+            return group
+    if item.get_closest_marker("libvirtd") is not None:
+        return item.nodeid.split("::", 1)[0]
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put each lab's tests in one xdist group (serial, on one worker); the rest spread."""
+    for item in items:
+        group = lab_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def demo_uri() -> str:
     return DEMO_URI
