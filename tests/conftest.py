@@ -58,6 +58,7 @@ def lab_group(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put each lab's tests in one xdist group (serial, on one worker); the rest spread."""
     for item in items:

@@ -99,6 +99,10 @@ class Spooler:
         self.selector = selectors.DefaultSelector()
         self.selector.register(channel, selectors.EVENT_READ, None)
         self._registered: dict[int, tuple[Any, int] | None] = {}
+        # The selector lets go of a sink's socket before the sink closes it: the other
+        # sink's next socket may get that fd number, and register() would refuse it.
+        self.live.on_close = lambda: self._release(self.live)
+        self.drain.on_close = lambda: self._release(self.drain)
 
     def __repr__(self) -> str:
         return (f"<Spooler {self.live.endpoint} live={self.live.conn!r} "
@@ -148,6 +152,12 @@ class Spooler:
                 elif had[1] != want[1]:
                     self.selector.modify(want[0], want[1], sink)
             self._registered[id(sink)] = want
+
+    def _release(self, sink: GraphiteSink) -> None:
+        """Unregister what ``sink`` has in the selector (it is about to close it)."""
+        had = self._registered.pop(id(sink), None)
+        if had is not None:
+            self.selector.unregister(had[0])
 
     def _read_channel(self) -> bool:
         """Take what the supervisor sent; False when there is nothing more to read now."""
