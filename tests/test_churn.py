@@ -1,6 +1,6 @@
 """10,000 short-lived domains through a running collector: nothing per domain is kept.
 
-The domains are libvirt test-driver domains served by the suite's private libvirtd
+The domains are libvirt test-driver domains served by a private libvirtd
 (test+unix://), so they can be created and destroyed from outside while the
 collector watches, as on a host where VMs come and go.
 """
@@ -12,6 +12,7 @@ import signal
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -83,9 +84,20 @@ def churn(conn: libvirt.virConnect, first: int, count: int) -> None:
         live.popleft().destroy()
 
 
-def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd,
+@pytest.fixture
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """A libvirtd of its own for the test driver alone: none of the session lab's QEMU
+    domains are needed, so this runs beside that lab's tests (another xdist group)."""
+    own = PrivateLibvirtd(tmp_path_factory.mktemp("churnd"))  # short: socket paths
+    try:
+        yield own.start()
+    finally:
+        own.stop()
+
+
+def test_churned_domains_leave_no_state_behind(daemon: PrivateLibvirtd,
                                                tmp_path: Path) -> None:
-    uri = f"test+unix:///default?socket={libvirtd.base}/sock/libvirt-sock"
+    uri = daemon.test_uri
     conn = libvirt.open(uri)
     rounds = []
     conf = tmp_path / "c.toml"
