@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import libvirt
 import pytest
@@ -38,6 +39,78 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         return
     report.outcome = "failed"
     report.longrepr = f"skipped under CI=true, where every real part must be there: {reason}"
+
+
+# Under pytest-xdist (bin/test runs ``-n 4 --dist loadgroup``) every test of one lab of
+# QEMU domains runs on one worker, one after another: a session fixture is built once per
+# worker, a lab costs a minute of boot and settle, and two copies of one lab would fight
+# over its host-wide tap names. Keyed by file, or by file::test; the rest spreads.
+# (pytest-xdist 3.8's own xdist_group marks do nothing on pytest 9.2: it renames the
+# item's ``_nodeid`` that the marks used to extend. Hence the table and the scheduler.)
+LAB_GROUPS = {
+    # The session lab, and beside it, one at a time, the test-driver runs that keep a core
+    # busy (3000 domains, 50 children, a package build): QEMU's monitor and the cpu-rate
+    # truth checks of the other labs' tests missed ticks beside them on 2 cores.
+    "tests/test_devices.py": "lab",
+    "tests/test_hung_vms.py": "lab",
+    "tests/test_kernel_libvirtd.py": "lab",
+    "tests/test_libvirtd_restart.py": "lab",
+    "tests/test_real_libvirtd.py": "lab",
+    "tests/test_truth.py": "lab",
+    "tests/test_reload_ticks.py": "lab",
+    "tests/test_worker_kills.py": "lab",
+    "tests/test_child_kills.py": "lab",
+    "tests/test_big_host.py": "lab",
+    "tests/test_deb.py": "lab",
+    "tests/test_steal.py": "lab",
+    # The other labs (28 QEMUs with FUSE stores; the collectd parity lab) and the churn
+    # of 10,000 test-driver domains, one after another on a second worker.
+    "tests/test_outages.py": "labs",
+    "tests/test_collectd_configs.py": "labs",
+    "tests/test_collectd_parity.py": "labs",
+    "tests/test_churn.py": "labs",
+    "tests/test_prometheus_lab.py": "labs",
+}
+# The session labs, by the fixture that builds them: a test using one must be in its group.
+LAB_FIXTURES = {"libvirtd": "lab", "testdriver": "lab", "parity_lab": "labs"}
+
+
+def lab_group(nodeid: str) -> str | None:
+    """The xdist group of a test that drives a private libvirtd, or None."""
+    for key, group in LAB_GROUPS.items():
+        if nodeid == key or nodeid.startswith((f"{key}::", f"{key}[", f"{key}@")):
+            return group
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Check that each test of a lab is in the lab's group (a new one fails here, not as a
+    second lab colliding with the first), and put the lab groups first, the longest
+    running ones: the rest fills the other workers meanwhile. Stable: every worker
+    collects the same order."""
+    for item in items:
+        group = lab_group(item.nodeid)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        need = {LAB_FIXTURES[f] for f in fixtures & set(LAB_FIXTURES)}
+        if need - {group} or (group is None and item.get_closest_marker("libvirtd")):
+            raise pytest.UsageError(f"{item.nodeid} drives a private libvirtd: add it to "
+                                    "LAB_GROUPS in tests/conftest.py")
+    items.sort(key=lambda item: lab_group(item.nodeid) is None)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup with LAB_GROUPS: each lab's tests are one unit of work."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return lab_group(nodeid) or nodeid
+
+    return LabScheduling(config, log)
 
 
 @pytest.fixture

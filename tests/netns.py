@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -68,6 +69,14 @@ def crowded_namespace(name: str, taps: int, pairs: int) -> Iterator[list[str]]:
         _ip("-n", name, "-batch", "-", stdin="".join(
             f"link add vv{i} type veth peer name vp{i}\nlink set vv{i} up\nlink set vp{i} up\n"
             for i in range(pairs)))
+        # A veth sends nothing until both ends have carrier and its queue is attached
+        # (operstate UP); "link set up" returns before that (seen on a loaded host: vv0's
+        # frames dropped, its counters 0).
+        limit = time.monotonic() + 10
+        while time.monotonic() < limit and not all(
+                " state UP " in line for line in
+                _ip("-o", "-n", name, "link", "show", "type", "veth").splitlines()):
+            time.sleep(0.05)
         with entered(name):
             for i in range(pairs):
                 with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:

@@ -1,16 +1,18 @@
 """10,000 short-lived domains through a running collector: nothing per domain is kept.
 
-The domains are libvirt test-driver domains served by the suite's private libvirtd
+The domains are libvirt test-driver domains served by a private libvirtd
 (test+unix://), so they can be created and destroyed from outside while the
 collector watches, as on a host where VMs come and go.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -25,7 +27,8 @@ CHURNED = 10_000
 LIVE = 300  # domains alive at any time: each lives about two seconds
 # The collector forgets a domain FORGET s after its last sample (forget_after; 10
 # intervals of 1 s is the floor), checking every FORGET / 4 s: all are gone FORGET * 1.25
-# plus a tick after the last was destroyed. The test waits twice that.
+# plus a tick after the last was destroyed. The test waits until its tracked_domains
+# says so (then a tick more for the memory), at most twice that.
 FORGET = 10
 SETTLE = 2 * (FORGET * 1.25 + 1)
 
@@ -35,6 +38,36 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+class Tail:
+    """The collector's stdout as it grows: complete lines only, each read once."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.offset = fd, 0
+
+    def tracked(self) -> list[float]:
+        """The tracked_domains values written since the last look."""
+        data = b""
+        while chunk := os.pread(self.fd, 1 << 22, self.offset + len(data)):
+            data += chunk
+        data = data[:data.rfind(b"\n") + 1]
+        self.offset += len(data)
+        mine = b"\n".join(line for line in data.split(b"\n")
+                           if b".vpartcollect.tracked_domains " in line)
+        return [v for _, v, _ in parse_lines(mine.decode())]
+
+
+def forgotten(tail: Tail, seconds: float) -> None:
+    """Wait until the collector tracks only the driver's own domain, at most ``seconds``
+    (the asserts afterwards say what was left)."""
+    limit = time.monotonic() + seconds
+    tail.tracked()  # what was written while the domains lived
+    while time.monotonic() < limit:
+        if any(v <= 1 for v in tail.tracked()):
+            time.sleep(1.5)  # a tick more: the memory the prune freed is handed back
+            return
+        time.sleep(0.5)
 
 
 def churn(conn: libvirt.virConnect, first: int, count: int) -> None:
@@ -51,9 +84,20 @@ def churn(conn: libvirt.virConnect, first: int, count: int) -> None:
         live.popleft().destroy()
 
 
-def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd,
+@pytest.fixture
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """A libvirtd of its own for the test driver alone: none of the session lab's QEMU
+    domains are needed, so this runs beside that lab's tests (another xdist group)."""
+    own = PrivateLibvirtd(tmp_path_factory.mktemp("churnd"))  # short: socket paths
+    try:
+        yield own.start()
+    finally:
+        own.stop()
+
+
+def test_churned_domains_leave_no_state_behind(daemon: PrivateLibvirtd,
                                                tmp_path: Path) -> None:
-    uri = f"test+unix:///default?socket={libvirtd.base}/sock/libvirt-sock"
+    uri = daemon.test_uri
     conn = libvirt.open(uri)
     rounds = []
     conf = tmp_path / "c.toml"
@@ -62,13 +106,14 @@ def test_churned_domains_leave_no_state_behind(libvirtd: PrivateLibvirtd,
         proc = cli_popen("run", "--config", str(conf), "--connect", uri, "--instances", "4",
                          "--interval", "1", "--log-level", "info", stdout=out, stderr=err)
         try:
+            tail = Tail(out.fileno())
             time.sleep(4)
             pids = [proc.pid, *children(proc.pid)]
             before = {pid: rss_kib(pid) for pid in pids}
             for first in (0, CHURNED // 2):  # two rounds: the second must reuse, not grow
                 churn(conn, first, CHURNED // 2)
                 peak = {pid: rss_kib(pid) for pid in pids}
-                time.sleep(SETTLE)  # past the FORGET s after which a domain is forgotten
+                forgotten(tail, SETTLE)  # the FORGET s after which a domain is forgotten
                 rounds.append((peak, {pid: rss_kib(pid) for pid in pids}))
             workers_now = children(proc.pid)
         finally:

@@ -20,6 +20,8 @@ from nodes import tagged_node
 
 from vpartcollect import wire
 from vpartcollect.config import load
+from vpartcollect.output.metrics import MetricBuilder
+from vpartcollect.output.naming import Naming
 from vpartcollect.samples import Stats
 from vpartcollect.worker.cycle import Cycle, clean_stats
 from vpartcollect.worker.datastores import Probes
@@ -100,6 +102,60 @@ def test_every_domain_once_with_its_read_time(node: tuple[str, int, int]) -> Non
     for d in got:
         assert abs(float(d.stats["cpu.time"]) / 1e9 - d.read_at) < 0.005
         assert not d.unresponsive
+
+
+class HeldOnce(StatsReader):
+    """The real reader (its answers, read times and cpu times are libvirt's); FAKE only in
+    that, while ``hold`` is set, domain-B's answer lacks its monitor part (another call
+    held its job: see PreparedReader) and its second ask answers ``late`` seconds late."""
+
+    def __init__(self, real: StatsReader, late: float) -> None:
+        super().__init__(real.conn, [], real.fallback)
+        self.real, self.late, self.hold = real, late, True
+
+    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Answer]:
+        if self.hold and [d.name for d in domains] == ["domain-B"]:
+            time.sleep(self.late)  # the second ask: domain-B's first answer waits meanwhile
+        answers = self.real.collect(domains, block)
+        for d in domains:
+            if self.hold and d.name == "domain-B" and d.uuid in answers:
+                answers[d.uuid].stats = {k: v for k, v in answers[d.uuid].stats.items()
+                                         if not k.startswith("block.0.rd.")}
+        return answers
+
+
+def test_a_sample_handed_on_late_is_rated_from_when_it_was_read(
+        node: tuple[str, int, int]) -> None:
+    """Issue 30's "rated from handed-on time": domain-B's first answer is held for a second
+    ask that answers 0.4 s late, so it is handed on 0.4 s after libvirt read it; the next
+    tick's answer goes on at once. The test driver's cpu time is the wall clock, so the
+    true virt_cpu_total rate is 1e9 ns/s; rated from the hand-on times it would be 1e9
+    times the 0.8 s between the reads over the 0.35 s between the hand-ons (and 0.8e9
+    from the ticks, 1 s apart)."""
+    uri, out_r, out_w = node
+    session, triage = session_on(uri, out_w)
+    reader = session.reader = HeldOnce(session.reader, late=0.4)
+    builder = MetricBuilder(Naming())
+    rates: list[float] = []
+    previous: list[Domain] = []
+    for tick in (100.0, 101.0):
+        started = time.monotonic()
+        cycle = Cycle(wire.Tick(tick), session, triage)
+        previous = cycle.run(previous)
+        handed_on = time.time()
+        got = {d.name: d for d in samples(out_r)}
+        b = got["domain-B"]
+        assert ("block.0.rd.reqs" in b.stats) is (not reader.hold)  # the held answer sent
+        # what the sample says is when libvirt read it: the cpu time, not the hand-on
+        assert abs(float(b.stats["cpu.time"]) / 1e9 - b.read_at) < 0.005
+        if reader.hold:
+            assert handed_on - b.read_at > 0.35
+        for m in builder.domain_metrics(0, tick, b, 1):
+            if m.path.endswith(".virt_cpu_total"):
+                rates.append(m.value)
+        reader.hold = False
+        time.sleep(max(0.0, started + 0.8 - time.monotonic()))
+    assert rates == [pytest.approx(1e9, rel=0.01)]
 
 
 def test_a_reconnect_mid_tick_samples_only_what_was_not_sent(node: tuple[str, int, int]) -> None:

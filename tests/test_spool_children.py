@@ -356,3 +356,29 @@ def test_a_resend_window_set_to_zero_by_a_reload_sends_nothing_twice(tmp_path: P
         spooler.spool.close()
         mine.close()
         theirs.close()
+
+
+def test_a_new_connection_on_the_fd_of_one_that_died_is_watched(tmp_path: Path) -> None:
+    """The drain connection dies (its socket closed, its fd number free) and the live one
+    reconnects before the loop looks again: the new socket gets the same fd number. Seen
+    under load in test_spool_carbon: the selector still held the dead socket under that
+    number, register() raised KeyError and the spooler crashed (restarted, a traceback)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    spooler = Spooler(Endpoint("127.0.0.1", listener.getsockname()[1]),
+                      settings(tmp_path / "d"), theirs)
+    try:
+        spooler.drain.poll()  # the drain connects, and the loop watches it
+        want = spooler.drain.interest()
+        assert want is not None and isinstance(want[0], socket.socket)
+        spooler._registered.update(spooler.selector, spooler.drain, want, spooler.drain)
+        number = want[0].fileno()
+        spooler.drain.close()  # it dies; the live one connects in the loop's next look
+        spooler._register()
+        conn = spooler.live.conn.sock
+        assert conn is not None and conn.fileno() == number  # the case, not another
+        assert spooler.selector.get_key(conn).data is spooler.live
+    finally:
+        spooler.spool.close()
+        for s in (mine, theirs, listener):
+            s.close()

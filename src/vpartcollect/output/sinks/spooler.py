@@ -100,6 +100,10 @@ class Spooler:
         self.selector = selectors.DefaultSelector()
         self.selector.register(channel, selectors.EVENT_READ, None)
         self._registered = Registrations()
+        # The selector lets go of a sink's socket before the sink closes it: the other
+        # sink's next socket may get that fd number, and register() would refuse it.
+        self.live.on_close = lambda: self._registered.drop(self.selector, self.live)
+        self.drain.on_close = lambda: self._registered.drop(self.selector, self.drain)
 
     def __repr__(self) -> str:
         return (f"<Spooler {self.live.endpoint} live={self.live.conn!r} "
