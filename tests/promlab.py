@@ -35,7 +35,7 @@ def fetch(url: str, timeout: float = 10) -> str:
 def parse(text: str) -> Series:
     """name -> {sorted label items -> value}."""
     out: Series = {}
-    for fam in text_string_to_metric_families(text):  # type: ignore[no-untyped-call]
+    for fam in text_string_to_metric_families(text):  # type: ignore[no-untyped-call, unused-ignore]
         for s in fam.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out

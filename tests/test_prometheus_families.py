@@ -43,7 +43,7 @@ def scrape(entries: list[Entry], timestamps: bool = False) -> Series:
                                                    100.0)}, ({"tracked_domains": 2.0}, 100.0),
                               10.0, timestamps, True)
     from prometheus_client.exposition import generate_latest
-    return parse(generate_latest(Registry()).decode())  # type: ignore[arg-type]
+    return parse(generate_latest(Registry()).decode())  # type: ignore[arg-type, unused-ignore]
 
 
 def test_debian_exporter_names_labels_and_base_units() -> None:

@@ -112,7 +112,7 @@ class Exporter:
                 class Scrape(Collector):
                     def collect(self) -> Any:
                         return families
-                text = self.bodies[content_type, False] = encoder(Scrape())  # type: ignore[arg-type]
+                text = self.bodies[content_type, False] = encoder(Scrape())  # type: ignore[arg-type, unused-ignore]
                 self.renders += 1
             if not gzipped:
                 return text, content_type
