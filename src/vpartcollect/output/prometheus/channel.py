@@ -61,6 +61,21 @@ def listen(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+# Sockets bound by ``prebind`` for a reload that moves the endpoint, taken by the sink made.
+_prebound: dict[Endpoint, socket.socket] = {}
+
+
+def prebind(old: Config, new: Config) -> None:
+    """SIGHUP: bind the new endpoint now, before anything is applied, so that a taken
+    port is a ConfigError the reload reports (keeping the running configuration)."""
+    for endpoint in list(_prebound):
+        if endpoint != new.prometheus:
+            _prebound.pop(endpoint).close()
+    if new.prometheus is not None and new.prometheus != old.prometheus \
+            and new.prometheus not in _prebound:
+        _prebound[new.prometheus] = listen(new.prometheus)
+
+
 def exporter_settings(cfg: Config) -> ExporterSettings:
     """What the exporter process is started with (the web configuration as read now: a
     bad one is a ConfigError, exit 2 at start; on SIGHUP the running one is kept)."""
@@ -82,7 +97,8 @@ class PrometheusSink(SinkBase):
         super().__init__()
         self.endpoint = endpoint
         self.settings = settings
-        self.listening = listen(endpoint)
+        prebound = _prebound.pop(endpoint, None)
+        self.listening = prebound if prebound is not None else listen(endpoint)
         self.clock = clock
         self.sock: socket.socket | None = None
         self.pid = 0
@@ -114,9 +130,20 @@ class PrometheusSink(SinkBase):
         return {"prometheus_dropped_frames": self.dropped}
 
     def reconfigure(self, old: Config, new: Config) -> bool:
-        """Kept when the exporter's settings are the same (else replaced: a new
-        exporter, on a socket bound again)."""
-        return exporter_settings(new) == self.settings
+        """Kept on the same endpoint: the listening socket stays; the exporter is started
+        again when its settings changed. (Another endpoint: a new sink, on the socket
+        ``prebind`` bound while the reload could still be refused.)"""
+        if new.prometheus != self.endpoint:
+            return False
+        settings = exporter_settings(new)
+        if settings != self.settings:
+            self.settings = settings
+            self._stop()
+            self.head_sent = 0
+            self.outbox.clear()  # frames for the old settings (instances...)
+            self.outbox_bytes = 0
+            self.failures, self.start_at = 0, 0.0  # started again by the next poll()
+        return True
 
     # -- the supervisor's loop ----------------------------------------------------
     def interest(self) -> tuple[socket.socket, int] | None:

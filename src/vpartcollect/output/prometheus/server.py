@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn
 
@@ -56,7 +56,9 @@ class ExporterSettings:
     instances: int
     up_within: float  # libvirt_up: every instance finished a tick this recently
     web_config: str | None = None
-    first_web: WebConfig | None = None  # read at start by the supervisor (exit 2 if bad)
+    # Read at start by the supervisor (exit 2 if bad). Not compared: it holds an
+    # SSLContext (equal only to itself); web_config's path says which file it is.
+    first_web: WebConfig | None = field(default=None, compare=False)
 
 
 class Exporter:
