@@ -4,15 +4,19 @@ ours; promtool finds nothing wrong; a bad web_config or a port taken is one line
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import signal
 import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import bcrypt
 import pytest
 from promlab import (
     DebianExporter,
@@ -25,7 +29,7 @@ from promlab import (
     wait_for,
 )
 from require import require_or_fail
-from runner import DEMO_URI, cli, cli_popen, no_traceback
+from runner import DEMO_URI, children, cli, cli_popen, no_traceback
 
 
 def run_exporting(port: int, *extra: str) -> subprocess.Popen[str]:
@@ -208,3 +212,56 @@ def test_sighup_keeps_the_endpoint_and_serves_the_new_settings(tmp_path: Path) -
         _, err = proc.communicate(timeout=20)
     no_traceback(err)
     assert "Address already in use; keeping the running configuration" in err, err
+
+
+def test_a_user_removed_from_web_yml_stays_out_after_the_exporter_restarts(
+        tmp_path: Path) -> None:
+    """Review of issue 26: an exporter started again (crashed, killed) began from the
+    file as read at start, so a user removed since was let in again."""
+    def users(*names: str) -> str:
+        return "basic_auth_users:\n" + "".join(
+            f"  {n}: '{bcrypt.hashpw(n.encode(), bcrypt.gensalt(4)).decode()}'\n"
+            for n in names)
+
+    def status(user: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{user}".encode()).decode()})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    web = tmp_path / "web.yml"
+    web.write_text(users("alice"))
+    port = free_port()
+    proc = cli_popen("run", "--connect", DEMO_URI, "--interval", "1", "--no-stdout",
+                     "--graphite", "127.0.0.1:9", "--prometheus", f"127.0.0.1:{port}",
+                     "--web-config", str(web))
+    try:
+        limit = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError):
+                if status("alice") == 200:
+                    break
+            assert time.monotonic() < limit and proc.poll() is None
+            time.sleep(0.2)
+        web.write_text(users("bob"))  # no request sees it before the exporter dies
+        exporter = [pid for pid in children(proc.pid)
+                    if "prometheus" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(exporter) == 1
+        os.kill(exporter[0], signal.SIGKILL)
+        limit = time.monotonic() + 10
+        while True:  # started again after its backoff
+            with contextlib.suppress(OSError):
+                again = [pid for pid in children(proc.pid)
+                         if "prometheus" in Path(f"/proc/{pid}/cmdline").read_text()]
+                if again and again != exporter and status("bob") in (200, 401):
+                    break
+            assert time.monotonic() < limit
+            time.sleep(0.2)
+        assert (status("alice"), status("bob")) == (401, 200)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)

@@ -159,6 +159,35 @@ def test_the_file_is_re_read_per_request_and_a_bad_one_keeps_the_last_good(
         server.shutdown()
 
 
+def test_a_renewed_certificate_is_presented_at_the_next_handshake(certs: Path) -> None:
+    """Review of issue 26: the file was re-read only when web.yml changed; a certificate
+    renewed in place (web.yml untouched) was never picked up (exporter-toolkit reloads
+    the files per handshake)."""
+    server, port = serve(web_yml(certs, {}))
+
+    def presented() -> bytes:
+        trust = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                trust.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    try:
+        assert presented() == ssl.PEM_cert_to_DER_cert((certs / "cert.pem").read_text())
+        new = certs / "new"
+        new.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost", "-keyout", str(new / "key.pem"),
+                        "-out", str(new / "cert.pem")], check=True, capture_output=True)
+        (new / "key.pem").replace(certs / "key.pem")
+        (new / "cert.pem").replace(certs / "cert.pem")
+        assert presented() == ssl.PEM_cert_to_DER_cert((certs / "cert.pem").read_text())
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize("text, why", [
     ("tls_server_config:\n  cert_file: nothere.pem\n  key_file: nothere.pem\n",
      "No such file"),
