@@ -8,6 +8,7 @@ timing statistics, ``libvirt_domain_timed_out``) and the collector's own
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -104,11 +105,15 @@ _NET = (
 )
 _VCPU = (
     ("time_seconds_total", "time", NS, True, "Time the vCPU ran, in seconds."),
-    ("wait_seconds_total", "wait", NS, True, "Time the vCPU waited for I/O, in seconds."),
+    ("wait_seconds_total", "wait", NS, True, "Time the vCPU's thread waited on the host "
+     "scheduler's run queue (its sched wait_sum), in seconds."),
     ("delay_seconds_total", "delay", NS, True, "Time the vCPU was runnable but waited for a "
      "host CPU (steal), in seconds."),
     ("state", "state", 1, False, "State of the vCPU (libvirt's code)."),
 )
+# The vCPUs a sample has, by the keys it carries: numbers may be sparse (vCPUs unplugged;
+# the kernel reader gives vcpu.current only), so not range(vcpu.maximum or current).
+_VCPU_KEY = re.compile(r"vcpu\.(\d{1,9})\.(?:time|wait|delay|state)$")
 
 
 @dataclass(frozen=True)
@@ -187,8 +192,7 @@ def domain_samples(out: Families, entry: Entry) -> None:
             if (v := _number(stats, f"net.{i}.{key}")) is not None:
                 out.add(f"libvirt_domain_interface_stats_{suffix}", doc, True, NIC, labels,
                         v, tick)
-    vcpus = _number(stats, "vcpu.maximum") or _number(stats, "vcpu.current") or 0
-    for n in range(min(int(vcpus), 4096)):
+    for n in sorted({int(m[1]) for k in stats if (m := _VCPU_KEY.match(k))}):
         for suffix, key, scale, counter, doc in _VCPU:
             if (v := _number(stats, f"vcpu.{n}.{key}")) is not None:
                 out.add(f"libvirt_domain_vcpu_{suffix}", doc, counter, VCPU,
