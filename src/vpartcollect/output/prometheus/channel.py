@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_BYTES = 64 << 20  # a few ticks of a large host
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
+LIVED = 60.0  # an exporter that ran this long before dying starts again after RESPAWN_MIN
 
 
 def listen(endpoint: Endpoint) -> socket.socket:
@@ -108,6 +109,7 @@ class PrometheusSink(SinkBase):
         self.dropped = 0  # frames dropped (outbox full)
         self.failures = 0
         self.start_at = 0.0
+        self.started = 0.0  # when the running exporter was started (clock)
 
     def __str__(self) -> str:
         return f"prometheus {self.endpoint}"
@@ -244,7 +246,7 @@ class PrometheusSink(SinkBase):
         children.register(pid, lambda _status: self._reaped(pid))
         theirs.close()
         mine.setblocking(False)
-        self.sock, self.head_sent = mine, 0
+        self.sock, self.head_sent, self.started = mine, 0, self.clock()
         # What waited was meant for the dead exporter's board: a new one starts afresh
         # from the next frames (a tick later at most).
 
@@ -257,6 +259,8 @@ class PrometheusSink(SinkBase):
         self.head_sent = 0
         self.outbox.clear()
         self.outbox_bytes = 0
+        if self.clock() - self.started >= LIVED:  # not a crash loop: backoff from the start
+            self.failures = 0
         delay = backoff(self.failures, RESPAWN_MIN, RESPAWN_MAX)
         self.start_at = self.clock() + delay
         self.failures += 1
