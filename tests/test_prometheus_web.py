@@ -21,6 +21,7 @@ import bcrypt
 import pytest
 
 from vpartcollect.config import ConfigError, build
+from vpartcollect.output.prometheus import webconfig
 from vpartcollect.output.prometheus.limits import (
     HEAD_LIMIT,
     MAX_CONNECTIONS,
@@ -29,7 +30,12 @@ from vpartcollect.output.prometheus.limits import (
     HeadTooLarge,
     oldest_idle,
 )
-from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
+from vpartcollect.output.prometheus.server import (
+    Exporter,
+    ExporterSettings,
+    Server,
+    accepts_gzip,
+)
 from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 
 
@@ -279,3 +285,24 @@ def test_room_is_made_by_closing_the_connection_idle_longest() -> None:
     finally:
         for conn in (a, b, c):
             conn.sock.close()
+
+
+def test_gzip_refused_by_the_client_is_not_sent(plain: int) -> None:
+    """Review of issue 26: ``gzip;q=0`` (gzip refused) was answered in gzip."""
+    status, head, body = get(plain, "/metrics", {"Accept-Encoding": "gzip;q=0, identity"})
+    assert status == 200 and "content-encoding" not in head and b"libvirt_up" in body
+
+
+@pytest.mark.parametrize("header, gzipped", [
+    (None, False), ("", False), ("gzip", True), ("deflate, gzip;q=0.5", True),
+    ("gzip;q=0", False), ("gzip; q=0.0, identity", False), ("*", True), ("*;q=0", False),
+    ("identity", False), ("GZIP", True), ("gzip;q=x", False), ("x-gzip", True),
+])
+def test_gzip_only_when_the_client_takes_it(header: str | None, gzipped: bool) -> None:
+    assert accepts_gzip(header) is gzipped
+
+
+def test_an_unknown_user_costs_a_bcrypt_check_of_the_toolkits_cost() -> None:
+    """Review of issue 26: the dummy hash an unknown user is checked against was cost 4
+    (16 times cheaper than the toolkit's $2y$10$: an unknown user told apart by time)."""
+    assert webconfig._DUMMY.split(b"$")[2] == b"10"

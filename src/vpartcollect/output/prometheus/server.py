@@ -61,6 +61,25 @@ class ExporterSettings:
     first_web: WebConfig | None = field(default=None, compare=False)
 
 
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header takes gzip (named or ``*``, with a q above 0:
+    ``gzip;q=0`` refuses it)."""
+    named: dict[str, float] = {}
+    for item in (header or "").split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding:
+            named[coding.lower()] = q
+    return named.get("gzip", named.get("x-gzip", named.get("*", 0.0))) > 0
+
+
 class Exporter:
     """The board behind a lock, and what one scrape renders."""
 
@@ -193,7 +212,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
+            gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
             body, content_type = self.server.exporter.render(self.headers.get("Accept"),
                                                              gzipped)
             self._send(200, body, content_type,
@@ -290,7 +309,8 @@ def exporter_main(listening: socket.socket, chan: socket.socket,
         exporter = Exporter(settings)
         server = Server(listening, exporter)
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=wire.MAX_FRAME_BYTES)
+        # A whole frame of the largest size may sit behind the unread tail of another.
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * wire.MAX_FRAME_BYTES)
         chan.setblocking(True)
         while data := chan.recv(1 << 20):
             unpacker.feed(data)

@@ -181,8 +181,9 @@ def _stat(path: str) -> tuple[int, int, int] | None:
 
 
 # Checked against this for an unknown user, so that a wrong user costs what a wrong
-# password does (as exporter-toolkit does).
-_DUMMY = bcrypt.hashpw(b"vpartcollect", bcrypt.gensalt(4))
+# password does: cost 10, as exporter-toolkit's dummy $2y$10$ (made once, at import).
+DUMMY_COST = 10
+_DUMMY = bcrypt.hashpw(b"vpartcollect", bcrypt.gensalt(DUMMY_COST))
 
 
 class Authenticator:
