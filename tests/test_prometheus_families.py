@@ -115,6 +115,19 @@ def test_sparse_vcpu_numbers_of_the_kernel_reader_are_all_exposed() -> None:
         (("domain", "a"), ("uuid", "uuid-a"), ("vcpu", "3"))] == 1.5
 
 
+def test_the_host_health_each_worker_saw_is_exposed_by_partition() -> None:
+    """Review of issues 26/27: the health values went to Graphite and stdout only."""
+    exporter = Exporter(ExporterSettings(10.0, False, 1, 30.0))
+    health = [("datastore_answering", "/srv/nfs", 0), ("datastore_silent_seconds",
+                                                       "/srv/nfs", 12.5),
+              ("frozen_qemus", "all", 2), ("libvirtd_seconds", "stats_p50", 0.004)]
+    exporter.frame(["done", 0, 100.0, {"domains": 0}, [list(h) for h in health]])
+    got = parse(exporter.render(None)[0].decode())
+    for typ, of, value in health:
+        assert got[f"vpartcollect_instance_{typ}"][(("of", of), ("partition", "virt-0"))] \
+            == value, typ
+
+
 def test_board_keeps_the_last_sample_and_drops_a_domain_its_instance_missed() -> None:
     board = Board()
     board.sample(0, 10.0, sample("a", HEALTHY))

@@ -28,6 +28,7 @@ from vpartcollect import children, wire
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Config, ConfigError, Endpoint
 from vpartcollect.daemon import fork_child
+from vpartcollect.health import HealthValue
 from vpartcollect.output.prometheus.server import ExporterSettings, exporter_main
 from vpartcollect.output.prometheus.webconfig import WebConfigError
 from vpartcollect.output.prometheus.webconfig import load as load_web_config
@@ -119,9 +120,10 @@ class PrometheusSink(SinkBase):
         """An instance's samples (the exporter decodes them with the workers' codec)."""
         self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))])
 
-    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
-        """An instance finished ``tick`` with these own values."""
-        self._queue(["done", instance, tick, dict(values)])
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
+                  health: Sequence[HealthValue] = ()) -> None:
+        """An instance finished ``tick`` with these own values and host health."""
+        self._queue(["done", instance, tick, dict(values), [list(h) for h in health]])
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
         """The collector-wide values of a tick that begins."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from vpartcollect.health import HealthValue
 from vpartcollect.output.metrics import SELF_COUNTERS
 from vpartcollect.samples import DomainSample, Stats
 
@@ -228,9 +229,30 @@ def self_samples(out: Families, instance: str | None, values: dict[str, float],
                     values[key], tick)
 
 
+HEALTH_HELP = {
+    "datastore_answering": "1 when the datastore ('of': its mount or pool) answered the "
+    "worker's probe.",
+    "datastore_silent_seconds": "Seconds the datastore ('of') has not answered.",
+    "frozen_qemus": "QEMUs found frozen, by why ('of'; all: every one).",
+    "libvirtd_seconds": "Seconds libvirtd took per call of a kind ('of': kind_p50, "
+    "kind_max).",
+}
+
+
+def health_samples(out: Families, instance: str, values: list[HealthValue],
+                   tick: float) -> None:
+    """The host's health as one instance's worker saw it (health.py): a gauge per type,
+    labelled with the partition and what it is of (store, why, call kind)."""
+    for typ, of, value in sorted(values):
+        out.add(f"vpartcollect_instance_{typ}", HEALTH_HELP.get(typ, f"Host health: {typ}."),
+                False, ["partition", "of"], [instance, of], value, tick)
+
+
 def exposition(entries: Iterable[Entry], instances: dict[str, tuple[dict[str, float], float]],
                collector: tuple[dict[str, float], float] | None, interval: float,
-               timestamps: bool, libvirt_up: bool) -> Iterator[Metric]:
+               timestamps: bool, libvirt_up: bool,
+               health: dict[str, tuple[list[HealthValue], float]] | None = None
+               ) -> Iterator[Metric]:
     """Every family of one scrape: the domains' last samples and the collector's own."""
     out = Families(interval, timestamps)
     count = 0
@@ -239,6 +261,8 @@ def exposition(entries: Iterable[Entry], instances: dict[str, tuple[dict[str, fl
         count += 1
     for instance, (values, tick) in sorted(instances.items()):
         self_samples(out, instance, values, tick)
+    for instance, (rows, tick) in sorted((health or {}).items()):
+        health_samples(out, instance, rows, tick)
     if collector is not None:
         self_samples(out, None, collector[0], collector[1])
     fams = out.done()

@@ -106,7 +106,9 @@ class Exporter:
                 for d in msg.domains:
                     self.board.sample(int(obj[1]), msg.tick, d)
             elif kind == "done":
-                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]), time.monotonic())
+                health = [(str(t), str(i), float(v)) for t, i, v in obj[4]]
+                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]), time.monotonic(),
+                                health)
             elif kind == "collector":
                 self.board.collector_values(dict(obj[1]), float(obj[2]))
 
@@ -126,9 +128,10 @@ class Exporter:
                     entries = self.board.snapshot()
                     instances = dict(self.board.instances)
                     collector = self.board.collector
+                    health = dict(self.board.health)
             if text is None:
                 families = list(exposition(entries, instances, collector, s.interval,
-                                           s.timestamps, state[1]))
+                                           s.timestamps, state[1], health))
 
                 class Scrape(Collector):
                     def collect(self) -> Any:
