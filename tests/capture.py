@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 from vpartcollect.config import Config
+from vpartcollect.health import HealthValue
 from vpartcollect.output.metrics import Metric, format_line
 from vpartcollect.output.sinks.base import SinkBase
 from vpartcollect.output.sinks.factory import Wanted, register_kind, unregister_kind
@@ -42,7 +43,8 @@ class CaptureSink(SinkBase):
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         self.raw += [(instance, tick, s) for s in samples]
 
-    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
+                  health: Sequence[HealthValue] = ()) -> None:
         self.ticks.append((instance, tick))
         self.own[instance] = dict(values)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vpartcollect.health import health_values, p50, valid
+from vpartcollect import wire
+from vpartcollect.health import MAX_INSTANCE_CHARS, health_values, p50, valid
 from vpartcollect.worker.qemu_proc import (
     FS_WAIT_SECONDS,
     IO_WAIT_SECONDS,
@@ -44,3 +45,16 @@ def test_why_a_qemu_is_frozen() -> None:
     assert frozen_why(STOPPED_SECONDS) == "stopped"
     assert frozen_why(FS_WAIT_SECONDS) == "filesystem"
     assert frozen_why(IO_WAIT_SECONDS) == "d_state"
+
+
+def test_a_datastore_name_past_the_wire_limit_is_clipped_and_stays_distinct() -> None:
+    """Review of issue 27: a name over 256 characters made every Done frame invalid (the
+    worker killed each tick)."""
+    a, b = "/srv/" + "a" * 300 + "/one", "/srv/" + "a" * 300 + "/two"
+    values = health_values({a: (True, 0.0), b: (False, 3.0), "/short": (True, 0.0)}, [], {})
+    names = {inst for typ, inst, _ in values if typ == "datastore_answering"}
+    assert len(names) == 3 and "/short" in names
+    for value in values:
+        assert valid(value, MAX_INSTANCE_CHARS) is None
+    done = wire.Done(1.0, 0.1, 3, health=values)
+    assert wire.FrameDecoder().feed(wire.encode(done)) == [done]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from promlab import Series, parse
 
+from vpartcollect.kernel_counters import vcpu_stats
 from vpartcollect.output.prometheus.board import Board
 from vpartcollect.output.prometheus.families import Entry, exposition
 from vpartcollect.output.prometheus.server import Exporter, ExporterSettings
@@ -95,6 +96,36 @@ def test_help_says_the_interval_and_timestamps_are_the_tick_when_asked() -> None
     assert "Sampled every 10 s." in text
     assert 'libvirt_domain_state_code{domain="a",uuid="uuid-a"} 1.0 1234.5' in text
     assert text.endswith("# EOF\n")
+
+
+def test_sparse_vcpu_numbers_of_the_kernel_reader_are_all_exposed() -> None:
+    """Review of issue 26: vCPUs were looked up below vcpu.maximum or vcpu.current; the
+    kernel reader gives vcpu.current only, so vCPUs 0, 2, 3 (1 unplugged) lost vCPU 3."""
+    stat = "1 (qemu) S " + " ".join(["0"] * 10) + " 100 50 " + " ".join(["0"] * 30)
+    sched = "se.statistics.wait_sum : 12.5\n"
+    stats = {"state.state": 1, **vcpu_stats({n: (stat, sched, "1 2000000 3")
+                                             for n in (0, 2, 3)}, 100)}
+    got = scrape([Entry(sample("a", stats), 100.0)])
+    assert stats["vcpu.current"] == 3
+    for family in ("time_seconds_total", "wait_seconds_total", "delay_seconds_total",
+                   "state"):
+        assert {dict(k)["vcpu"] for k in got[f"libvirt_domain_vcpu_{family}"]} == \
+            {"0", "2", "3"}, family
+    assert got["libvirt_domain_vcpu_time_seconds_total"][
+        (("domain", "a"), ("uuid", "uuid-a"), ("vcpu", "3"))] == 1.5
+
+
+def test_the_host_health_each_worker_saw_is_exposed_by_partition() -> None:
+    """Review of issues 26/27: the health values went to Graphite and stdout only."""
+    exporter = Exporter(ExporterSettings(10.0, False, 1, 30.0))
+    health = [("datastore_answering", "/srv/nfs", 0), ("datastore_silent_seconds",
+                                                       "/srv/nfs", 12.5),
+              ("frozen_qemus", "all", 2), ("libvirtd_seconds", "stats_p50", 0.004)]
+    exporter.frame(["done", 0, 100.0, {"domains": 0}, [list(h) for h in health]])
+    got = parse(exporter.render(None)[0].decode())
+    for typ, of, value in health:
+        assert got[f"vpartcollect_instance_{typ}"][(("of", of), ("partition", "virt-0"))] \
+            == value, typ
 
 
 def test_board_keeps_the_last_sample_and_drops_a_domain_its_instance_missed() -> None:

@@ -4,13 +4,19 @@ ours; promtool finds nothing wrong; a bad web_config or a port taken is one line
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import bcrypt
 import pytest
 from promlab import (
     DebianExporter,
@@ -23,7 +29,7 @@ from promlab import (
     wait_for,
 )
 from require import require_or_fail
-from runner import DEMO_URI, cli, cli_popen, no_traceback
+from runner import DEMO_URI, children, cli, cli_popen, no_traceback
 
 
 def run_exporting(port: int, *extra: str) -> subprocess.Popen[str]:
@@ -144,3 +150,118 @@ def test_sighup_with_a_bad_web_config_keeps_the_running_one(tmp_path: Path) -> N
         _, err = proc.communicate(timeout=20)
     no_traceback(err)
     assert "expected a bcrypt hash" in err
+
+
+def https(port: int, trust: ssl.SSLContext) -> str:
+    with urllib.request.urlopen(f"https://localhost:{port}/metrics", timeout=10,
+                                context=trust) as resp:
+        return str(resp.read().decode())
+
+
+def test_sighup_keeps_the_endpoint_and_serves_the_new_settings(tmp_path: Path) -> None:
+    """Issue 26 review: a SIGHUP that changed the exporter's settings (or none, with TLS
+    on) stopped the daemon ("cannot listen ...: Address already in use", exit 2)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    conf = tmp_path / "vp.toml"
+    port = free_port()
+    conf.write_text(f'web_config = "{web}"\ninterval = 1\nprometheus = "127.0.0.1:{port}"\n')
+    proc = cli_popen("run", "-c", str(conf), "--connect", DEMO_URI, "--no-stdout",
+                     "--graphite", "127.0.0.1:9")
+    try:
+        limit = time.monotonic() + 20
+        while True:
+            try:
+                assert "Sampled every 1 s." in https(port, trust)
+                break
+            except OSError:
+                assert time.monotonic() < limit and proc.poll() is None
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGHUP)  # nothing changed, TLS on
+        time.sleep(1.5)
+        assert proc.poll() is None
+        assert "Sampled every 1 s." in https(port, trust)
+        conf.write_text(f'web_config = "{web}"\ninterval = 2\n'
+                        f'prometheus = "127.0.0.1:{port}"\n')
+        proc.send_signal(signal.SIGHUP)
+        limit = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None
+            with contextlib.suppress(OSError):
+                if "Sampled every 2 s." in https(port, trust):
+                    break
+            assert time.monotonic() < limit
+            time.sleep(0.2)
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        conf.write_text(f'web_config = "{web}"\ninterval = 2\n'
+                        f'prometheus = "127.0.0.1:{taken.getsockname()[1]}"\n')
+        proc.send_signal(signal.SIGHUP)  # a taken port: refused, the running one kept
+        time.sleep(1.5)
+        taken.close()
+        assert proc.poll() is None
+        assert "Sampled every 2 s." in https(port, trust)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)
+    assert "Address already in use; keeping the running configuration" in err, err
+
+
+def test_a_user_removed_from_web_yml_stays_out_after_the_exporter_restarts(
+        tmp_path: Path) -> None:
+    """Review of issue 26: an exporter started again (crashed, killed) began from the
+    file as read at start, so a user removed since was let in again."""
+    def users(*names: str) -> str:
+        return "basic_auth_users:\n" + "".join(
+            f"  {n}: '{bcrypt.hashpw(n.encode(), bcrypt.gensalt(4)).decode()}'\n"
+            for n in names)
+
+    def status(user: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{user}".encode()).decode()})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    web = tmp_path / "web.yml"
+    web.write_text(users("alice"))
+    port = free_port()
+    proc = cli_popen("run", "--connect", DEMO_URI, "--interval", "1", "--no-stdout",
+                     "--graphite", "127.0.0.1:9", "--prometheus", f"127.0.0.1:{port}",
+                     "--web-config", str(web))
+    try:
+        limit = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError):
+                if status("alice") == 200:
+                    break
+            assert time.monotonic() < limit and proc.poll() is None
+            time.sleep(0.2)
+        web.write_text(users("bob"))  # no request sees it before the exporter dies
+        exporter = [pid for pid in children(proc.pid)
+                    if "prometheus" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(exporter) == 1
+        os.kill(exporter[0], signal.SIGKILL)
+        limit = time.monotonic() + 10
+        while True:  # started again after its backoff
+            with contextlib.suppress(OSError):
+                again = [pid for pid in children(proc.pid)
+                         if "prometheus" in Path(f"/proc/{pid}/cmdline").read_text()]
+                if again and again != exporter and status("bob") in (200, 401):
+                    break
+            assert time.monotonic() < limit
+            time.sleep(0.2)
+        assert (status("alice"), status("bob")) == (401, 200)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    no_traceback(err)

@@ -21,6 +21,7 @@ import bcrypt
 import pytest
 
 from vpartcollect.config import ConfigError, build
+from vpartcollect.output.prometheus import webconfig
 from vpartcollect.output.prometheus.limits import (
     HEAD_LIMIT,
     MAX_CONNECTIONS,
@@ -29,7 +30,12 @@ from vpartcollect.output.prometheus.limits import (
     HeadTooLarge,
     oldest_idle,
 )
-from vpartcollect.output.prometheus.server import Exporter, ExporterSettings, Server
+from vpartcollect.output.prometheus.server import (
+    Exporter,
+    ExporterSettings,
+    Server,
+    accepts_gzip,
+)
 from vpartcollect.output.prometheus.webconfig import WebConfigError, load
 
 
@@ -159,6 +165,35 @@ def test_the_file_is_re_read_per_request_and_a_bad_one_keeps_the_last_good(
         server.shutdown()
 
 
+def test_a_renewed_certificate_is_presented_at_the_next_handshake(certs: Path) -> None:
+    """Review of issue 26: the file was re-read only when web.yml changed; a certificate
+    renewed in place (web.yml untouched) was never picked up (exporter-toolkit reloads
+    the files per handshake)."""
+    server, port = serve(web_yml(certs, {}))
+
+    def presented() -> bytes:
+        trust = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                trust.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    try:
+        assert presented() == ssl.PEM_cert_to_DER_cert((certs / "cert.pem").read_text())
+        new = certs / "new"
+        new.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost", "-keyout", str(new / "key.pem"),
+                        "-out", str(new / "cert.pem")], check=True, capture_output=True)
+        (new / "key.pem").replace(certs / "key.pem")
+        (new / "cert.pem").replace(certs / "cert.pem")
+        assert presented() == ssl.PEM_cert_to_DER_cert((certs / "cert.pem").read_text())
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize("text, why", [
     ("tls_server_config:\n  cert_file: nothere.pem\n  key_file: nothere.pem\n",
      "No such file"),
@@ -250,3 +285,24 @@ def test_room_is_made_by_closing_the_connection_idle_longest() -> None:
     finally:
         for conn in (a, b, c):
             conn.sock.close()
+
+
+def test_gzip_refused_by_the_client_is_not_sent(plain: int) -> None:
+    """Review of issue 26: ``gzip;q=0`` (gzip refused) was answered in gzip."""
+    status, head, body = get(plain, "/metrics", {"Accept-Encoding": "gzip;q=0, identity"})
+    assert status == 200 and "content-encoding" not in head and b"libvirt_up" in body
+
+
+@pytest.mark.parametrize("header, gzipped", [
+    (None, False), ("", False), ("gzip", True), ("deflate, gzip;q=0.5", True),
+    ("gzip;q=0", False), ("gzip; q=0.0, identity", False), ("*", True), ("*;q=0", False),
+    ("identity", False), ("GZIP", True), ("gzip;q=x", False), ("x-gzip", True),
+])
+def test_gzip_only_when_the_client_takes_it(header: str | None, gzipped: bool) -> None:
+    assert accepts_gzip(header) is gzipped
+
+
+def test_an_unknown_user_costs_a_bcrypt_check_of_the_toolkits_cost() -> None:
+    """Review of issue 26: the dummy hash an unknown user is checked against was cost 4
+    (16 times cheaper than the toolkit's $2y$10$: an unknown user told apart by time)."""
+    assert webconfig._DUMMY.split(b"$")[2] == b"10"

@@ -18,6 +18,7 @@ A value is (type, type instance, number), as collectd would name it:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -37,6 +38,20 @@ def p50(values: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
+# The longest health instance a worker's frame may carry (wire checks it with this): a
+# longer datastore name is clipped so that it stays one value, distinct from the others.
+MAX_INSTANCE_CHARS = 256
+_CLIP_KEEP = 240
+
+
+def instance_name(name: str) -> str:
+    """``name``, or when longer than MAX_INSTANCE_CHARS its first 240 characters, ``~`` and
+    12 hex digits of its SHA-1 (two long names alike at the start stay apart)."""
+    if len(name) <= MAX_INSTANCE_CHARS:
+        return name
+    return f"{name[:_CLIP_KEEP]}~{hashlib.sha1(name.encode(errors='replace')).hexdigest()[:12]}"
+
+
 def health_values(stores: Mapping[str, tuple[bool, float]],
                   frozen_why: Iterable[str],
                   calls: Mapping[str, Sequence[float]]) -> list[HealthValue]:
@@ -44,7 +59,8 @@ def health_values(stores: Mapping[str, tuple[bool, float]],
     ``frozen_why``: why each QEMU found frozen is (FROZEN_WHY); ``calls``: {call kind:
     the seconds each call of it took}."""
     out: list[HealthValue] = []
-    for name, (answering, silent) in sorted(stores.items()):
+    for long_name, (answering, silent) in sorted(stores.items()):
+        name = instance_name(long_name)  # a longer one made every Done frame invalid
         out.append((DATASTORE_ANSWERING, name, 1 if answering else 0))
         out.append((DATASTORE_SILENT, name, round(silent, 3)))
     counts = dict.fromkeys(FROZEN_WHY, 0)

@@ -372,6 +372,9 @@ class Supervisor:
             new = self.reload_config()
             if spool_changed(self.cfg, new):
                 check_spool_dir(new, create=True)
+            if new.prometheus is not None:  # its module (prometheus_client) only when on
+                from vpartcollect.output.prometheus.channel import prebind
+                prebind(self.cfg, new)
         except ConfigError as exc:
             log.error("SIGHUP: %s; keeping the running configuration", exc)
             sd_notify("READY=1")

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 from vpartcollect.calls import CallKind
-from vpartcollect.health import HealthValue, valid
+from vpartcollect.health import MAX_INSTANCE_CHARS, HealthValue, valid
 from vpartcollect.samples import DomainSample, Stats
 
 __all__ = [
@@ -214,7 +214,7 @@ def _health(value: object) -> list[HealthValue]:
             raise WireError("health: expected [type, instance, value] rows")
         item = (_need(row[0], str, "health type"), _need(row[1], str, "health instance"),
                 _number(row[2], "health value"))
-        why = valid(item, MAX_KEY_CHARS)
+        why = valid(item, MAX_INSTANCE_CHARS)
         if why is not None:
             raise WireError(f"health: {why}")
         out.append(item)

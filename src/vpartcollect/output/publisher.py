@@ -106,7 +106,8 @@ class Publisher:
                   + [self.builder.self_metric(instance, typ, v, tick, inst)
                      for typ, inst, v in health])
         for sink in list(self.sinks):
-            self._guard(sink, functools.partial(sink.tick_done, instance, tick, values))
+            self._guard(sink, functools.partial(sink.tick_done, instance, tick, values,
+                                                health))
 
     def new_tick(self, ts: float, tracked: int) -> None:
         """A tick begins: the collector-wide metrics (``tracked`` per-domain entries, and

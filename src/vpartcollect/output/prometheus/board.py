@@ -8,6 +8,7 @@ sample are dropped (gone, or handed to another instance).
 
 from __future__ import annotations
 
+from vpartcollect.health import HealthValue
 from vpartcollect.output.prometheus.families import Entry
 from vpartcollect.samples import DomainSample
 
@@ -18,6 +19,7 @@ class Board:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, Entry]] = {}
         self.instances: dict[str, tuple[dict[str, float], float]] = {}
+        self.health: dict[str, tuple[list[HealthValue], float]] = {}  # by partition
         self.collector: tuple[dict[str, float], float] | None = None
         self.done_at: dict[int, float] = {}  # instance -> monotonic time of its last tick
         self.version = 0  # bumped by every change of what a scrape shows
@@ -30,9 +32,12 @@ class Board:
         self.entries[sample.uuid] = (instance, Entry(sample, tick))
         self.version += 1
 
-    def done(self, instance: int, tick: float, values: dict[str, float], now: float) -> None:
-        """``instance`` finished ``tick``: what it did not sample then is gone."""
+    def done(self, instance: int, tick: float, values: dict[str, float], now: float,
+             health: list[HealthValue] | None = None) -> None:
+        """``instance`` finished ``tick``: what it did not sample then is gone; ``health``:
+        what its worker saw of the host's health (replacing the last)."""
         self.instances[f"virt-{instance}"] = (values, tick)
+        self.health[f"virt-{instance}"] = (health or [], tick)
         self.version += 1
         self.done_at[instance] = now
         stale = [uuid for uuid, (inst, entry) in self.entries.items()

@@ -28,6 +28,7 @@ from vpartcollect import children, wire
 from vpartcollect.backoff import backoff
 from vpartcollect.config import Config, ConfigError, Endpoint
 from vpartcollect.daemon import fork_child
+from vpartcollect.health import HealthValue
 from vpartcollect.output.prometheus.server import ExporterSettings, exporter_main
 from vpartcollect.output.prometheus.webconfig import WebConfigError
 from vpartcollect.output.prometheus.webconfig import load as load_web_config
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_BYTES = 64 << 20  # a few ticks of a large host
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
+LIVED = 60.0  # an exporter that ran this long before dying starts again after RESPAWN_MIN
 
 
 def listen(endpoint: Endpoint) -> socket.socket:
@@ -61,6 +63,21 @@ def listen(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+# Sockets bound by ``prebind`` for a reload that moves the endpoint, taken by the sink made.
+_prebound: dict[Endpoint, socket.socket] = {}
+
+
+def prebind(old: Config, new: Config) -> None:
+    """SIGHUP: bind the new endpoint now, before anything is applied, so that a taken
+    port is a ConfigError the reload reports (keeping the running configuration)."""
+    for endpoint in list(_prebound):
+        if endpoint != new.prometheus:
+            _prebound.pop(endpoint).close()
+    if new.prometheus is not None and new.prometheus != old.prometheus \
+            and new.prometheus not in _prebound:
+        _prebound[new.prometheus] = listen(new.prometheus)
+
+
 def exporter_settings(cfg: Config) -> ExporterSettings:
     """What the exporter process is started with (the web configuration as read now: a
     bad one is a ConfigError, exit 2 at start; on SIGHUP the running one is kept)."""
@@ -82,7 +99,8 @@ class PrometheusSink(SinkBase):
         super().__init__()
         self.endpoint = endpoint
         self.settings = settings
-        self.listening = listen(endpoint)
+        prebound = _prebound.pop(endpoint, None)
+        self.listening = prebound if prebound is not None else listen(endpoint)
         self.clock = clock
         self.sock: socket.socket | None = None
         self.pid = 0
@@ -92,6 +110,7 @@ class PrometheusSink(SinkBase):
         self.dropped = 0  # frames dropped (outbox full)
         self.failures = 0
         self.start_at = 0.0
+        self.started = 0.0  # when the running exporter was started (clock)
 
     def __str__(self) -> str:
         return f"prometheus {self.endpoint}"
@@ -101,9 +120,10 @@ class PrometheusSink(SinkBase):
         """An instance's samples (the exporter decodes them with the workers' codec)."""
         self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))])
 
-    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
-        """An instance finished ``tick`` with these own values."""
-        self._queue(["done", instance, tick, dict(values)])
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
+                  health: Sequence[HealthValue] = ()) -> None:
+        """An instance finished ``tick`` with these own values and host health."""
+        self._queue(["done", instance, tick, dict(values), [list(h) for h in health]])
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
         """The collector-wide values of a tick that begins."""
@@ -114,9 +134,20 @@ class PrometheusSink(SinkBase):
         return {"prometheus_dropped_frames": self.dropped}
 
     def reconfigure(self, old: Config, new: Config) -> bool:
-        """Kept when the exporter's settings are the same (else replaced: a new
-        exporter, on a socket bound again)."""
-        return exporter_settings(new) == self.settings
+        """Kept on the same endpoint: the listening socket stays; the exporter is started
+        again when its settings changed. (Another endpoint: a new sink, on the socket
+        ``prebind`` bound while the reload could still be refused.)"""
+        if new.prometheus != self.endpoint:
+            return False
+        settings = exporter_settings(new)
+        if settings != self.settings:
+            self.settings = settings
+            self._stop()
+            self.head_sent = 0
+            self.outbox.clear()  # frames for the old settings (instances...)
+            self.outbox_bytes = 0
+            self.failures, self.start_at = 0, 0.0  # started again by the next poll()
+        return True
 
     # -- the supervisor's loop ----------------------------------------------------
     def interest(self) -> tuple[socket.socket, int] | None:
@@ -217,7 +248,7 @@ class PrometheusSink(SinkBase):
         children.register(pid, lambda _status: self._reaped(pid))
         theirs.close()
         mine.setblocking(False)
-        self.sock, self.head_sent = mine, 0
+        self.sock, self.head_sent, self.started = mine, 0, self.clock()
         # What waited was meant for the dead exporter's board: a new one starts afresh
         # from the next frames (a tick later at most).
 
@@ -230,6 +261,8 @@ class PrometheusSink(SinkBase):
         self.head_sent = 0
         self.outbox.clear()
         self.outbox_bytes = 0
+        if self.clock() - self.started >= LIVED:  # not a crash loop: backoff from the start
+            self.failures = 0
         delay = backoff(self.failures, RESPAWN_MIN, RESPAWN_MAX)
         self.start_at = self.clock() + delay
         self.failures += 1

@@ -8,11 +8,13 @@ timing statistics, ``libvirt_domain_timed_out``) and the collector's own
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from vpartcollect.health import HealthValue
 from vpartcollect.output.metrics import SELF_COUNTERS
 from vpartcollect.samples import DomainSample, Stats
 
@@ -104,11 +106,15 @@ _NET = (
 )
 _VCPU = (
     ("time_seconds_total", "time", NS, True, "Time the vCPU ran, in seconds."),
-    ("wait_seconds_total", "wait", NS, True, "Time the vCPU waited for I/O, in seconds."),
+    ("wait_seconds_total", "wait", NS, True, "Time the vCPU's thread waited on the host "
+     "scheduler's run queue (its sched wait_sum), in seconds."),
     ("delay_seconds_total", "delay", NS, True, "Time the vCPU was runnable but waited for a "
      "host CPU (steal), in seconds."),
     ("state", "state", 1, False, "State of the vCPU (libvirt's code)."),
 )
+# The vCPUs a sample has, by the keys it carries: numbers may be sparse (vCPUs unplugged;
+# the kernel reader gives vcpu.current only), so not range(vcpu.maximum or current).
+_VCPU_KEY = re.compile(r"vcpu\.(\d{1,9})\.(?:time|wait|delay|state)$")
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,7 @@ def domain_samples(out: Families, entry: Entry) -> None:
             if (v := _number(stats, f"net.{i}.{key}")) is not None:
                 out.add(f"libvirt_domain_interface_stats_{suffix}", doc, True, NIC, labels,
                         v, tick)
-    vcpus = _number(stats, "vcpu.maximum") or _number(stats, "vcpu.current") or 0
-    for n in range(min(int(vcpus), 4096)):
+    for n in sorted({int(m[1]) for k in stats if (m := _VCPU_KEY.match(k))}):
         for suffix, key, scale, counter, doc in _VCPU:
             if (v := _number(stats, f"vcpu.{n}.{key}")) is not None:
                 out.add(f"libvirt_domain_vcpu_{suffix}", doc, counter, VCPU,
@@ -224,9 +229,30 @@ def self_samples(out: Families, instance: str | None, values: dict[str, float],
                     values[key], tick)
 
 
+HEALTH_HELP = {
+    "datastore_answering": "1 when the datastore ('of': its mount or pool) answered the "
+    "worker's probe.",
+    "datastore_silent_seconds": "Seconds the datastore ('of') has not answered.",
+    "frozen_qemus": "QEMUs found frozen, by why ('of'; all: every one).",
+    "libvirtd_seconds": "Seconds libvirtd took per call of a kind ('of': kind_p50, "
+    "kind_max).",
+}
+
+
+def health_samples(out: Families, instance: str, values: list[HealthValue],
+                   tick: float) -> None:
+    """The host's health as one instance's worker saw it (health.py): a gauge per type,
+    labelled with the partition and what it is of (store, why, call kind)."""
+    for typ, of, value in sorted(values):
+        out.add(f"vpartcollect_instance_{typ}", HEALTH_HELP.get(typ, f"Host health: {typ}."),
+                False, ["partition", "of"], [instance, of], value, tick)
+
+
 def exposition(entries: Iterable[Entry], instances: dict[str, tuple[dict[str, float], float]],
                collector: tuple[dict[str, float], float] | None, interval: float,
-               timestamps: bool, libvirt_up: bool) -> Iterator[Metric]:
+               timestamps: bool, libvirt_up: bool,
+               health: dict[str, tuple[list[HealthValue], float]] | None = None
+               ) -> Iterator[Metric]:
     """Every family of one scrape: the domains' last samples and the collector's own."""
     out = Families(interval, timestamps)
     count = 0
@@ -235,6 +261,8 @@ def exposition(entries: Iterable[Entry], instances: dict[str, tuple[dict[str, fl
         count += 1
     for instance, (values, tick) in sorted(instances.items()):
         self_samples(out, instance, values, tick)
+    for instance, (rows, tick) in sorted((health or {}).items()):
+        health_samples(out, instance, rows, tick)
     if collector is not None:
         self_samples(out, None, collector[0], collector[1])
     fams = out.done()

@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn
 
@@ -56,7 +56,28 @@ class ExporterSettings:
     instances: int
     up_within: float  # libvirt_up: every instance finished a tick this recently
     web_config: str | None = None
-    first_web: WebConfig | None = None  # read at start by the supervisor (exit 2 if bad)
+    # Read at start by the supervisor (exit 2 if bad). Not compared: it holds an
+    # SSLContext (equal only to itself); web_config's path says which file it is.
+    first_web: WebConfig | None = field(default=None, compare=False)
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header takes gzip (named or ``*``, with a q above 0:
+    ``gzip;q=0`` refuses it)."""
+    named: dict[str, float] = {}
+    for item in (header or "").split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding:
+            named[coding.lower()] = q
+    return named.get("gzip", named.get("x-gzip", named.get("*", 0.0))) > 0
 
 
 class Exporter:
@@ -85,7 +106,9 @@ class Exporter:
                 for d in msg.domains:
                     self.board.sample(int(obj[1]), msg.tick, d)
             elif kind == "done":
-                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]), time.monotonic())
+                health = [(str(t), str(i), float(v)) for t, i, v in obj[4]]
+                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]), time.monotonic(),
+                                health)
             elif kind == "collector":
                 self.board.collector_values(dict(obj[1]), float(obj[2]))
 
@@ -105,9 +128,10 @@ class Exporter:
                     entries = self.board.snapshot()
                     instances = dict(self.board.instances)
                     collector = self.board.collector
+                    health = dict(self.board.health)
             if text is None:
                 families = list(exposition(entries, instances, collector, s.interval,
-                                           s.timestamps, state[1]))
+                                           s.timestamps, state[1], health))
 
                 class Scrape(Collector):
                     def collect(self) -> Any:
@@ -191,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
+            gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
             body, content_type = self.server.exporter.render(self.headers.get("Accept"),
                                                              gzipped)
             self._send(200, body, content_type,
@@ -288,7 +312,8 @@ def exporter_main(listening: socket.socket, chan: socket.socket,
         exporter = Exporter(settings)
         server = Server(listening, exporter)
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=wire.MAX_FRAME_BYTES)
+        # A whole frame of the largest size may sit behind the unread tail of another.
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * wire.MAX_FRAME_BYTES)
         chan.setblocking(True)
         while data := chan.recv(1 << 20):
             unpacker.feed(data)

@@ -41,6 +41,7 @@ class WebConfig:
 
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    files: tuple[str, ...] = ()  # cert, key, client CA: a change to them is a change
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -49,6 +50,12 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise WebConfigError(f"{where}: expected a mapping")
     return value
+
+
+def _tls_files(path: Path, raw: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(path.parent / raw[key]) for key in ("cert_file", "key_file",
+                                                         "client_ca_file")
+                 if isinstance(raw.get(key), str) and raw[key])
 
 
 def _tls(path: Path, raw: dict[str, Any]) -> ssl.SSLContext | None:
@@ -111,8 +118,10 @@ def parse(text: str, path: Path) -> WebConfig:
     unknown = set(top) - _TOP
     if unknown:
         raise WebConfigError(f"unknown key {sorted(unknown)[0]!r}")
-    return WebConfig(_tls(path, _mapping(top.get("tls_server_config"), "tls_server_config")),
-                     _users(_mapping(top.get("basic_auth_users"), "basic_auth_users")))
+    tls = _mapping(top.get("tls_server_config"), "tls_server_config")
+    return WebConfig(_tls(path, tls),
+                     _users(_mapping(top.get("basic_auth_users"), "basic_auth_users")),
+                     _tls_files(path, tls))
 
 
 def load(path: str | Path) -> WebConfig:
@@ -133,38 +142,48 @@ def load(path: str | Path) -> WebConfig:
 
 
 class Current:
-    """The file as of now, re-read when it changed (each request asks): a file turned
-    bad keeps the last good one in force, with one warning per change."""
+    """The file as of now, re-read when it or a certificate, key or client CA file it
+    names changed (each request asks, as exporter-toolkit reloads them per handshake): a
+    file turned bad keeps the last good one in force, with one warning per change.
+
+    ``first`` (read at start or at the last SIGHUP) is only the fallback: the first
+    request reads the file again, so an exporter started again after a crash does not
+    bring back users removed from the file since."""
 
     def __init__(self, path: str | Path, first: WebConfig) -> None:
         self.path = Path(path)
         self.config = first
-        self.seen = self._stamp()
+        self.seen: tuple[tuple[int, int, int] | None, ...] | None = None
         self.lock = threading.Lock()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_stat(path) for path in (str(self.path), *self.config.files))
 
     def get(self) -> WebConfig:
         """The configuration in force."""
         with self.lock:
             stamp = self._stamp()
             if stamp != self.seen:
-                self.seen = stamp
                 try:
                     self.config = load(self.path)
                 except WebConfigError as exc:
                     log.warning("%s; the last good one stays in force", exc)
+                self.seen = self._stamp()  # the files the config in force names
             return self.config
 
 
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 # Checked against this for an unknown user, so that a wrong user costs what a wrong
-# password does (as exporter-toolkit does).
-_DUMMY = bcrypt.hashpw(b"vpartcollect", bcrypt.gensalt(4))
+# password does: cost 10, as exporter-toolkit's dummy $2y$10$ (made once, at import).
+DUMMY_COST = 10
+_DUMMY = bcrypt.hashpw(b"vpartcollect", bcrypt.gensalt(DUMMY_COST))
 
 
 class Authenticator:

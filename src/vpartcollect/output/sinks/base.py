@@ -20,6 +20,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from vpartcollect.health import HealthValue
 from vpartcollect.output.metrics import Metric
 from vpartcollect.samples import DomainSample
 
@@ -56,9 +57,11 @@ class Sink(Protocol):
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         """The raw samples of one instance's domains for ``tick``, each domain once."""
 
-    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
+                  health: Sequence[HealthValue] = ()) -> None:
         """``instance`` finished ``tick``: every sample it had for it was handed over;
-        ``values``: that instance's own metrics for it (once per tick)."""
+        ``values``: that instance's own metrics for it (once per tick); ``health``: what
+        its worker saw of the host's health (health.py)."""
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
         """``tick`` begins; ``values``: the collector-wide own metrics (all sinks')."""
@@ -119,7 +122,8 @@ class SinkBase:
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         """Raw samples are not wanted by default."""
 
-    def tick_done(self, instance: int, tick: float, values: Mapping[str, float]) -> None:
+    def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
+                  health: Sequence[HealthValue] = ()) -> None:
         """Nothing to do at the end of a tick by default."""
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
