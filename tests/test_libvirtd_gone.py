@@ -76,6 +76,11 @@ def test_a_qemu_that_exited_is_told_from_one_that_runs(tmp_path: Path) -> None:
     try:
         (tmp_path / "vm.pid").write_text(str(child.pid))
         qemu = QemuProcesses(pid_dir=tmp_path)
+        # Once its command line is the one exec gave it (a parallel suite's rehearsal read
+        # it too early once: None for the child's pid).
+        deadline = time.monotonic() + 5
+        while qemu.pid(uuid, "vm") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert qemu.pid(uuid, "vm") == child.pid
         assert not qemu.exited(uuid)
         assert not qemu.exited(uuid)
