@@ -87,13 +87,17 @@ class StdoutSink(SinkBase):
                     self._write_all(self.waiting[0])
                     self.waiting_bytes -= len(self.waiting.popleft())
                 self._write_all(data)
-        except BrokenPipeError:
-            # Point stdout at /dev/null so the interpreter's final flush cannot fail too.
-            self._to_devnull()
-            raise StdoutClosed() from None
         except OSError as exc:
-            self._to_devnull()
-            raise StdoutFailed(f"stdout: {exc.strerror or exc}") from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> StdoutClosed:
+        """What a write's OSError means: its reader went away (BrokenPipeError), or it
+        failed (a full disk). Stdout then points at /dev/null, so that the interpreter's
+        final flush cannot fail too."""
+        self._to_devnull()
+        if isinstance(exc, BrokenPipeError):
+            return StdoutClosed()
+        return StdoutFailed(f"stdout: {exc.strerror or exc}")
 
     def __str__(self) -> str:
         return "stdout"
@@ -117,12 +121,8 @@ class StdoutSink(SinkBase):
             return
         try:
             self._send_waiting(0.0)
-        except BrokenPipeError:
-            self._to_devnull()
-            raise StdoutClosed() from None
         except OSError as exc:
-            self._to_devnull()
-            raise StdoutFailed(f"stdout: {exc.strerror or exc}") from None
+            raise self._failed(exc) from None
 
     def finish(self, deadline: float) -> bool:
         """At exit: the reader gets what waits for it until monotonic ``deadline``."""
