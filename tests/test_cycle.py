@@ -23,6 +23,7 @@ from vpartcollect.config import load
 from vpartcollect.output.metrics import MetricBuilder
 from vpartcollect.output.naming import Naming
 from vpartcollect.samples import Stats
+from vpartcollect.worker import second_ask
 from vpartcollect.worker.cycle import Cycle, clean_stats
 from vpartcollect.worker.datastores import Probes
 from vpartcollect.worker.guard import Guard
@@ -180,14 +181,47 @@ def test_a_skipped_monitor_part_is_asked_again_and_sent_once(
     assert got == {"domain-A": True, "domain-B": True, "domain-C": True}
 
 
-def test_no_better_second_answer_sends_the_first(node: tuple[str, int, int]) -> None:
+def test_no_better_answer_at_any_ask_sends_the_first(node: tuple[str, int, int]) -> None:
     uri, out_r, out_w = node
     session, triage = session_on(uri, out_w)
-    session.reader = PreparedReader(session.reader, [
-        {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL}, {"domain-B": SKIPPED}])
+    asks = len(second_ask.ASK_AGAIN_AFTER)
+    reader = session.reader = PreparedReader(session.reader, [
+        {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL},
+        *[{"domain-B": SKIPPED}] * asks])
     Cycle(wire.Tick(100.0), session, triage).run([])
+    assert reader.asked[1:] == [["domain-B"]] * asks  # then it gives up: one sample
     got = [(d.name, "block.0.rd.reqs" in d.stats) for d in samples(out_r)]
     assert sorted(got) == [("domain-A", True), ("domain-B", False), ("domain-C", True)]
+
+
+def test_a_job_held_past_the_second_ask_is_waited_out(node: tuple[str, int, int]) -> None:
+    """On a loaded host another client's call held a mate's job past the second ask (50 ms
+    after the first): its block counters were lost at that tick, and nothing said so.
+    Asked again with longer waits, the third answer is full and is the one sent."""
+    uri, out_r, out_w = node
+    session, triage = session_on(uri, out_w)
+    reader = session.reader = PreparedReader(session.reader, [
+        {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL},
+        {"domain-B": SKIPPED}, {"domain-B": FULL}])
+    Cycle(wire.Tick(100.0), session, triage).run([])
+    assert reader.asked[1:] == [["domain-B"], ["domain-B"]]
+    got = [(d.name, "block.0.rd.reqs" in d.stats) for d in samples(out_r)]
+    assert sorted(got) == [("domain-A", True), ("domain-B", True), ("domain-C", True)]
+
+
+def test_asks_stop_at_the_ticks_share(node: tuple[str, int, int]) -> None:
+    """At a 0.2 s interval no ask starts later than 0.1 s into the cycle: the waits of
+    50 and 100 ms leave room for one more ask only, and the next tick is not delayed."""
+    uri, out_w = node[0], node[2]
+    cfg = load(None, {"connect": uri, "interval": 0.2})
+    session = Session.open(0, cfg, Link(-1, out_w), Guard(), {})
+    reader = session.reader = PreparedReader(session.reader, [
+        {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL},
+        *[{"domain-B": SKIPPED}] * len(second_ask.ASK_AGAIN_AFTER)])
+    started = time.monotonic()
+    Cycle(wire.Tick(100.0), session, Triage(cfg)).run([])
+    assert len(reader.asked) == 2
+    assert time.monotonic() - started < 0.2
 
 
 def test_a_full_answer_or_a_suspect_is_not_asked_again(node: tuple[str, int, int]) -> None:

@@ -77,6 +77,7 @@ class Cycle:
         self.suspects = set(tick.suspects)
         self.sent: set[str] = set() if sent is None else sent
         self.held: list[second_ask.Held] = []
+        self.started = time.monotonic()
         self.domains: list[Domain] = []
         self.totals = "vcpu_delay" in session.cfg.extra_stats  # per-domain steal sums
 
@@ -86,7 +87,7 @@ class Cycle:
 
     def run(self, previous: Sequence[Domain]) -> list[Domain]:
         """Sample every domain of this instance once for the tick; return them."""
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         s, cfg = self.session, self.session.cfg
         self.triage.start(previous)  # probes run while the listing and /proc checks do
         self.domains = s.own_domains(set(self.tick.skip) | self.sent)
@@ -219,12 +220,25 @@ class Cycle:
                        lambda: s.reader.check_kernel(due, s.cfg.refresh_interval))
 
     def _ask_again(self) -> None:
-        """The second ask (see second_ask.py), routed afresh: one that froze, or whose
-        store died, since is not asked again."""
+        """The second ask (see second_ask.py), and more while an answer still lacks the
+        monitor's part and the tick has time; routed afresh each time: one that froze, or
+        whose store died, since is not asked again."""
         held, self.held = self.held, []
-        if not held:
-            return
-        time.sleep(max(0.0, held[-1].at + second_ask.ASK_AGAIN_AFTER - time.monotonic()))
+        last_ask = self.started + self.session.cfg.interval * second_ask.TICK_SHARE
+        for wait in second_ask.ASK_AGAIN_AFTER:
+            at = max(h.at for h in held) + wait if held else 0.0
+            if not held or at > last_ask:
+                break
+            time.sleep(max(0.0, at - time.monotonic()))
+            held = self._ask_held(held)
+        if held:
+            log.info("%s: monitor's part skipped at tick %s (another call held its job "
+                     "through every ask); sent without it", few([h.dom.name for h in held]),
+                     self.tick.ts)
+            self._send((h.dom, h.answer, h.unresponsive) for h in held)
+
+    def _ask_held(self, held: list[second_ask.Held]) -> list[second_ask.Held]:
+        """Ask ``held`` once more; send what is settled, return those to ask again."""
         ask = self.triage.routes([h.dom for h in held], self.session.guard)[Route.NORMAL]
         answers: dict[str, Answer] = {}
         stuck: set[str] = set()
@@ -235,12 +249,19 @@ class Cycle:
             except Abandoned:
                 log.warning("stats of %s, asked again, outlived the deadline; left to "
                             "libvirtd", few([d.name for d in ask]))
-        picked = [(h.dom, *second_ask.better(h, answers.get(h.dom.uuid), h.dom.uuid in stuck))
-                  for h in held]
+        now = time.monotonic()
+        settled, again = [], []
+        for h in held:
+            second, second_stuck = answers.get(h.dom.uuid), h.dom.uuid in stuck
+            if second_ask.again(h, second, second_stuck):
+                again.append(second_ask.Held(h.dom, h.answer, h.unresponsive, now))
+            else:
+                settled.append((h.dom, *second_ask.better(h, second, second_stuck)))
         log.debug("asked again without the monitor's part: %s; fuller now: %s",
                   few([h.dom.name for h in held]),
-                  few([d.name for d, a, _ in picked if a is answers.get(d.uuid)]) or "none")
-        self._send(picked)
+                  few([d.name for d, a, _ in settled if a is answers.get(d.uuid)]) or "none")
+        self._send(settled)
+        return again
 
     def _follow_devices(self, dom: Domain, answer: Answer) -> None:
         """Bulk stats name the disks and NICs every cycle: a snapshot, a pivot or a
