@@ -386,6 +386,37 @@ def test_an_interface_plugged_or_unplugged_since_the_xml_is_no_disagreement(
     assert "net.count: libvirt 0, kernel 1" in caplog.records[0].getMessage()
 
 
+def test_a_vcpu_plugged_before_libvirt_knows_is_no_disagreement(
+        placed: subprocess.Popen[str], caplog: pytest.LogCaptureFixture) -> None:
+    """``virsh setvcpus --live``: QEMU starts the vCPU's thread at once, libvirt lists it
+    when QEMU's event reaches it, a tick later on a busy host (seen in a parallel run
+    of the suite: one disagreement warning, the domain sent back to libvirtd). The
+    check is repeated at the next tick instead; the kernel path stays. Still unlisted
+    then, it is a disagreement."""
+    reader = KernelReader(lambda d: placed.pid)
+    dom = domain()
+    covered = reader.covers(dom)
+    before = libvirt_answer(reader, dom)
+    assert reader.agree(dom, before, covered, 0.05)
+    assert placed.stdin is not None and placed.stdout is not None
+    placed.stdin.write("plug 2\n")
+    placed.stdin.flush()
+    assert placed.stdout.readline() == "plugged\n"
+    with caplog.at_level(logging.INFO):
+        assert not reader.agree(dom, before, covered, 0.05)  # libvirt does not list it yet
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "its vCPUs changed (libvirt lists 2, the kernel 3)" in caplog.records[0].getMessage()
+    assert reader.covers(dom) == covered and reader.due(dom, 60.0)  # at the next tick
+    assert reader.agree(dom, libvirt_answer(reader, dom), covered, 0.05)  # it does now
+    # Listed by the kernel but never by libvirt: the second look is a disagreement.
+    assert not reader.agree(dom, before, covered, 0.05)
+    assert reader.covers(dom) == covered
+    with caplog.at_level(logging.WARNING):
+        assert not reader.agree(dom, before, covered, 0.05)
+    assert reader.covers(dom) == frozenset()
+    assert "vcpu.2.time: only the kernel reader has it" in caplog.records[-1].getMessage()
+
+
 @pytest.mark.parametrize("taps", [120, 1100])
 def test_proc_net_dev_of_a_crowded_host_is_read_whole(taps: int) -> None:
     """/proc/net/dev is a seq_file: one read() gives about a page, whatever the buffer.

@@ -191,6 +191,17 @@ def interface_names(stats: Stats) -> list[str]:
     return [str(stats.get(f"net.{i}.name", "")) for i in range(count)]
 
 
+def vcpu_numbers(stats: Stats) -> set[int]:
+    """The vCPUs a domain's stats have counters for (``vcpu.<n>.time``): what changes
+    when one is plugged or unplugged."""
+    out = set()
+    for key in stats:
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "vcpu" and parts[2] == "time" and parts[1].isdigit():
+            out.add(int(parts[1]))
+    return out
+
+
 def comparable(stats: Stats) -> Stats:
     """The keys of libvirt's answer that this module produces too: the kernel groups,
     without what only QEMU's monitor or libvirtd's own state gives (halt-polling,

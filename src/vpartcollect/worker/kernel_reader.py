@@ -127,6 +127,7 @@ class Located:
     maximum: int | None = None  # vcpu.maximum, as libvirt last said (the kernel cannot)
     checked: float = -1e18  # monotonic time of the last agreement check
     reread: bool = False  # its XML is being read again: libvirt listed other interfaces
+    replugged: bool = False  # checked again: libvirt and the kernel listed other vCPUs
 
 
 class KernelReader:
@@ -337,11 +338,20 @@ class KernelReader:
             dom.forget_devices()
             at.reread, at.checked = True, -1e18  # checked again once the XML is read
             return False
+        if ("vcpu" in groups and not at.replugged
+                and kc.vcpu_numbers(ours) != kc.vcpu_numbers(wanted)):
+            # A vCPU plugged or unplugged between libvirt's answer and the kernel's read:
+            # libvirt learns of it from QEMU's event, up to a tick later on a busy host.
+            log.info("%s: its vCPUs changed (libvirt lists %d, the kernel %d); compared "
+                     "again at the next tick", dom.name, len(kc.vcpu_numbers(wanted)),
+                     len(kc.vcpu_numbers(ours)))
+            at.replugged, at.checked = True, -1e18
+            return False
         problems = kc.disagreements(ours, wanted, elapsed, self.cpus)
         if problems:
             self.turn_off(dom, "it disagrees with libvirt: " + "; ".join(problems[:4]))
             return False
-        at.reread = False
+        at.reread = at.replugged = False
         self._retry.pop(dom.uuid, None)  # agreed: a later disagreement is news again
         if self.off.pop(dom.uuid, None) is not None:
             log.info("%s: counters from the kernel again: they agree with libvirt's", dom.name)
