@@ -16,7 +16,6 @@ worker was killed) is sampled by its new owner.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -33,9 +32,7 @@ def retire(slot: Slot) -> set[float]:
     slot.pending.clear()
     if slot.current is not None:
         owed.add(slot.current.ts)
-    if slot.ctl >= 0:
-        os.close(slot.ctl)
-        slot.ctl = -1
+    slot.close_ctl()
     if slot.pid and slot.current is None:
         slot.kill(hung=False)
     return owed
