@@ -25,7 +25,7 @@ from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.output.publisher import BadSample, OutputClosed, OutputFailed, Publisher
 from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
 from vpartcollect.roster import Roster
-from vpartcollect.slot import Slot, readable
+from vpartcollect.slot import Slot, describe_stuck, readable
 from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline
 from vpartcollect.worker import worker_main
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ONCE_LIMIT = 120.0  # --once gives up after this long
 STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
+KILL_GRACE = 1.0  # then to be reaped; one still there (in D state) is left behind
 # Per-domain state (rates, names, tags) of a domain not sampled for ``forget_after``
 # seconds (60 by default), or for PRUNE_INTERVALS intervals if longer, is forgotten: on a
 # host where VMs come and go nothing may grow without bound. A domain back after that
@@ -464,6 +465,16 @@ class Supervisor:
         owner = self.cfg.sampled_by(name, tag[0])
         return owner is not None and owner.instance == index
 
+    def _reap_workers(self, seconds: float) -> None:
+        """Serve and reap until every worker is gone or ``seconds`` have passed."""
+        limit = time.monotonic() + seconds
+        while any(s.pid for s in self.slots) and time.monotonic() < limit:
+            # An output that closes meanwhile has left the publisher's sinks already.
+            with contextlib.suppress(OutputClosed):
+                self.wait(0.05)
+            with contextlib.suppress(OutputClosed):  # a drain's emit found an output gone
+                self.reap()
+
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
         sd_notify("STOPPING=1")
@@ -475,18 +486,18 @@ class Supervisor:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGTERM)
-        limit = time.monotonic() + STOP_GRACE
-        while any(s.pid for s in self.slots) and time.monotonic() < limit:
-            # An output that closes meanwhile has left the publisher's sinks already.
-            with contextlib.suppress(OutputClosed):
-                self.wait(0.05)
-            with contextlib.suppress(OutputClosed):  # a drain's emit found an output gone
-                self.reap()
+        self._reap_workers(STOP_GRACE)
         for slot in self.slots:
-            if slot.pid and children.running(slot.pid):
-                os.kill(slot.pid, signal.SIGKILL)
-                with contextlib.suppress(OutputClosed):
-                    children.exited(*os.waitpid(slot.pid, 0))
+            slot.kill(hung=False)
+        # Never an unbounded waitpid: a worker with a thread in D state (a stat() on a
+        # hung NFS/FUSE mount) is not reapable until the kernel call returns, and what
+        # the outputs hold must still be written before systemd's stop timeout.
+        self._reap_workers(KILL_GRACE)
+        if left := [s for s in self.slots if s.pid]:
+            log.warning("left behind at exit, still there %.0f s after SIGKILL (gone once "
+                        "its kernel call returns): %s", KILL_GRACE, "; ".join(
+                            f"{s.name} worker pid {s.pid}: {describe_stuck(s.pid)}"
+                            for s in left))
         self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:
