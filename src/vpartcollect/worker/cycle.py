@@ -203,8 +203,12 @@ class Cycle:
         """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
         rest (block, balloon, state) missing; not the domains' fault, so not flagged.
         A domain the kernel reader does not cover is flagged, as any domain not read; one
-        whose QEMU exited meanwhile stopped running, and is not sampled."""
-        running = [d for d in domains if not self.triage.qemu.exited(d.uuid)]
+        whose QEMU exited meanwhile stopped running, and is not sampled; so is one known
+        only from the supervisor's roster (no handle: this worker never listed it) whose
+        QEMU cannot be found."""
+        qemu = self.triage.qemu
+        running = [d for d in domains if not qemu.exited(d.uuid)
+                   and (d.handle is not None or qemu.pid(d.uuid, d.name) is not None)]
         answers = self.session.reader.kernel_only(running)
         self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in running)
 
@@ -291,6 +295,9 @@ class Cycle:
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
             wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()
+            told = None
+            if dom.interfaces is not None and dom.interfaces != dom.told:
+                told = dom.told = dom.interfaces  # the supervisor's roster: new or changed
             samples.append(DomainSample(dom.uuid, dom.name, dom.tag, unresponsive, stats,
-                                        wall, dom.label, mono))
+                                        wall, dom.label, mono, told))
         self.session.link.results(self.tick.ts, samples)
