@@ -39,6 +39,7 @@ class Slot:
     decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
     ready: bool = False
     ncpus: int = 0
+    hello: wire.Hello | None = None  # the last worker's: where a respawned one starts from
     busy: CallKind | None = None
     busy_uuids: list[str] = field(default_factory=list)
     deadline: float | None = None

@@ -221,10 +221,11 @@ class Supervisor:
                 self.spawn(slot)
 
     def spawn(self, slot: Slot) -> None:
-        """Fork one worker for ``slot``, starting from the tags the supervisor knows."""
-        parent, seed = os.getpid(), self.roster.seed()
-        slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
-                   self.selector)
+        """Fork one worker for ``slot``, starting from what the supervisor knows: the
+        domains' tags and interfaces, and the hello of the slot's previous worker."""
+        parent, seed, before = os.getpid(), self.roster.seed(), slot.hello
+        slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed,
+                                                before), self.selector)
         if slot.pid:  # else it could not fork: tried again after a backoff
             children.register(slot.pid, lambda status: self._exited(slot, status))
 
@@ -250,7 +251,7 @@ class Supervisor:
             slot.deadline = time.monotonic() + kill_deadline(self.cfg.call_timeout,
                                                              len(msg.uuids), msg.kind)
         elif isinstance(msg, wire.Hello):
-            slot.ready, slot.ncpus = True, msg.ncpus
+            slot.ready, slot.ncpus, slot.hello = True, msg.ncpus, msg
             if not self.ready and all(s.ready for s in self.slots):
                 self.ready = True
                 sd_notify(f"READY=1\nSTATUS=sampling with {len(self.slots)} instance(s)")

@@ -94,7 +94,7 @@ class Cycle:
         if s.reader.kernel is not None:
             s.reader.kernel.forget_except([d.uuid for d in s.inventory.known()])
         if s.down():  # libvirtd does not answer: what the kernel knows, nothing asked
-            self._from_kernel_only(self.domains)
+            self.domains = self._from_kernel_only(self.domains)
             self._done(started)
             return self.domains
         routes = self.triage.routes(self.domains, s.guard)
@@ -199,14 +199,19 @@ class Cycle:
             return
         self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
 
-    def _from_kernel_only(self, domains: Sequence[Domain]) -> None:
+    def _from_kernel_only(self, domains: Sequence[Domain]) -> list[Domain]:
         """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
         rest (block, balloon, state) missing; not the domains' fault, so not flagged.
         A domain the kernel reader does not cover is flagged, as any domain not read; one
-        whose QEMU exited meanwhile stopped running, and is not sampled."""
-        running = [d for d in domains if not self.triage.qemu.exited(d.uuid)]
+        whose QEMU exited meanwhile stopped running, and is not sampled; so is one known
+        only from the supervisor's roster (no handle: this worker never listed it) whose
+        QEMU cannot be found. Returns the domains still running."""
+        qemu = self.triage.qemu
+        running = [d for d in domains if not qemu.exited(d.uuid)
+                   and (d.handle is not None or qemu.pid(d.uuid, d.name) is not None)]
         answers = self.session.reader.kernel_only(running)
         self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in running)
+        return running
 
     def _check_kernel(self, domains: Sequence[Domain]) -> None:
         """Once per refresh interval, a domain's kernel counters against libvirt's."""
@@ -291,6 +296,9 @@ class Cycle:
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
             wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()
+            told = None
+            if dom.interfaces is not None and dom.interfaces != dom.told:
+                told = dom.told = dom.interfaces  # the supervisor's roster: new or changed
             samples.append(DomainSample(dom.uuid, dom.name, dom.tag, unresponsive, stats,
-                                        wall, dom.label, mono))
+                                        wall, dom.label, mono, told))
         self.session.link.results(self.tick.ts, samples)
