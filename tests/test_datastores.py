@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from vpartcollect.mounts import Mount
-from vpartcollect.worker.datastores import Image, Probes, datastores
+from require import require_or_fail
+
+from vpartcollect.mounts import Mount, read_mountinfo
+from vpartcollect.worker.datastores import Image, Probes, datastores, store_names
 
 
 def here(*paths: str) -> list[Image]:
@@ -32,6 +35,29 @@ def test_images_are_looked_at_where_qemu_sees_them() -> None:
     got = datastores(["/srv/a.qcow2", "/var/b.img"], mounts, root="/proc/4242/root")
     assert got == {"dev:0:53": [Image("/srv/a.qcow2", "/proc/4242/root/srv/a.qcow2")],
                    "dev:253:1": [Image("/var/b.img", "/proc/4242/root/var/b.img")]}
+
+
+def test_a_store_is_named_by_its_images_mount_not_a_bind_mount_of_it(tmp_path: Path) -> None:
+    """A bind mount of one of the root filesystem's directories (``ip netns`` makes
+    ``/run/netns`` one) carries the root's device: the images on ``/`` were reported as
+    ``datastore_answering-_run_netns``. Staged with a real bind mount, read from this
+    process's own mountinfo."""
+    require_or_fail(os.geteuid() == 0, "root: a bind mount")
+    source, target = tmp_path / "dir", tmp_path / "bind"
+    source.mkdir()
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        mounts = read_mountinfo(Path("/proc/self/mountinfo").read_text())
+        image = "/var/lib/vpc-no-such/d.qcow2"
+        on = max((m for m in mounts if image.startswith(m.target.rstrip("/") + "/")
+                  or m.target == "/"), key=lambda m: len(m.target))
+        assert [m.dev for m in mounts if m.target == str(target)] == [on.dev], (
+            "the bind mount is not of the filesystem under /var/lib: nothing staged")
+        stores = datastores([image], mounts)
+        assert store_names(stores, mounts) == {on.store: on.target}  # not str(target)
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
 
 
 def test_probes_answer_and_never_double_up(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def random_results(rng: random.Random, tick: float) -> list[Any]:
 
 
 def fake_fuzzing_worker(index: int, cfg: object, ctl_fd: int, out_fd: int, parent: int,
-                        seed: object = None) -> NoReturn:
+                        seed: object = None, before: object = None) -> NoReturn:
     """FAKE worker (instance 1): hello, then random Results for each tick, then done."""
     rng = random.Random(os.getpid())
     link = Link(ctl_fd, out_fd)
@@ -104,10 +104,10 @@ def fake_fuzzing_worker(index: int, cfg: object, ctl_fd: int, out_fd: int, paren
 
 
 def real_or_fake(index: int, cfg: Any, ctl_fd: int, out_fd: int, parent: int,
-                 seed: Any = None) -> NoReturn:
+                 seed: Any = None, before: Any = None) -> NoReturn:
     if index == 1:
-        fake_fuzzing_worker(index, cfg, ctl_fd, out_fd, parent, seed)
-    worker_main(index, cfg, ctl_fd, out_fd, parent, seed)
+        fake_fuzzing_worker(index, cfg, ctl_fd, out_fd, parent, seed, before)
+    worker_main(index, cfg, ctl_fd, out_fd, parent, seed, before)
 
 
 def strict_json(line: str) -> dict[str, Any]:

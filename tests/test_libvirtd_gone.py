@@ -89,3 +89,35 @@ def test_a_qemu_that_exited_is_told_from_one_that_runs(tmp_path: Path) -> None:
         child.wait()
     assert qemu.exited(uuid)
     assert qemu.pid(uuid, "vm") is None  # its pid file names a pid that is no QEMU now
+
+
+def test_a_worker_respawned_while_libvirtd_refuses_starts_as_its_predecessor(
+        tmp_path: Path) -> None:
+    """libvirtd restarting (its socket gone) when a worker is respawned: the worker does
+    not wait for it. It says its predecessor's hello at once, and samples the domains of
+    the supervisor's roster from the kernel while it connects in the background; one
+    whose QEMU is not found (it stopped meanwhile) is not sampled at all."""
+    cfg = load(None, {"connect": f"qemu:///system?socket={tmp_path}/gone-sock", "interval": 1})
+    quiet_libvirt()
+    before = wire.Hello(0, 1, 7, "QEMU", ["state", "cpu-total"], ["block"])
+    gone = str(uuidlib.uuid4())  # no process carries it: its QEMU exited
+    out_r, out_w = os.pipe()
+    try:
+        link = Link(-1, out_w)
+        worker = Worker(0, cfg, link, {gone: ("vm-gone", None, None, [("vnet0", True)])},
+                        before)
+        started = time.monotonic()
+        session = Session.resume(0, cfg, link, worker.guard, worker.seed, worker.kernel,
+                                 before)
+        assert time.monotonic() - started < cfg.call_timeout + 0.5
+        assert session.down() and session.conn is None
+        worker.serve(wire.Tick(1.0), session)
+        got = frames(out_r)
+        hello = [f for f in got if isinstance(f, wire.Hello)]
+        assert [(h.ncpus, h.driver, h.bulk_groups, h.fallback_groups) for h in hello] == [
+            (7, "QEMU", ["state", "cpu-total"], ["block"])]
+        assert not [f for f in got if isinstance(f, wire.Results)]
+        assert [(f.tick, f.domains) for f in got if isinstance(f, wire.Done)] == [(1.0, 0)]
+    finally:
+        os.close(out_r)
+        os.close(out_w)

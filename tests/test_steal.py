@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 from harness import PrivateLibvirtd
 from runner import run_during
+from soak import READ_OFFSETS
 
 from vpartcollect.kernel_counters import vcpu_number
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.libvirtd
 RUN_SECONDS = 11.0
 SETTLE_TICKS = 3  # the first rates of a run: a domain's first span starts late in its tick
 TOLERANCE = 0.10  # the issue's: within 10 % of schedstat over the same window
+SLACK_NS = 1e6  # 1 ms/s: a vCPU that hardly waits has a band of its own size
 
 
 def vcpu_thread(pid: int) -> int:
@@ -70,6 +72,13 @@ class DelayTruth:
         i = bisect.bisect_left(r, (ts, -1.0))
         (t0, v0), (t1, v1) = r[max(i - 1, 0)], r[i]
         return v0 if t1 == t0 else v0 + (v1 - v0) * (ts - t0) / (t1 - t0)
+
+    def window_range(self, domain: str, first: int, last: int) -> tuple[float, float]:
+        """Least and most delay rate over the ticks ``first``..``last`` (1 s each), the
+        reads at either end landing anywhere in ``READ_OFFSETS`` after their ticks."""
+        rates = [(self.at(domain, last + b) - self.at(domain, first - 1 + a))
+                 / (last + b - first + 1 - a) for a in READ_OFFSETS for b in READ_OFFSETS]
+        return min(rates), max(rates)
 
 
 @pytest.fixture
@@ -116,23 +125,18 @@ def test_a_starved_vcpus_delay_is_the_kernels(libvirtd: PrivateLibvirtd,
         theirs = delay_rates(libvirt, domain)
         ticks = sorted(set(ours) & set(theirs))[SETTLE_TICKS:-1]
         assert len(ticks) >= 5, (domain, sorted(ours), sorted(theirs))
-        # Reads land a few ms after their tick: the window of ticks a..b is (a-1, b].
-        start, end = ticks[0] - 1 + 0.02, ticks[-1] + 0.02
-        oracle = (truth.at(domain, end) - truth.at(domain, start)) / (end - start)
-        kernel_mean = sum(ours[t] for t in ticks) / len(ticks)
-        libvirt_mean = sum(theirs[t] for t in ticks) / len(ticks)
-        results[domain] = (oracle, kernel_mean, libvirt_mean)
-    print("delay ns/s (schedstat, kernel reader, libvirt):", results)
-    oracle, kernel_mean, libvirt_mean = results["lab-0"]
-    assert abs(kernel_mean - oracle) <= TOLERANCE * oracle, results
-    # The remote path: libvirt's vcpu.0.delay, the same thread read a few ms apart.
-    assert abs(libvirt_mean - oracle) <= TOLERANCE * oracle, results
-    quiet, quiet_kernel, quiet_libvirt = results["lab-1"]
-    # The other near 0, and its own schedstat's (an idle guest's vCPU wakes for its timer
-    # only: alone on the box 18 ms/s starved, 1.7 ms/s not). Not "a fifth of the starved
-    # one": in the parallel suite the other workers load both cores, and the first
-    # rehearsal measured 5.5 ms/s starved beside 8.9 ms/s not — the staging, not the
-    # metric (each matched its schedstat). Near 0: under 2 % of a second.
-    assert max(quiet, quiet_kernel, quiet_libvirt) < 0.02e9, results
-    assert abs(quiet_kernel - quiet) <= TOLERANCE * quiet + 5e6, results
-    assert abs(quiet_libvirt - quiet) <= TOLERANCE * quiet + 5e6, results
+        # Our rates are over the spans between reads, each landing a few ms after its
+        # tick on a quiet host, a few hundred on a busy one: schedstat's least and most
+        # over the window those ends allow (soak.READ_OFFSETS).
+        results[domain] = (*truth.window_range(domain, ticks[0], ticks[-1]),
+                           sum(ours[t] for t in ticks) / len(ticks),
+                           sum(theirs[t] for t in ticks) / len(ticks))
+    print("delay ns/s (schedstat least, most; kernel reader, libvirt):", results)
+    for domain, (least, most, kernel_mean, libvirt_mean) in results.items():
+        for mean in (kernel_mean, libvirt_mean):  # the kernel path; libvirt's vcpu.0.delay
+            low, high = (1 - TOLERANCE) * least - SLACK_NS, (1 + TOLERANCE) * most + SLACK_NS
+            assert low <= mean <= high, (domain, results)
+    # The staging held: lab-0 starved. Not "lab-1 near 0": with the suite's other workers
+    # on both cores lab-1 waits too (22 ms/s beside lab-0's 39 in one run; each matched its
+    # schedstat), which is the host, not the metric.
+    assert results["lab-0"][0] > 5e6, results

@@ -50,13 +50,13 @@ def run_for(seconds: float, instances: int = 1, sup: Supervisor | None = None) -
 
 
 def fake_crashing_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
-                         parent: int, seed: object = None) -> NoReturn:
+                         parent: int, seed: object = None, before: object = None) -> NoReturn:
     """FAKE worker: dies at once without hanging."""
     os._exit(3)
 
 
 def fake_garbage_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
-                        parent: int, seed: object = None) -> NoReturn:
+                        parent: int, seed: object = None, before: object = None) -> NoReturn:
     """FAKE worker: writes bytes that are not a frame, then waits to be killed."""
     os.write(out_fd, b"\xc1\xc1\xc1 not msgpack")
     time.sleep(60)
@@ -132,7 +132,7 @@ def test_a_clock_step_realigns_drops_old_ticks_and_opens_a_ledger_era(
 
 
 def fake_stuck_worker(index: int, cfg: object, ctl_fd: int, out_fd: int,
-                      parent: int, seed: object = None) -> NoReturn:
+                      parent: int, seed: object = None, before: object = None) -> NoReturn:
     """FAKE worker: takes a tick and never answers nor announces a call (what a real one
     reconnecting to a libvirtd that is away does between attempts)."""
     link = Link(ctl_fd, out_fd)

@@ -110,6 +110,19 @@ def test_oversized_frame_is_rejected_without_buffering_it_all() -> None:
 def test_text_at_its_bounds_is_taken() -> None:
     row = ["u", "n" * wire.MAX_TEXT_CHARS, None, False,
            {"k" * wire.MAX_KEY_CHARS: 1, "block.0.path": "/" * wire.MAX_TEXT_CHARS},
-           1.0, None, None]
+           1.0, None, None, None]
     [msg] = wire.FrameDecoder().feed(msgpack.packb(["results", 1.0, [row]]))
     assert isinstance(msg, wire.Results) and len(msg.domains[0].stats) == 2
+
+
+def test_a_samples_interfaces_go_through_or_the_frame_is_refused() -> None:
+    """What a successor's kernel reader will read (roster.py): [device, is a tap] rows."""
+    sample = wire.DomainSample("u", "n", None, False, {}, 1.0, None, None,
+                               [("vnet0", True), ("", False)])
+    [msg] = wire.FrameDecoder().feed(wire.encode(wire.Results(1.0, [sample])))
+    assert isinstance(msg, wire.Results) and msg.domains == [sample]
+    for bad in ([["vnet0", 1]], [["vnet0"]], [[3, True]], ["vnet0"], {"vnet0": True},
+                [["x" * (wire.MAX_TEXT_CHARS + 1), True]], [["t", True]] * (wire.MAX_DEVICES + 1)):
+        row = ["u", "n", None, False, {}, 1.0, None, None, bad]
+        with pytest.raises(wire.WireError):
+            wire.FrameDecoder().feed(msgpack.packb(["results", 1.0, [row]]))

@@ -18,6 +18,7 @@ class DomainSample:
     divide by the monotonic time between two reads, and give none across a step of the
     wall clock (the two clocks' difference moved: rates.py).
     A sample with no statistics (``stats`` empty) only says ``unresponsive``.
+    ``interfaces``: see the field; what the supervisor keeps of them is roster.py's.
     """
 
     uuid: str
@@ -28,6 +29,9 @@ class DomainSample:
     read_at: float
     label: str | None = None  # the metadata value a hostname_format may name
     read_mono: float | None = None
+    # The domain's interfaces (host device, is a tap), sent when the worker first knows
+    # them or they change (else None): the roster a successor's kernel reader starts from.
+    interfaces: list[tuple[str, bool]] | None = None
 
     @property
     def monotonic(self) -> float:

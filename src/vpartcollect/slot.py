@@ -12,8 +12,9 @@ import selectors
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 from vpartcollect import children, wire
@@ -23,6 +24,7 @@ from vpartcollect.outbox import Outbox
 from vpartcollect.partition import instance_name
 from vpartcollect.ticks import queue_tick
 from vpartcollect.watchdog import RESPAWN_MIN, respawn_delay
+from vpartcollect.worker.qemu_proc import thread_state
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Slot:
     decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
     ready: bool = False
     ncpus: int = 0
+    hello: wire.Hello | None = None  # the last worker's: where a respawned one starts from
     busy: CallKind | None = None
     busy_uuids: list[str] = field(default_factory=list)
     deadline: float | None = None
@@ -210,3 +213,30 @@ def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def stuck_why(threads: Sequence[tuple[str, str]]) -> str:
+    """Why a process killed with SIGKILL is still there, from its threads' (state letter,
+    wchan) in /proc: one in uninterruptible sleep (D) cannot die until the kernel call it
+    is in returns, e.g. a stat() on a hung NFS or FUSE mount."""
+    stuck = [wchan for state, wchan in threads if state == "D"]
+    if stuck:
+        where = f" in {stuck[0]}" if stuck[0] not in ("", "0") else ""
+        return f"a thread in uninterruptible sleep (D){where}, e.g. on a filesystem " \
+               "that stopped answering"
+    alive = sorted({state for state, _ in threads if state not in ("Z", "X")})
+    return f"threads in state {','.join(alive)}" if alive else "exiting"
+
+
+def describe_stuck(pid: int, proc: str = "/proc") -> str:
+    """``stuck_why`` of the process ``pid`` as /proc shows it now."""
+    threads = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"{proc}/{pid}/task"):
+            try:
+                state = thread_state(Path(f"{proc}/{pid}/task/{tid}/stat").read_text())
+                wchan = Path(f"{proc}/{pid}/task/{tid}/wchan").read_text().strip()
+            except (OSError, IndexError):
+                continue
+            threads.append((state, wchan))
+    return stuck_why(threads)

@@ -26,7 +26,7 @@ from vpartcollect.output.publisher import BadSample, OutputClosed, OutputFailed,
 from vpartcollect.output.sinks.base import Registrations
 from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
 from vpartcollect.roster import Roster
-from vpartcollect.slot import Slot, readable
+from vpartcollect.slot import Slot, describe_stuck, readable
 from vpartcollect.ticks import Schedule
 from vpartcollect.watchdog import backlog_limit, kill_deadline, unread_deadline
 from vpartcollect.worker import worker_main
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ONCE_LIMIT = 120.0  # --once gives up after this long
 STOP_GRACE = 2.0  # seconds workers get after SIGTERM before SIGKILL
+KILL_GRACE = 1.0  # then to be reaped; one still there (in D state) is left behind
 # Per-domain state (rates, names, tags) of a domain not sampled for ``forget_after``
 # seconds (60 by default), or for PRUNE_INTERVALS intervals if longer, is forgotten: on a
 # host where VMs come and go nothing may grow without bound. A domain back after that
@@ -228,10 +229,11 @@ class Supervisor:
                 self.spawn(slot)
 
     def spawn(self, slot: Slot) -> None:
-        """Fork one worker for ``slot``, starting from the tags the supervisor knows."""
-        parent, seed = os.getpid(), self.roster.seed()
-        slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed),
-                   self.selector)
+        """Fork one worker for ``slot``, starting from what the supervisor knows: the
+        domains' tags and interfaces, and the hello of the slot's previous worker."""
+        parent, seed, before = os.getpid(), self.roster.seed(), slot.hello
+        slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed,
+                                                before), self.selector)
         if slot.ctl is not None:  # the selector lets go of the pipe before it closes
             slot.ctl.on_close = functools.partial(self.ctl_registered.drop, self.selector,
                                                   slot.ctl)
@@ -260,7 +262,7 @@ class Supervisor:
             slot.deadline = time.monotonic() + kill_deadline(self.cfg.call_timeout,
                                                              len(msg.uuids), msg.kind)
         elif isinstance(msg, wire.Hello):
-            slot.ready, slot.ncpus = True, msg.ncpus
+            slot.ready, slot.ncpus, slot.hello = True, msg.ncpus, msg
             if not self.ready and all(s.ready for s in self.slots):
                 self.ready = True
                 sd_notify(f"READY=1\nSTATUS=sampling with {len(self.slots)} instance(s)")
@@ -477,6 +479,16 @@ class Supervisor:
         owner = self.cfg.sampled_by(name, tag[0])
         return owner is not None and owner.instance == index
 
+    def _reap_workers(self, seconds: float) -> None:
+        """Serve and reap until every worker is gone or ``seconds`` have passed."""
+        limit = time.monotonic() + seconds
+        while any(s.pid for s in self.slots) and time.monotonic() < limit:
+            # An output that closes meanwhile has left the publisher's sinks already.
+            with contextlib.suppress(OutputClosed):
+                self.wait(0.05)
+            with contextlib.suppress(OutputClosed):  # a drain's emit found an output gone
+                self.reap()
+
     def shutdown(self) -> None:
         """Stop workers, keep what they already sent, flush outputs for a bounded time."""
         sd_notify("STOPPING=1")
@@ -488,18 +500,18 @@ class Supervisor:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGTERM)
-        limit = time.monotonic() + STOP_GRACE
-        while any(s.pid for s in self.slots) and time.monotonic() < limit:
-            # An output that closes meanwhile has left the publisher's sinks already.
-            with contextlib.suppress(OutputClosed):
-                self.wait(0.05)
-            with contextlib.suppress(OutputClosed):  # a drain's emit found an output gone
-                self.reap()
+        self._reap_workers(STOP_GRACE)
         for slot in self.slots:
-            if slot.pid and children.running(slot.pid):
-                os.kill(slot.pid, signal.SIGKILL)
-                with contextlib.suppress(OutputClosed):
-                    children.exited(*os.waitpid(slot.pid, 0))
+            slot.kill(hung=False)
+        # Never an unbounded waitpid: a worker with a thread in D state (a stat() on a
+        # hung NFS/FUSE mount) is not reapable until the kernel call returns, and what
+        # the outputs hold must still be written before systemd's stop timeout.
+        self._reap_workers(KILL_GRACE)
+        if left := [s for s in self.slots if s.pid]:
+            log.warning("left behind at exit, still there %.0f s after SIGKILL (gone once "
+                        "its kernel call returns): %s", KILL_GRACE, "; ".join(
+                            f"{s.name} worker pid {s.pid}: {describe_stuck(s.pid)}"
+                            for s in left))
         self._stop_probe()
         self.publisher.finish(self.selector)
         if self.signals is not None:

@@ -118,7 +118,8 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Results):
         body = [
             "results", msg.tick,
-            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.read_at, d.label, d.read_mono]
+            [[d.uuid, d.name, d.tag, d.unresponsive, d.stats, d.read_at, d.label, d.read_mono,
+              None if d.interfaces is None else [list(i) for i in d.interfaces]]
              for d in msg.domains],
         ]
     elif isinstance(msg, Done):
@@ -193,25 +194,38 @@ def _text(value: object, what: str) -> str:
 
 def _sample(value: object) -> DomainSample:
     row = _need(value, list, "domain")
-    if len(row) != 8:
-        raise WireError("domain: expected 8 fields")
+    if len(row) != 9:
+        raise WireError("domain: expected 9 fields")
     tag = None if row[2] is None else _text(row[2], "tag")
     label = None if row[6] is None else _text(row[6], "label")
     return DomainSample(
         _text(row[0], "uuid"), _text(row[1], "name"), tag,
         _need(row[3], bool, "unresponsive"), _stats(row[4]), _number(row[5], "read_at"), label,
         None if row[7] is None else _number(row[7], "read_mono"),
+        None if row[8] is None else _interfaces(row[8]),
     )
 
 
-def _health(value: object) -> list[HealthValue]:
-    rows = _need(value, list, "health")
-    if len(rows) > MAX_HEALTH:
-        raise WireError(f"health: {len(rows)} values (at most {MAX_HEALTH})")
-    out = []
+def _rows(value: object, what: str, most: int, shape: str) -> list[list[Any]]:
+    """A bounded list of fixed-width rows (``shape`` names their fields)."""
+    rows: list[list[Any]] = _need(value, list, what)
+    if len(rows) > most:
+        raise WireError(f"{what}: {len(rows)} values (at most {most})")
+    width = shape.count(",") + 1
     for row in rows:
-        if type(row) is not list or len(row) != 3:
-            raise WireError("health: expected [type, instance, value] rows")
+        if type(row) is not list or len(row) != width:
+            raise WireError(f"{what}: expected [{shape}] rows")
+    return rows
+
+
+def _interfaces(value: object) -> list[tuple[str, bool]]:
+    return [(_text(row[0], "interface"), _need(row[1], bool, "is a tap"))
+            for row in _rows(value, "interfaces", MAX_DEVICES, "device, is a tap")]
+
+
+def _health(value: object) -> list[HealthValue]:
+    out = []
+    for row in _rows(value, "health", MAX_HEALTH, "type, instance, value"):
         item = (_need(row[0], str, "health type"), _need(row[1], str, "health instance"),
                 _number(row[2], "health value"))
         why = valid(item, MAX_INSTANCE_CHARS)

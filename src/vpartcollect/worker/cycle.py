@@ -94,7 +94,7 @@ class Cycle:
         if s.reader.kernel is not None:
             s.reader.kernel.forget_except([d.uuid for d in s.inventory.known()])
         if s.down():  # libvirtd does not answer: what the kernel knows, nothing asked
-            self._from_kernel_only(self.domains)
+            self.domains = self._from_kernel_only(self.domains)
             self._done(started)
             return self.domains
         routes = self.triage.routes(self.domains, s.guard)
@@ -131,12 +131,20 @@ class Cycle:
     def _ask(self, chunk: Sequence[Domain]) -> None:
         """Every group of one chunk (NOWAIT); on a hang, its domains one by one."""
         s = self.session
+        if s.down():  # an earlier call of this tick found libvirtd not answering at all
+            self._from_kernel_only(chunk)
+            return
         try:
             answers, stuck = s.call(CallKind.STATS, chunk, lambda: self._read(chunk))
         except Abandoned:
             log.warning("stats of %s outlived the deadline; left to libvirtd",
                         few([d.name for d in chunk]))
-            if s.down():  # not these domains: libvirtd as a whole does not answer
+            # The new connection opened at the hang is the probe that tells them apart: it
+            # needs libvirtd alone, no QEMU. Not opened in time: libvirtd as a whole does
+            # not answer, not these domains; asking the rest (one by one after a hang, or
+            # while a call of ours is blocked) would cost each a deadline, a connection
+            # attempt and two calls left blocked (measured: 6 domains, 3-4 ticks lost).
+            if s.down():
                 self._from_kernel_only(chunk)
             else:
                 self._after_hang(chunk)
@@ -170,7 +178,8 @@ class Cycle:
     def _after_hang(self, chunk: Sequence[Domain]) -> None:
         """The call holds the culprit's monitor job, so NOWAIT answers at once for it and
         for the others: ask them one at a time, each routed afresh (a second hang changes
-        the route of those after it), their datastores probed again first."""
+        the route of those after it), their datastores probed again first. Should
+        libvirtd stop answering meanwhile, the rest get the kernel's counters (``_ask``)."""
         frozen = self.triage.recheck(chunk)
         for d in chunk:
             rt = next(r for r, ds in self.triage.routes([d], self.session.guard, frozen).items()
@@ -187,6 +196,9 @@ class Cycle:
         """Domains that cannot answer everything: a frozen QEMU gets what needs no monitor,
         a dead datastore's domains everything but block. Both are unresponsive."""
         reader = self.session.reader
+        if self.session.down():
+            self._from_kernel_only(chunk, flagged=True)
+            return
         try:
             if rt is Route.FROZEN:
                 answers = self.session.call(CallKind.FROZEN, chunk,
@@ -199,19 +211,27 @@ class Cycle:
             return
         self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
 
-    def _from_kernel_only(self, domains: Sequence[Domain]) -> None:
+    def _from_kernel_only(self, domains: Sequence[Domain],
+                          flagged: bool = False) -> list[Domain]:
         """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
-        rest (block, balloon, state) missing; not the domains' fault, so not flagged.
+        rest (block, balloon, state) missing; not the domains' fault, so not flagged
+        (``flagged``: they are anyway, found frozen or on a dead datastore before).
         A domain the kernel reader does not cover is flagged, as any domain not read; one
-        whose QEMU exited meanwhile stopped running, and is not sampled."""
-        running = [d for d in domains if not self.triage.qemu.exited(d.uuid)]
+        whose QEMU exited meanwhile stopped running, and is not sampled; so is one known
+        only from the supervisor's roster (no handle: this worker never listed it) whose
+        QEMU cannot be found. Returns the domains still running."""
+        qemu = self.triage.qemu
+        running = [d for d in domains if not qemu.exited(d.uuid)
+                   and (d.handle is not None or qemu.pid(d.uuid, d.name) is not None)]
         answers = self.session.reader.kernel_only(running)
-        self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in running)
+        self._send((d, answers.get(d.uuid), flagged or d.uuid not in answers)
+                   for d in running)
+        return running
 
     def _check_kernel(self, domains: Sequence[Domain]) -> None:
         """Once per refresh interval, a domain's kernel counters against libvirt's."""
         s = self.session
-        if s.reader.kernel is None or not domains or s.guard.outstanding():
+        if s.reader.kernel is None or not domains or s.guard.outstanding() or s.down():
             return
         due = [d for d in domains if s.reader.kernel.due(d, s.cfg.refresh_interval)]
         if due:
@@ -230,6 +250,9 @@ class Cycle:
             if not held or at > last_ask:
                 break
             time.sleep(max(0.0, at - time.monotonic()))
+            if self.session.down():  # libvirtd stopped answering: the first answers stand
+                self._send((h.dom, h.answer, h.unresponsive) for h in held)
+                return
             held = self._ask_held(held)
         if held:
             log.info("%s: monitor's part skipped at tick %s (another call held its job "
@@ -291,6 +314,9 @@ class Cycle:
                 if self.session.reader.block_in_bulk:
                     as_block_info(stats, self.triage.sizes)
             wall, mono = (answer.read_at, answer.read_mono) if answer else read_clocks()
+            told = None
+            if dom.interfaces is not None and dom.interfaces != dom.told:
+                told = dom.told = dom.interfaces  # the supervisor's roster: new or changed
             samples.append(DomainSample(dom.uuid, dom.name, dom.tag, unresponsive, stats,
-                                        wall, dom.label, mono))
+                                        wall, dom.label, mono, told))
         self.session.link.results(self.tick.ts, samples)

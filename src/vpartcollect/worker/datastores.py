@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from vpartcollect.autotag import store_name
 from vpartcollect.mounts import Mount, mount_of
 
 
@@ -60,6 +61,19 @@ def datastores(disk_sources: Iterable[str], mounts: Sequence[Mount],
         image = Image(source, root + source)
         if image not in out.get(mount.store, []):
             out.setdefault(mount.store, []).append(image)
+    return out
+
+
+def store_names(stores: dict[str, list[Image]], mounts: Sequence[Mount]) -> dict[str, str]:
+    """{datastore: its name in the metrics}, from the mount each image is on. Not from
+    every mount of the store's device: a bind mount of one of its directories
+    (``/run/netns`` on ``/``) carries the same device and would name it."""
+    out: dict[str, str] = {}
+    for store, images in stores.items():
+        for image in images:
+            mount = mount_of(image.path, mounts)
+            if mount is not None and mount.store == store:
+                out.setdefault(store, store_name(mount))
     return out
 
 

@@ -53,6 +53,7 @@ class Domain:
     # Every interface in the XML's order (libvirt's net.<i> numbering): (host device or
     # "", whether it is a tap whose rx/tx are the guest's tx/rx). None: not read yet.
     interfaces: list[tuple[str, bool]] | None = None
+    told: list[tuple[str, bool]] | None = None  # the interfaces last sent to the supervisor
 
     def __repr__(self) -> str:
         return (f"<Domain {self.name} {self.uuid} tag={self.tag} "
@@ -201,6 +202,7 @@ class Inventory:
         # them again (they are re-read at the next refresh like any other).
         self.seed = dict(seed or {})
         self._known: dict[tuple[str, int], Domain] = {}
+        self.listed = False  # a listing has returned on this inventory
         self._warned: set[str] = set()
 
     def running(self, own: Callable[[Domain], bool] = lambda _d: True) -> list[Domain]:
@@ -252,7 +254,7 @@ class Inventory:
                 continue  # it stopped between the listing and now: not worth a line
             if dom is not None:
                 current[key] = dom
-        self._known = current
+        self._known, self.listed = current, True
         self._warned &= {uuid for uuid, _id in current}  # warn again if it comes back
         return self.known()
 
@@ -262,17 +264,21 @@ class Inventory:
 
     def known_or_seeded(self) -> list[Domain]:
         """``known()``; before any listing has returned (a worker respawned while a wedged
-        lock holds every listing), the domains the supervisor last saw, without handles:
-        the stats call looks each one up, under its own deadline."""
-        if not self._known:
-            for uuid, (name, tag, label) in self.seed.items():
-                self._known[(uuid, -1)] = Domain(None, uuid, name, tag, -math.inf, label)
+        lock holds every listing, or while libvirtd does not answer at all), the domains
+        the supervisor last saw, without handles: the stats call looks each one up, under
+        its own deadline, and the kernel reader finds their QEMUs and interfaces. The
+        first listing that returns replaces them all."""
+        if not self._known and not self.listed:
+            for uuid, (name, tag, label, interfaces) in self.seed.items():
+                dom = Domain(None, uuid, name, tag, -math.inf, label)
+                dom.interfaces = None if interfaces is None else list(interfaces)
+                self._known[(uuid, -1)] = dom
         return self.known()
 
     def _new(self, handle: Any, now: float) -> Domain:
         uuid = handle.UUIDString()
         if uuid in self.seed:
-            _name, tag, label = self.seed.pop(uuid)
+            _name, tag, label, _interfaces = self.seed.pop(uuid)
             dom = Domain(handle, uuid, handle.name(), tag, now, label)
         else:
             dom = Domain(handle, uuid, handle.name(), None, now)

@@ -39,11 +39,13 @@ class Worker:
     Constructed after fork, in the child: it must not touch the supervisor's pipes,
     sockets or libvirt state (there is none: the parent never connects)."""
 
-    def __init__(self, index: int, cfg: Config, link: Link, seed: Seed | None = None) -> None:
+    def __init__(self, index: int, cfg: Config, link: Link, seed: Seed | None = None,
+                 before: wire.Hello | None = None) -> None:
         self.index = index
         self.cfg = cfg
         self.link = link
         self.seed = seed or {}
+        self.before = before  # the hello of this instance's previous worker, if any
         self.guard = Guard()  # outlives connections: its calls hold libvirtd threads
         self.triage = Triage(cfg)
         # Outlives connections too; finds QEMUs where triage does.
@@ -57,8 +59,12 @@ class Worker:
 
     def run(self) -> int:
         """Serve ticks until the supervisor closes the control pipe."""
-        session = Session.open(self.index, self.cfg, self.link, self.guard, self.seed,
-                               kernel=self.kernel)
+        if self.before is None:
+            session = Session.open(self.index, self.cfg, self.link, self.guard, self.seed,
+                                   kernel=self.kernel)
+        else:  # a respawn: libvirtd may be why the last worker died, or be away meanwhile
+            session = Session.resume(self.index, self.cfg, self.link, self.guard, self.seed,
+                                     self.kernel, self.before)
         while (tick := self.link.next_tick()) is not None:
             session = self.serve(tick, session)
         return 0
@@ -86,7 +92,8 @@ class Worker:
                 if session.reader.kernel is not None:
                     session.reopen_later()  # the kernel's part of the tick goes on meanwhile
                     continue
-                known = {d.uuid: (d.name, d.tag, d.label) for d in session.inventory.known()}
+                known = {d.uuid: (d.name, d.tag, d.label, d.interfaces)
+                         for d in session.inventory.known()}
                 session = Session.open(self.index, self.cfg, self.link, self.guard, known,
                                        session.parked, self.kernel)
                 if self.passed(tick, session):
@@ -107,10 +114,11 @@ class Worker:
 
 
 def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: int,
-                seed: Seed | None = None) -> NoReturn:
+                seed: Seed | None = None, before: wire.Hello | None = None) -> NoReturn:
     """Entry point after fork: never returns, always ends the process.
 
-    ``seed``: the tags (and labels) the supervisor knows, by uuid."""
+    ``seed``: the tags, labels and interfaces the supervisor knows, by uuid; ``before``:
+    the hello of the instance's previous worker (None for the first)."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
@@ -131,7 +139,7 @@ def worker_main(index: int, cfg: Config, ctl_fd: int, out_fd: int, parent_pid: i
             handler.setFormatter(OneLineFormatter(
                 f"vpartcollect[%(process)d] {name}: %(levelname)s: %(message)s"))
         quiet_libvirt()
-        code = Worker(index, cfg, Link(ctl_fd, out_fd), seed).run()
+        code = Worker(index, cfg, Link(ctl_fd, out_fd), seed, before).run()
     except (BrokenPipeError, KeyboardInterrupt):
         code = 0
     except wire.WireError as exc:

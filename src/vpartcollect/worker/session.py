@@ -1,7 +1,9 @@
 """One read-only libvirt connection of a worker, every call on it held to a deadline.
 
 A Session is built connected (``Session.open`` retries until libvirtd answers),
-so its connection, stats reader and inventory are never missing. ``call`` is
+so its connection, stats reader and inventory are never missing; but a respawned
+worker's while libvirtd does not answer (``Session.resume``): it samples its
+predecessor's domains from the kernel until the connection opens. ``call`` is
 the only way a worker talks to libvirt: announce (Busy), run under the guard's
 deadline, and when the call is abandoned, leave the connection to it and go on
 with a new one (libvirt's client can stall other calls on a connection that has
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from vpartcollect import wire
 from vpartcollect.backoff import backoff
 from vpartcollect.calls import CallKind
 from vpartcollect.collectd_values import needed_groups
@@ -71,6 +74,7 @@ class Session:
         groups = needed_groups(selection)
         if cfg.prometheus is not None:  # the exporter's families need every group
             groups |= PROMETHEUS_GROUPS
+        # conn is None in a resumed session until its connection opens (``resume``).
         self.reader = StatsReader(conn, bulk, fallback, groups,
                                   selection.extra & frozenset(PER_DOMAIN), kernel)
         # A connection being opened in the background after the last one was left to a
@@ -96,15 +100,17 @@ class Session:
 
     @classmethod
     def open(cls, index: int, cfg: Config, link: Link, guard: Guard, seed: Seed,
-             parked: Sequence[Any] = (), kernel: KernelReader | None = None) -> Session:
+             parked: Sequence[Any] = (), kernel: KernelReader | None = None,
+             opened: Any = None) -> Session:
         """Connect read-only, retrying with capped backoff (each try announced); then say
         hello. ``parked``: connections a previous session left to stuck calls;
-        ``kernel``: the worker's kernel reader, used if this connection allows it."""
+        ``kernel``: the worker's kernel reader, used if this connection allows it;
+        ``opened``: a connection already open, for the first try."""
         failures, last_error, cap = 0, "", reconnect_cap(cfg.interval)
         while True:
             link.busy(CallKind.CONNECT, [])
             try:
-                conn = open_readonly(cfg.connect)
+                conn, opened = opened or open_readonly(cfg.connect), None
                 bulk, fallback = probe_bulk_groups(conn)
                 ncpus, driver = int(conn.getInfo()[2]), conn.getType()
                 break
@@ -130,9 +136,43 @@ class Session:
         link.hello(index, ncpus, driver, bulk, fallback)
         return session
 
+    @classmethod
+    def resume(cls, index: int, cfg: Config, link: Link, guard: Guard, seed: Seed,
+               kernel: KernelReader, before: wire.Hello) -> Session:
+        """A respawned worker's start: ``open``, unless libvirtd opens no connection within
+        a call's timeout (stopped, wedged, restarting). Then it starts as its predecessor
+        was (``before``: its hello) from the supervisor's roster, its domains' counters
+        from the kernel, while the connection opens in the background; the first listing
+        that returns replaces the roster (``own_domains``). No kernel reader on this
+        connection (its driver, not root...): ``open``, waiting for libvirtd."""
+        if why_not(cfg.kernel_reader, os.geteuid(), before.driver, cfg.connect):
+            return cls.open(index, cfg, link, guard, seed, kernel=kernel)
+        link.busy(CallKind.CONNECT, [])
+        connecting: Call[Any] | None = None
+        try:
+            conn = guard.run(CallKind.CONNECT, [], cfg.call_timeout,
+                             lambda: open_readonly(cfg.connect))
+            return cls.open(index, cfg, link, guard, seed, kernel=kernel, opened=conn)
+        except Abandoned as exc:
+            connecting = exc.call  # used once it opens (``down``)
+            why = "does not answer"
+        except libvirt.libvirtError as exc:
+            why = f"refuses connections ({error_text(exc)})"
+        session = cls(index, cfg, link, guard, None, before.bulk_groups,
+                      before.fallback_groups, seed, kernel)
+        if connecting is None:
+            session._open_in_background()
+        else:
+            session.connecting = connecting
+        log.warning("libvirtd %s: counters from the kernel only until it does, for the "
+                    "domains the last worker of this instance sampled", why)
+        link.hello(index, before.ncpus, before.driver, before.bulk_groups,
+                   before.fallback_groups)
+        return session
+
     def alive(self) -> bool:
         """Whether the connection still reaches libvirtd."""
-        if self.lost:
+        if self.lost or self.conn is None:  # None: a resumed session, not connected yet
             return False
         try:
             return bool(self.conn.isAlive())
@@ -197,12 +237,16 @@ class Session:
     def reopen_later(self) -> None:
         """The connection is lost (libvirtd restarting): open a new one in the background,
         retrying with capped backoff, while the kernel's counters keep coming."""
-        self.parked.append(self.conn)  # closed once nothing runs on it
+        if self.conn is not None:
+            self.parked.append(self.conn)  # closed once nothing runs on it
+        self._open_in_background()
+        log.warning("counters from the kernel only until libvirtd is back")
+
+    def _open_in_background(self) -> None:
         call: Call[Any] = Call(CallKind.CONNECT, [])
         threading.Thread(target=call.run, args=(self._open_retrying,),
                          name="libvirt-reconnect", daemon=True).start()
         self.connecting = call
-        log.warning("counters from the kernel only until libvirtd is back")
 
     def _open_retrying(self) -> Any:
         failures, cap = 0, reconnect_cap(self.cfg.interval)
@@ -259,8 +303,10 @@ class Session:
         already known are sampled with their cached handles and no second one is sent.
         """
         inventory = self.inventory
-        domains = inventory.known()
-        if not self.guard.busy_with(CallKind.LIST, CallKind.DESCRIBE) and not self.down():
+        if self.guard.busy_with(CallKind.LIST, CallKind.DESCRIBE) or self.down():
+            # A worker respawned meanwhile has listed nothing: its predecessor's domains.
+            domains = inventory.known_or_seeded()
+        else:
             try:
                 handles = self.call(CallKind.LIST, [], inventory.listing)
                 work = inventory.to_read(handles, self.owns)

@@ -25,11 +25,10 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vpartcollect.autotag import store_name
 from vpartcollect.config import Config
 from vpartcollect.health import HealthValue, health_values
 from vpartcollect.mounts import Mount, read_mountinfo
-from vpartcollect.worker.datastores import Image, Probes, Sizes, datastores
+from vpartcollect.worker.datastores import Image, Probes, Sizes, datastores, store_names
 from vpartcollect.worker.guard import Guard
 from vpartcollect.worker.inventory import Domain
 from vpartcollect.worker.qemu_proc import IO_WAIT_SECONDS, QemuProcesses
@@ -166,8 +165,7 @@ class Triage:
             pid = self.qemu.pid(dom.uuid, dom.name)
             mounts, root = self._view(pid)
             dom.stores = datastores((src for _, src in dom.disks), mounts, root)
-            self.store_names.update({m.store: store_name(m) for m in mounts
-                                     if m.store in dom.stores})
+            self.store_names.update(store_names(dom.stores, mounts))
         return dom.stores
 
     def health(self, domains: Iterable[Domain],
