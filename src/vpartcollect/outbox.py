@@ -7,14 +7,18 @@ output. The descriptor is non-blocking instead: what does not fit waits here and
 when the selector says the pipe takes more (``interest``/``on_ready``, as a sink's
 socket). Bounded by the protocol: the supervisor sends a tick only to an idle worker,
 so one frame at most waits; a worker that leaves it unread past a deadline is the
-watchdog's (``waiting_since``).
+watchdog's (``unread_since``: what waits here, or what the pipe still holds, which a
+tick of a few bytes always fits in).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import selectors
+import struct
+import termios
 from collections.abc import Callable
 
 from vpartcollect.output.sinks.base import Interest
@@ -29,7 +33,7 @@ class Outbox:
         os.set_blocking(fd, False)
         self.fd = fd
         self._data = b""
-        self.waiting_since: float | None = None  # monotonic: a frame not all taken since
+        self.sent_since: float | None = None  # monotonic: a frame not all read since
         self.on_close: Callable[[], None] = lambda: None  # before the fd closes
 
     def __repr__(self) -> str:
@@ -40,11 +44,27 @@ class Outbox:
         """Bytes the worker has not taken yet."""
         return len(self._data)
 
+    def in_pipe(self) -> int:
+        """Bytes written to the pipe that the worker has not read (FIONREAD answers on
+        either end of a pipe)."""
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD,
+                                                       b"\0\0\0\0"))[0])
+        except OSError:
+            return 0
+
+    def unread_since(self) -> float | None:
+        """Since when (monotonic) the worker has left part of what was sent unread: still
+        waiting here or in the pipe; None once it has read everything."""
+        if self.sent_since is not None and (self.fd < 0 or not (self._data or self.in_pipe())):
+            self.sent_since = None
+        return self.sent_since
+
     def send(self, frame: bytes, now: float) -> None:
         """Write ``frame`` now as far as the pipe takes it; the rest waits for ``on_ready``.
         A worker gone (EPIPE) takes nothing: its exit is reaped, its tick put back."""
-        if not self._data:
-            self.waiting_since = now
+        if self.unread_since() is None:
+            self.sent_since = now
         self._data += frame
         self._flush()
 
@@ -63,7 +83,7 @@ class Outbox:
         if self.fd >= 0:
             self.on_close()
             os.close(self.fd)
-            self.fd, self._data, self.waiting_since = -1, b"", None
+            self.fd, self._data, self.sent_since = -1, b"", None
 
     def _flush(self) -> None:
         try:
@@ -74,4 +94,3 @@ class Outbox:
         except OSError as exc:  # EPIPE: it died; reap() puts its tick back
             log.debug("control pipe fd %d: %s", self.fd, exc)
             self._data = b""
-        self.waiting_since = None

@@ -146,19 +146,21 @@ class Slot:
             self.ctl.send(wire.encode(tick), now)
 
     def unread(self, now: float, limit: float) -> bool:
-        """Whether the worker left part of its tick in the pipe for over ``limit`` s."""
-        since = self.ctl.waiting_since if self.ctl is not None else None
+        """Whether the worker left part of its tick unread for over ``limit`` s."""
+        since = self.ctl.unread_since() if self.ctl is not None else None
         return bool(self.pid) and since is not None and now - since > limit
 
     def kill_if_unread(self, now: float, limit: float) -> None:
-        """The watchdog's kill of a worker that did not take its tick in ``limit`` s
-        (stopped, stuck before reading): replaced at once, its successor gets the tick."""
+        """The watchdog's kill of a worker that did not read its tick in ``limit`` s
+        (stopped, stuck before reading): replaced at once, its successor gets the tick.
+        The pipe is closed with it: killed once, counted once, not waited on again."""
         if self.ctl is not None and self.unread(now, limit):
             log.warning("%s: worker pid %d did not read its control pipe for %.0f s (%d bytes "
-                        "of its tick waiting: stopped or stuck); killing it", self.name,
-                        self.pid, limit, self.ctl.waiting)
+                        "of its tick unread: stopped or stuck); killing it", self.name,
+                        self.pid, limit, self.ctl.waiting + self.ctl.in_pipe())
             self.kills += 1
             self.kill(hung=True)
+            self.close_ctl()
 
     def close_ctl(self) -> None:
         """Close the control pipe: the worker reads EOF once done with what it has."""

@@ -119,8 +119,8 @@ class Supervisor:
             waits.append(self.retire_by - now_m)
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
         unread = unread_deadline(self.cfg.call_timeout)
-        waits += [s.ctl.waiting_since + unread - now_m for s in self.slots
-                  if s.ctl is not None and s.ctl.waiting_since is not None]
+        waits += [s.ctl.sent_since + unread - now_m for s in self.slots
+                  if s.ctl is not None and s.ctl.sent_since is not None]
         if (again := self.schedule.next_again()) is not None:
             waits.append(again - now_m)
         if (wake := self.publisher.next_wakeup()) is not None:
