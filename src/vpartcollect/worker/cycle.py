@@ -207,7 +207,10 @@ class Cycle:
                 answers = self.session.call(CallKind.STATS, chunk,
                                             lambda: reader.collect(chunk, block=False))
         except Abandoned:
-            self._send((d, None, True) for d in chunk)
+            if self.session.down():  # libvirtd as a whole, not these QEMUs: the kernel's
+                self._from_kernel_only(chunk, flagged=True)
+            else:
+                self._send((d, None, True) for d in chunk)
             return
         self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
 
@@ -242,23 +245,26 @@ class Cycle:
     def _ask_again(self) -> None:
         """The second ask (see second_ask.py), and more while an answer still lacks the
         monitor's part and the tick has time; routed afresh each time: one that froze, or
-        whose store died, since is not asked again."""
-        held, self.held = self.held, []
+        whose store died, since is not asked again. The second ask is always made (a tick
+        whose cycle is past its share already, after a call's deadline, needs it most);
+        ``self.held`` keeps what is still held, for ``give_up`` if a call raises."""
         last_ask = self.started + self.session.cfg.interval * second_ask.TICK_SHARE
+        asks = 0
         for wait in second_ask.ASK_AGAIN_AFTER:
-            at = max(h.at for h in held) + wait if held else 0.0
-            if not held or at > last_ask:
+            at = max(h.at for h in self.held) + wait if self.held else 0.0
+            if not self.held or (asks and at > last_ask):
                 break
             time.sleep(max(0.0, at - time.monotonic()))
             if self.session.down():  # libvirtd stopped answering: the first answers stand
-                self._send((h.dom, h.answer, h.unresponsive) for h in held)
-                return
-            held = self._ask_held(held)
-        if held:
+                break
+            self.held = self._ask_held(self.held)
+            asks += 1
+        held, self.held = self.held, []
+        if held and asks:
             log.info("%s: monitor's part skipped at tick %s (another call held its job "
-                     "through every ask); sent without it", few([h.dom.name for h in held]),
-                     self.tick.ts)
-            self._send((h.dom, h.answer, h.unresponsive) for h in held)
+                     "through %d ask(s)); sent without it", few([h.dom.name for h in held]),
+                     self.tick.ts, asks)
+        self._send((h.dom, h.answer, h.unresponsive) for h in held)
 
     def _ask_held(self, held: list[second_ask.Held]) -> list[second_ask.Held]:
         """Ask ``held`` once more; send what is settled, return those to ask again."""
