@@ -507,6 +507,8 @@ class Supervisor:
         # hung NFS/FUSE mount) is not reapable until the kernel call returns, and what
         # the outputs hold must still be written before systemd's stop timeout.
         self._reap_workers(KILL_GRACE)
+        with contextlib.suppress(OutputClosed):
+            self.reap()  # one that exited in the last pass's 50 ms is not left behind
         if left := [s for s in self.slots if s.pid]:
             log.warning("left behind at exit, still there %.0f s after SIGKILL (gone once "
                         "its kernel call returns): %s", KILL_GRACE, "; ".join(
