@@ -21,6 +21,9 @@ from harness import PrivateLibvirtd
 from runner import cli_popen, no_traceback, parse_lines
 
 SOAK = float(os.environ.get("VPARTCOLLECT_SOAK_SECONDS", "40"))
+# What the kernel reader gives while libvirtd does not answer; ``{}``: lab-N's N (its tap
+# is ltN).
+KERNEL_METRICS = ("virt_cpu_total", "virt_vcpu-0", "if_octets-lt{}.rx", "if_packets-lt{}.tx")
 
 Action = tuple[float, Callable[[], None]]
 
@@ -119,6 +122,20 @@ class Outcome:
         """Timestamps at which ``<domain>.virt.<metric>`` was written."""
         path = f"{domain}.virt.{metric}"
         return {int(ts) for p, _, ts in self.lines if p == path}
+
+    def gaps(self, domains: Iterable[str], metrics: Iterable[str],
+             ticks: Iterable[int] | None = None) -> dict[str, list[int]]:
+        """{"<domain> <metric>": ticks it is missing at}, over ``ticks`` (else the window);
+        a metric's ``{}`` is the domain's number (lab-3: ``if_octets-lt3.rx``)."""
+        when = list(self.window() if ticks is None else ticks)
+        missing = {}
+        for name in domains:
+            for metric in metrics:
+                metric = metric.format(name[-1])
+                stamps = self.stamps(name, metric)
+                if gaps := [t for t in when if t not in stamps]:
+                    missing[f"{name} {metric}"] = gaps
+        return missing
 
     def values(self, domain: str, metric: str) -> dict[int, float]:
         path = f"{domain}.virt.{metric}"

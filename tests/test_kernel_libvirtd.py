@@ -28,7 +28,7 @@ import libvirt
 import netns
 import pytest
 from harness import PrivateLibvirtd
-from soak import Outcome, soak
+from soak import KERNEL_METRICS, Outcome, soak
 
 from vpartcollect.kernel_counters import comparable, disagreements
 from vpartcollect.worker.inventory import Domain, parse_devices
@@ -125,7 +125,6 @@ def halt(libvirtd: PrivateLibvirtd, seconds: float, events: dict[str, float]
     return stop
 
 
-KERNEL_METRICS = ("virt_cpu_total", "virt_vcpu-0", "if_octets-lt{}.rx", "if_packets-lt{}.tx")
 WEDGE_AT = 2.0
 
 
@@ -164,13 +163,7 @@ def test_libvirtd_stopped(libvirtd: PrivateLibvirtd, tmp_path: Path, instances: 
     after = [t for t in out.window() if t > resumed + 4]
     assert len(during) >= stop_for - 3 and after, (during, after)
     free = [name for name in ALL if name != wedged]  # the wedged one is held, flagged
-    missing = {}
-    for name in free:
-        for metric in KERNEL_METRICS:
-            metric = metric.format(name[-1])
-            gaps = [t for t in out.window() if t not in out.stamps(name, metric)]
-            if gaps:
-                missing[f"{name} {metric}"] = gaps
+    missing = out.gaps(free, KERNEL_METRICS)
     blocked = out.blocked_calls()
     print(f"\nlibvirtd stopped {events['cont'] - events['stop']:.1f} s, {instances} "
           f"instance(s), {wedged or 'no lock'} wedged: kernel values missing "
