@@ -41,16 +41,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     report.longrepr = f"skipped under CI=true, where every real part must be there: {reason}"
 
 
-# Under pytest-xdist (bin/test runs ``-n 4 --dist loadgroup``) every test of one lab of
-# QEMU domains runs on one worker, one after another: a session fixture is built once per
-# worker, a lab costs a minute of boot and settle, and two copies of one lab would fight
-# over its host-wide tap names. Keyed by file, or by file::test; the rest spreads.
+# Under pytest-xdist (VPC_TEST_WORKERS=N bin/test: ``-n N --dist loadgroup``) every test
+# of one lab of QEMU domains runs on one worker, one after another: a session fixture is
+# built once per worker, a lab costs a minute of boot and settle, and two copies of one
+# lab would fight over its host-wide tap names. Keyed by file, or by file::test; the rest spreads.
 # (pytest-xdist 3.8's own xdist_group marks do nothing on pytest 9.2: it renames the
 # item's ``_nodeid`` that the marks used to extend. Hence the table and the scheduler.)
 LAB_GROUPS = {
-    # The session lab, and beside it, one at a time, the test-driver runs that keep a core
-    # busy (3000 domains, 50 children, a package build): QEMU's monitor and the cpu-rate
-    # truth checks of the other labs' tests missed ticks beside them on 2 cores.
+    # The session lab (six QEMUs, six test-driver domains) and its tests, one at a time.
     "tests/test_devices.py": "lab",
     "tests/test_hung_vms.py": "lab",
     "tests/test_kernel_libvirtd.py": "lab",
@@ -59,28 +57,41 @@ LAB_GROUPS = {
     "tests/test_truth.py": "lab",
     "tests/test_reload_ticks.py": "lab",
     "tests/test_worker_kills.py": "lab",
-    "tests/test_child_kills.py": "lab",
-    "tests/test_big_host.py": "lab",
-    "tests/test_deb.py": "lab",
     "tests/test_steal.py": "lab",
     "tests/test_respawn_outage.py": "lab",
-    "tests/test_ctl_pipe.py": "lab",  # 2,040 test-driver domains, 1 s ticks
-    # The other labs (28 QEMUs with FUSE stores; the collectd parity lab) and the churn
-    # of 10,000 test-driver domains, one after another on a second worker.
+    # The other labs (28 QEMUs with FUSE stores; the collectd parity lab), one after
+    # another on a second worker.
     "tests/test_outages.py": "labs",
     "tests/test_collectd_configs.py": "labs",
     "tests/test_collectd_parity.py": "labs",
-    "tests/test_churn.py": "labs",
     "tests/test_prometheus_lab.py": "labs",
 }
+# Tests that keep both cores busy for their whole run (thousands of test-driver domains
+# at 1 s ticks, fifty children, a package build). Beside a lab they cost the labs' cpu
+# rate and thread checks ticks (and lost their own: 3,000 domains' whole ticks, the
+# spooler's kill window), so a parallel run (VPC_TEST_WORKERS) runs them after the
+# others, one at a time with the host to themselves (bin/test's second pytest, -m alone).
+ALONE = (
+    "tests/test_churn.py",
+    "tests/test_reload_ticks.py::test_reloads_at_random_phases_3000_test_domains",
+    "tests/test_child_kills.py",
+    "tests/test_ctl_pipe.py",
+    "tests/test_big_host.py",
+    "tests/test_deb.py",
+)
 # The session labs, by the fixture that builds them: a test using one must be in its group.
 LAB_FIXTURES = {"libvirtd": "lab", "testdriver": "lab", "parity_lab": "labs"}
+
+
+def _under(nodeid: str, key: str) -> bool:
+    """Whether a test's node id is the file or test ``key`` names (or one of its cases)."""
+    return nodeid == key or nodeid.startswith((f"{key}::", f"{key}[", f"{key}@"))
 
 
 def lab_group(nodeid: str) -> str | None:
     """The xdist group of a test that drives a private libvirtd, or None."""
     for key, group in LAB_GROUPS.items():
-        if nodeid == key or nodeid.startswith((f"{key}::", f"{key}[", f"{key}@")):
+        if _under(nodeid, key):
             return group
     return None
 
@@ -93,11 +104,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     collects the same order."""
     for item in items:
         group = lab_group(item.nodeid)
+        alone = any(_under(item.nodeid, key) for key in ALONE)
+        if alone:
+            item.add_marker(pytest.mark.alone)
         fixtures = set(getattr(item, "fixturenames", ()))
         need = {LAB_FIXTURES[f] for f in fixtures & set(LAB_FIXTURES)}
-        if need - {group} or (group is None and item.get_closest_marker("libvirtd")):
+        # An alone test has the host to itself: its own private libvirtd collides with none.
+        if need - {group} or (group is None and not alone
+                              and item.get_closest_marker("libvirtd")):
             raise pytest.UsageError(f"{item.nodeid} drives a private libvirtd: add it to "
-                                    "LAB_GROUPS in tests/conftest.py")
+                                    "LAB_GROUPS (or ALONE) in tests/conftest.py")
     items.sort(key=lambda item: lab_group(item.nodeid) is None)
 
 

@@ -136,7 +136,9 @@ def test_a_starved_vcpus_delay_is_the_kernels(libvirtd: PrivateLibvirtd,
         for mean in (kernel_mean, libvirt_mean):  # the kernel path; libvirt's vcpu.0.delay
             low, high = (1 - TOLERANCE) * least - SLACK_NS, (1 + TOLERANCE) * most + SLACK_NS
             assert low <= mean <= high, (domain, results)
-    # The staging held: lab-0 starved. Not "lab-1 near 0": with the suite's other workers
-    # on both cores lab-1 waits too (22 ms/s beside lab-0's 39 in one run; each matched its
-    # schedstat), which is the host, not the metric.
-    assert results["lab-0"][0] > 5e6, results
+    # The staging held: lab-0 waited, so a delay of 0 (a counter not read) is outside its
+    # band with room to spare. Not "lab-1 near 0", nor 5 ms/s for lab-0: with the suite's
+    # other workers on both cores lab-1 waits too (22 ms/s beside lab-0's 39 in one run) and
+    # lab-0's tiny vCPU, woken less, 5.0 beside lab-1's 3.1 in another, each matching its
+    # schedstat: that is the host, not the metric.
+    assert (1 - TOLERANCE) * results["lab-0"][0] - SLACK_NS > SLACK_NS, results
