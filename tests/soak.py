@@ -104,6 +104,16 @@ class CpuTruth:
         a, b = self.at(domain, start), self.at(domain, end)
         return None if a is None or b is None else (b - a) / (end - start)
 
+    def counter_range(self, domain: str, first: float, last: float) -> tuple[float, float]:
+        """The least and most rate a cpu counter stamped ``first`` and ``last`` (its ticks)
+        can show over those stamps, each read landing anywhere in ``READ_OFFSETS`` after its
+        stamp: /proc's cpu over each such span, divided by ``last - first``."""
+        spans = [(b - a) for x in READ_OFFSETS for y in READ_OFFSETS
+                 if (a := self.at(domain, first + x)) is not None
+                 and (b := self.at(domain, last + y)) is not None]
+        assert spans, (domain, first, last)
+        return min(spans) / (last - first), max(spans) / (last - first)
+
 
 @dataclass
 class Outcome:

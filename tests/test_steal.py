@@ -136,9 +136,9 @@ def test_a_starved_vcpus_delay_is_the_kernels(libvirtd: PrivateLibvirtd,
         for mean in (kernel_mean, libvirt_mean):  # the kernel path; libvirt's vcpu.0.delay
             low, high = (1 - TOLERANCE) * least - SLACK_NS, (1 + TOLERANCE) * most + SLACK_NS
             assert low <= mean <= high, (domain, results)
-    # The staging held: lab-0 waited, so a delay of 0 (a counter not read) is outside its
-    # band with room to spare. Not "lab-1 near 0", nor 5 ms/s for lab-0: with the suite's
-    # other workers on both cores lab-1 waits too (22 ms/s beside lab-0's 39 in one run) and
-    # lab-0's tiny vCPU, woken less, 5.0 beside lab-1's 3.1 in another, each matching its
-    # schedstat: that is the host, not the metric.
-    assert (1 - TOLERANCE) * results["lab-0"][0] - SLACK_NS > SLACK_NS, results
+    # The staging held as far as the checks need: lab-0 waited, so a delay of 0 (a counter
+    # not read) is outside its band. Not "lab-1 near 0", nor a floor for lab-0: with the
+    # suite's other workers on both cores lab-1 waits too (22 ms/s beside lab-0's 39 in one
+    # run), and lab-0 beside them waited 5.0 ms/s in one and 1.6 in another (lab-1: 3.1,
+    # 1.7), each matching its schedstat: that is the host, not the metric.
+    assert (1 - TOLERANCE) * results["lab-0"][0] - SLACK_NS > 0, results
