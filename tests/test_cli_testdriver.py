@@ -249,7 +249,8 @@ def test_sigterm_during_a_blocked_write_loses_no_line(tmp_path: Path) -> None:
     first, *later = sorted(per_tick)
     assert len(per_tick[first]) == 200 and set(per_tick[first].values()) == {2}, per_tick[first]
     assert later, "the blocked write never came out"
-    assert max(max(per_tick[ts].values()) for ts in later) > 2  # rates came out
+    # Not "rates came out": on a busy host the tick whose write blocked can be the second,
+    # read too soon after the first for a rate (2 lines a domain, seen in a loaded run).
     for ts in later:
         full = max(per_tick[ts].values())
         torn = {d: n for d, n in per_tick[ts].items() if n != full}
