@@ -20,8 +20,10 @@ from vpartcollect.worker.libvirt_stats import Answer, monitor_skipped
 # Seconds after the answer before: an ask that does not block costs libvirtd ~1 ms.
 ASK_AGAIN_AFTER = (0.05, 0.1, 0.2, 0.4)
 # No further ask starts later than this share of the interval after the cycle started:
-# the next tick's cycle is not delayed.
-TICK_SHARE = 0.5
+# the next tick's cycle is not delayed (an ask does not block: ~1 ms, a few tens on a busy
+# host). Half an interval was too little at 1 s with the host's cores busy: a cycle whose
+# first answers came 0.35 s in had room for one ask only, and a mate's job was still held.
+TICK_SHARE = 0.75
 
 
 @dataclass
