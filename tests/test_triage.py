@@ -13,7 +13,7 @@ from vpartcollect.worker.datastores import Image
 from vpartcollect.worker.guard import Guard
 from vpartcollect.worker.inventory import Domain
 from vpartcollect.worker.qemu_proc import QemuProcesses
-from vpartcollect.worker.triage import Route, Triage, route
+from vpartcollect.worker.triage import MAX_BLOCKED, Route, Triage, route
 
 HEALTHY: dict[str, Any] = {"frozen": False, "stalled": False, "seen": True, "in_hung_call": False,
                           "alone_in_hung_call": False, "culprits": 0}
@@ -38,6 +38,17 @@ HEALTHY: dict[str, Any] = {"frozen": False, "stalled": False, "seen": True, "in_
     ({"in_hung_call": True, "seen": False, "culprits": 1}, Route.NORMAL),
     ({"in_hung_call": True, "seen": False, "culprits": 2}, Route.HOLD),
     ({"seen": False, "culprits": 2}, Route.NORMAL),
+    # One call blocked (a freeze caught one in flight): the healthy are still asked all.
+    ({"blocked": MAX_BLOCKED - 1}, Route.NORMAL),
+    ({"blocked": MAX_BLOCKED - 1, "in_hung_call": True}, Route.NORMAL),
+    # The cap: a QEMU /proc vouched for may freeze before its call (an outage reaching a
+    # partition's QEMUs one after another): nothing needing the monitor is asked.
+    ({"blocked": MAX_BLOCKED}, Route.SPARE),
+    ({"blocked": MAX_BLOCKED + 3, "in_hung_call": True}, Route.SPARE),
+    ({"blocked": MAX_BLOCKED, "stalled": True}, Route.FROZEN),
+    ({"blocked": MAX_BLOCKED, "frozen": True}, Route.FROZEN),
+    ({"blocked": MAX_BLOCKED, "alone_in_hung_call": True, "in_hung_call": True,
+      "culprits": 1}, Route.HOLD),
 ])
 def test_route(change: dict[str, object], expected: Route) -> None:
     assert route(**{**HEALTHY, **change}) is expected
@@ -87,3 +98,14 @@ def test_routes_follow_the_probes_and_the_guard(tmp_path: Path) -> None:
     dom = Domain(None, "u-1", "vm", None, 0.0, disks=[("vda", "/srv/a.qcow2")])
     triage.start([dom])
     assert triage.routes([dom], Guard())[Route.NORMAL] == [dom]
+
+
+def test_no_monitor_call_past_the_cap() -> None:
+    """Whatever else is known, at MAX_BLOCKED calls blocked no route needs a monitor."""
+    needs_monitor = {Route.NORMAL, Route.NO_BLOCK}
+    flags = ("frozen", "stalled", "seen", "in_hung_call", "alone_in_hung_call")
+    for bits in range(1 << len(flags)):
+        facts: dict[str, Any] = {f: bool(bits >> i & 1) for i, f in enumerate(flags)}
+        for culprits in range(4):
+            for blocked in range(MAX_BLOCKED, MAX_BLOCKED + 3):
+                assert route(**facts, culprits=culprits, blocked=blocked) not in needs_monitor
