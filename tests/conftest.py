@@ -64,6 +64,7 @@ LAB_GROUPS = {
     "tests/test_deb.py": "lab",
     "tests/test_steal.py": "lab",
     "tests/test_respawn_outage.py": "lab",
+    "tests/test_ctl_pipe.py": "lab",  # 2,040 test-driver domains, 1 s ticks
     "tests/test_staggered_freeze.py": "lab",
     # The other labs (28 QEMUs with FUSE stores; the collectd parity lab) and the churn
     # of 10,000 test-driver domains, one after another on a second worker.

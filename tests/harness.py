@@ -244,13 +244,18 @@ class PrivateLibvirtd:
             pass
         self.frozen.discard(name)
 
-    def wedge(self, name: str, fifo: Path) -> subprocess.Popen[bytes]:
+    def wedge(self, name: str, fifo: Path, qemu: bool = False) -> subprocess.Popen[bytes]:
         """Dump test-driver domain ``name`` into a FIFO nobody reads: libvirtd holds the
-        domain's lock until the FIFO is read (``release``), as a stuck call would."""
+        domain's lock until the FIFO is read (``release``), as a stuck call would.
+        ``qemu``: a QEMU domain instead (``--live``: it keeps running). The qemu driver
+        opens the FIFO holding the domain's object lock (measured on libvirt 9.0: ``virsh
+        list`` and its ``domstats`` hang, other domains' answer; its QEMU idles in poll,
+        so /proc does not see it frozen)."""
         if not fifo.exists():
             os.mkfifo(fifo)
-        return subprocess.Popen(["virsh", "-q", "-c", self.test_uri, "dump", name, str(fifo)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = ["virsh", "-q", "-c", self.uri, "dump", "--live", name, str(fifo)] if qemu else \
+            ["virsh", "-q", "-c", self.test_uri, "dump", name, str(fifo)]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @staticmethod
     def release(fifo: Path, dump: subprocess.Popen[bytes]) -> None:

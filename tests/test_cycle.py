@@ -19,14 +19,16 @@ import pytest
 from nodes import tagged_node
 
 from vpartcollect import wire
+from vpartcollect.calls import CallKind
 from vpartcollect.config import load
+from vpartcollect.libvirt_conn import open_readonly
 from vpartcollect.output.metrics import MetricBuilder
 from vpartcollect.output.naming import Naming
 from vpartcollect.samples import Stats
 from vpartcollect.worker import second_ask
 from vpartcollect.worker.cycle import Cycle, clean_stats
 from vpartcollect.worker.datastores import Probes
-from vpartcollect.worker.guard import Guard
+from vpartcollect.worker.guard import Call, Guard
 from vpartcollect.worker.inventory import Domain
 from vpartcollect.worker.libvirt_stats import Answer, StatsReader
 from vpartcollect.worker.link import Link
@@ -224,6 +226,36 @@ def test_asks_stop_at_the_ticks_share(node: tuple[str, int, int]) -> None:
     assert time.monotonic() - started < 0.2
 
 
+class SlowFirst(PreparedReader):
+    """FAKE answers as PreparedReader's; the first call takes ``slow`` s (a chunk's call
+    that ran long, as one past its deadline does)."""
+
+    def __init__(self, real: StatsReader, answers: list[dict[str, Stats]], slow: float) -> None:
+        super().__init__(real, answers)
+        self.slow = slow
+
+    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Answer]:
+        if not self.asked:
+            time.sleep(self.slow)
+        return super().collect(domains, block)
+
+
+def test_a_cycle_past_its_share_still_asks_once_more(node: tuple[str, int, int]) -> None:
+    """The review's case: the budget of further asks also took the second ask away from
+    a cycle already past half its interval (after a call's deadline: 5 s at the default
+    10 s interval), where it is needed most; its block counters were lost."""
+    uri, out_w = node[0], node[2]
+    cfg = load(None, {"connect": uri, "interval": 0.2})
+    session = Session.open(0, cfg, Link(-1, out_w), Guard(), {})
+    reader = session.reader = SlowFirst(session.reader, [
+        {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL}, {"domain-B": FULL}],
+        slow=0.15)
+    Cycle(wire.Tick(100.0), session, Triage(cfg)).run([])
+    assert reader.asked[1:] == [["domain-B"]]
+    got = {d.name: "block.0.rd.reqs" in d.stats for d in samples(node[1])}
+    assert got == {"domain-A": True, "domain-B": True, "domain-C": True}
+
+
 def test_a_full_answer_or_a_suspect_is_not_asked_again(node: tuple[str, int, int]) -> None:
     uri, out_r, out_w = node
     session, triage = session_on(uri, out_w)
@@ -267,3 +299,19 @@ def test_only_wire_safe_values_leave_the_worker() -> None:
     out = clean_stats(raw)
     assert out == {"a": 1, "b": 2.5, "c": "vda", "d": 1, "e": 0, "h": 7}
     assert type(out["d"]) is int and type(out["e"]) is int
+
+
+def test_a_session_found_lost_is_not_lost_once_a_new_connection_opens(
+        node: tuple[str, int, int]) -> None:
+    """The review's case: a reconnect refused while libvirtd restarted marked the session
+    lost, and it stayed lost after the background connection opened: every later error of
+    a single call was taken for a lost connection (its good connection parked, the tick
+    sent from the kernel alone, a "lost the connection" warning)."""
+    uri, out_w = node[0], node[2]
+    session, _ = session_on(uri, out_w)
+    session.lost = True  # as down() leaves it when the reconnect is refused
+    call: Call[object] = Call(CallKind.CONNECT, [])
+    call.run(lambda: open_readonly(uri))  # the background connection, opened
+    session.connecting = call
+    assert not session.down()
+    assert session.alive() and not session.lost

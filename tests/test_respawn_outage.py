@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from harness import PrivateLibvirtd
-from soak import soak
+from soak import KERNEL_METRICS, soak
 from test_kernel_libvirtd import halt
 
 pytestmark = pytest.mark.libvirtd
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.libvirtd
 ALL = [f"lab-{i}" for i in range(6)]
 VIRT_1 = ["lab-1", "lab-4"]
 STOP_AT, STOP_FOR, KILL_AFTER, AFTER = 6.0, 12.0, 2.0, 6.0
-KERNEL = ("virt_cpu_total", "virt_vcpu-0", "if_octets-lt{}.rx", "if_packets-lt{}.tx")
 ONLY_LIBVIRTD = ("memory-total", "disk_capacity-vda", "domain_state.state")
 
 
@@ -69,13 +68,7 @@ def test_worker_killed_while_libvirtd_is_stopped(libvirtd: PrivateLibvirtd) -> N
     respawned = [t for t in out.window() if killed + 1 < t < resumed]
     after = [t for t in out.window() if t > resumed + 3]
     assert len(respawned) >= STOP_FOR - KILL_AFTER - 3 and after, (respawned, after)
-    missing = {}
-    for name in ALL:
-        for metric in KERNEL:
-            metric = metric.format(name[-1])
-            gaps = [t for t in out.window() if t not in out.stamps(name, metric)]
-            if gaps:
-                missing[f"{name} {metric}"] = gaps
+    missing = out.gaps(ALL, KERNEL_METRICS)
     print(f"\nvirt-1's worker killed {killed - stopped + 1} s into a {STOP_FOR:.0f} s stop: "
           f"kernel values missing at (ticks) {missing or 'none'}")
     assert not missing, f"{missing}\n{out.stderr[-3000:]}"

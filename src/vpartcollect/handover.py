@@ -16,7 +16,6 @@ worker was killed) is sampled by its new owner.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -33,9 +32,7 @@ def retire(slot: Slot) -> set[float]:
     slot.pending.clear()
     if slot.current is not None:
         owed.add(slot.current.ts)
-    if slot.ctl >= 0:
-        os.close(slot.ctl)
-        slot.ctl = -1
+    slot.close_ctl()
     if slot.pid and slot.current is None:
         slot.kill(hung=False)
     return owed
@@ -59,8 +56,9 @@ def replay(slot: Slot, owed: Iterable[float], emitted: Callable[[float], list[st
     (counted in missed_ticks).
 
     A skip list names only the domains ``may_own`` says the slot's worker may sample:
-    the worker only drops its own domains with it, and the whole host's list (3000
-    domains, ~114 KB) would not fit the control pipe in one write."""
+    the worker only drops its own domains with it (the whole host's list, 3000 domains,
+    is ~114 KB to send; a worker's own part may still be more than a pipe holds, which
+    outbox.py sends without blocking)."""
     waiting = {t.ts: t for t in slot.pending}
     for ts in owed:
         waiting[ts] = wire.Tick(ts, sorted({u for u in emitted(ts) if may_own(u)} | set(

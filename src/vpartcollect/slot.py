@@ -20,6 +20,7 @@ from typing import NoReturn
 from vpartcollect import children, wire
 from vpartcollect.calls import CallKind
 from vpartcollect.daemon import fork_child
+from vpartcollect.outbox import Outbox
 from vpartcollect.partition import instance_name
 from vpartcollect.ticks import queue_tick
 from vpartcollect.watchdog import RESPAWN_MIN, respawn_delay
@@ -34,7 +35,7 @@ class Slot:
 
     index: int
     pid: int = 0
-    ctl: int = -1
+    ctl: Outbox | None = None  # the control pipe (ticks to the worker)
     out: int = -1
     decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
     ready: bool = False
@@ -102,7 +103,7 @@ class Slot:
         os.close(ctl_r)
         os.close(out_w)
         os.set_blocking(out_r, False)
-        self.pid, self.ctl, self.out = pid, ctl_w, out_r
+        self.pid, self.ctl, self.out = pid, Outbox(ctl_w), out_r
         self.decoder = wire.FrameDecoder()
         self.ready, self.respawn_now, self.busy, self.deadline = False, False, None, None
         if self.spawned:
@@ -139,6 +140,34 @@ class Slot:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def send(self, tick: wire.Tick, now: float) -> None:
+        """Hand ``tick`` to the worker (never blocking: see outbox.py)."""
+        if self.ctl is not None:
+            self.ctl.send(wire.encode(tick), now)
+
+    def unread(self, now: float, limit: float) -> bool:
+        """Whether the worker left part of its tick unread for over ``limit`` s."""
+        since = self.ctl.unread_since() if self.ctl is not None else None
+        return bool(self.pid) and since is not None and now - since > limit
+
+    def kill_if_unread(self, now: float, limit: float) -> None:
+        """The watchdog's kill of a worker that did not read its tick in ``limit`` s
+        (stopped, stuck before reading): replaced at once, its successor gets the tick.
+        The pipe is closed with it: killed once, counted once, not waited on again."""
+        if self.ctl is not None and self.unread(now, limit):
+            log.warning("%s: worker pid %d did not read its control pipe for %.0f s (%d bytes "
+                        "of its tick unread: stopped or stuck); killing it", self.name,
+                        self.pid, limit, self.ctl.waiting + self.ctl.in_pipe())
+            self.kills += 1
+            self.kill(hung=True)
+            self.close_ctl()
+
+    def close_ctl(self) -> None:
+        """Close the control pipe: the worker reads EOF once done with what it has."""
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+
     def close_out(self, selector: selectors.BaseSelector) -> None:
         """Close the pipe the worker writes its results to."""
         if self.out >= 0:
@@ -148,9 +177,8 @@ class Slot:
 
     def exited(self, status: int, stopping: bool, now: float) -> None:
         """The worker is gone: requeue what it did not deliver, schedule its successor."""
-        if self.ctl >= 0:
-            os.close(self.ctl)
-        self.pid, self.ctl, self.ready, self.deadline = 0, -1, False, None
+        self.close_ctl()
+        self.pid, self.ready, self.deadline = 0, False, None
         if self.current is not None:
             # Sample what it did not deliver; NOWAIT makes the hung domain answer at once.
             self.pending.appendleft(wire.Tick(self.current.ts, sorted(self.delivered)))

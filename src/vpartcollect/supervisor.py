@@ -23,11 +23,12 @@ from vpartcollect.clock import ClockWatch, read_clocks
 from vpartcollect.config import Config, ConfigError
 from vpartcollect.daemon import SignalPipe, few, release_memory, sd_notify
 from vpartcollect.output.publisher import BadSample, OutputClosed, OutputFailed, Publisher
+from vpartcollect.output.sinks.base import Registrations
 from vpartcollect.preflight import LibvirtProbe, check_spool_dir, spool_changed
 from vpartcollect.roster import Roster
 from vpartcollect.slot import Slot, describe_stuck, readable
 from vpartcollect.ticks import Schedule
-from vpartcollect.watchdog import backlog_limit, kill_deadline
+from vpartcollect.watchdog import backlog_limit, kill_deadline, unread_deadline
 from vpartcollect.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Supervisor:
         self.retire_killed = False  # the retiring workers were SIGKILLed at retire_by
         self.old_tags: dict[str, tuple[str | None, str | None]] = {}  # roster's, pre-reload
         self.selector = selectors.DefaultSelector()
+        self.ctl_registered = Registrations()  # control pipes with a tick waiting to go
         self.stopping = False
         self.exit_code = 0
         self.schedule = Schedule(cfg.interval, time.time(), once, cfg.store_rates)
@@ -116,6 +118,9 @@ class Supervisor:
         if self.retiring:
             waits.append(self.retire_by - now_m)
         waits += [s.spawn_at - now_m for s in self.slots if not s.pid]
+        unread = unread_deadline(self.cfg.call_timeout)
+        waits += [s.ctl.sent_since + unread - now_m for s in self.slots
+                  if s.ctl is not None and s.ctl.sent_since is not None]
         if (again := self.schedule.next_again()) is not None:
             waits.append(again - now_m)
         if (wake := self.publisher.next_wakeup()) is not None:
@@ -125,10 +130,16 @@ class Supervisor:
     def wait(self, timeout: float) -> None:
         """Block until a pipe, socket or signal is ready (or ``timeout``), and serve it."""
         self.publisher.register(self.selector)
+        for slot in self.slots:
+            if slot.ctl is not None:
+                self.ctl_registered.update(self.selector, slot.ctl, slot.ctl.interest(),
+                                           ("ctl", slot.ctl))
         for key, mask in self.selector.select(timeout):
             kind, obj = key.data
             if kind == "worker":
                 self.read_worker(obj)
+            elif kind == "ctl":
+                obj.on_ready(mask)
             elif kind == "probe":
                 self._probed()
             elif kind == "sink":
@@ -207,10 +218,7 @@ class Supervisor:
         queued = slot.pending.popleft()
         tick = wire.Tick(queued.ts, queued.skip, self.roster.suspects_of(slot.index))
         slot.current, slot.delivered, slot.unresponsive = tick, set(tick.skip), 0
-        try:
-            os.write(slot.ctl, wire.encode(tick))
-        except OSError:
-            pass  # it died; reap() puts the tick back
+        slot.send(tick, time.monotonic())  # never blocks: a worker not reading costs only it
 
     # -- workers ------------------------------------------------------------
     def spawn_missing(self) -> None:
@@ -226,6 +234,9 @@ class Supervisor:
         parent, seed, before = os.getpid(), self.roster.seed(), slot.hello
         slot.start(lambda ctl, out: worker_main(slot.index, self.cfg, ctl, out, parent, seed,
                                                 before), self.selector)
+        if slot.ctl is not None:  # the selector lets go of the pipe before it closes
+            slot.ctl.on_close = functools.partial(self.ctl_registered.drop, self.selector,
+                                                  slot.ctl)
         if slot.pid:  # else it could not fork: tried again after a backoff
             children.register(slot.pid, lambda status: self._exited(slot, status))
 
@@ -327,6 +338,8 @@ class Supervisor:
                 if slot.busy is not None and slot.busy.involves_qemu:
                     self.roster.suspect(slot.index, slot.busy_uuids)
                 slot.kill(hung=True)
+        for slot in self.slots:  # its tick left in the pipe: stopped or stuck
+            slot.kill_if_unread(time.monotonic(), unread_deadline(self.cfg.call_timeout))
         if self.retiring and time.monotonic() > self.retire_by:
             if self.retire_killed:
                 # SIGKILLed an interval ago and still not reaped (e.g. in D state in a
@@ -494,6 +507,8 @@ class Supervisor:
         # hung NFS/FUSE mount) is not reapable until the kernel call returns, and what
         # the outputs hold must still be written before systemd's stop timeout.
         self._reap_workers(KILL_GRACE)
+        with contextlib.suppress(OutputClosed):
+            self.reap()  # one that exited in the last pass's 50 ms is not left behind
         if left := [s for s in self.slots if s.pid]:
             log.warning("left behind at exit, still there %.0f s after SIGKILL (gone once "
                         "its kernel call returns): %s", KILL_GRACE, "; ".join(

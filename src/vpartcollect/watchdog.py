@@ -32,6 +32,15 @@ def kill_deadline(timeout: float, domains: int, kind: CallKind = CallKind.STATS)
     return call_deadline(timeout, domains, kind) + BACKSTOP_SECONDS
 
 
+def unread_deadline(timeout: float) -> float:
+    """Seconds a worker may leave part of a tick in its control pipe before it is killed.
+
+    Ticks go only to an idle worker, which reads at once: one that has not taken its
+    tick after a call's timeout and the backstop is stopped or stuck, like a worker past
+    a call's deadline (and, unkilled, would never get another tick)."""
+    return timeout + BACKSTOP_SECONDS
+
+
 def respawn_delay(failures: int) -> float:
     """Backoff before respawning a worker that died ``failures`` times in a row, unhung."""
     if failures <= 1:

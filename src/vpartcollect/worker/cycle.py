@@ -136,12 +136,20 @@ class Cycle:
     def _ask(self, chunk: Sequence[Domain]) -> None:
         """Every group of one chunk (NOWAIT); on a hang, its domains one by one."""
         s = self.session
+        if s.down():  # an earlier call of this tick found libvirtd not answering at all
+            self._from_kernel_only(chunk)
+            return
         try:
             answers, stuck = s.call(CallKind.STATS, chunk, lambda: self._read(chunk))
         except Abandoned:
             log.warning("stats of %s outlived the deadline; left to libvirtd",
                         few([d.name for d in chunk]))
-            if s.down():  # not these domains: libvirtd as a whole does not answer
+            # The new connection opened at the hang is the probe that tells them apart: it
+            # needs libvirtd alone, no QEMU. Not opened in time: libvirtd as a whole does
+            # not answer, not these domains; asking the rest (one by one after a hang, or
+            # while a call of ours is blocked) would cost each a deadline, a connection
+            # attempt and two calls left blocked (measured: 6 domains, 3-4 ticks lost).
+            if s.down():
                 self._from_kernel_only(chunk)
             else:
                 self._after_hang(chunk)
@@ -175,7 +183,8 @@ class Cycle:
     def _after_hang(self, chunk: Sequence[Domain]) -> None:
         """The call holds the culprit's monitor job, so NOWAIT answers at once for it and
         for the others: ask them one at a time, each routed afresh (a second hang changes
-        the route of those after it), their datastores probed again first."""
+        the route of those after it), their datastores probed again first. Should
+        libvirtd stop answering meanwhile, the rest get the kernel's counters (``_ask``)."""
         frozen = self.triage.recheck(chunk)
         for i, d in enumerate(chunk):
             # The first is routed on the recheck; each later one looks at its QEMU again:
@@ -205,6 +214,9 @@ class Cycle:
         domain (calls of ours already blocked) gets what needs no monitor, unflagged."""
         reader = self.session.reader
         flag = rt is not Route.SPARE
+        if self.session.down():
+            self._from_kernel_only(chunk, flagged=flag)
+            return
         try:
             if rt in (Route.FROZEN, Route.SPARE):
                 answers = self.session.call(CallKind.FROZEN, chunk,
@@ -213,13 +225,18 @@ class Cycle:
                 answers = self.session.call(CallKind.STATS, chunk,
                                             lambda: reader.collect(chunk, block=False))
         except Abandoned:
-            self._send((d, None, True) for d in chunk)
+            if self.session.down():  # libvirtd as a whole, not these QEMUs: the kernel's
+                self._from_kernel_only(chunk, flagged=flag)
+            else:
+                self._send((d, None, True) for d in chunk)
             return
         self._send((d, answers[d.uuid], flag) for d in chunk if d.uuid in answers)
 
-    def _from_kernel_only(self, domains: Sequence[Domain]) -> list[Domain]:
+    def _from_kernel_only(self, domains: Sequence[Domain],
+                          flagged: bool = False) -> list[Domain]:
         """While libvirtd does not answer: cpu, vCPUs and interfaces from the kernel, the
-        rest (block, balloon, state) missing; not the domains' fault, so not flagged.
+        rest (block, balloon, state) missing; not the domains' fault, so not flagged
+        (``flagged``: they are anyway, found frozen or on a dead datastore before).
         A domain the kernel reader does not cover is flagged, as any domain not read; one
         whose QEMU exited meanwhile stopped running, and is not sampled; so is one known
         only from the supervisor's roster (no handle: this worker never listed it) whose
@@ -228,13 +245,14 @@ class Cycle:
         running = [d for d in domains if not qemu.exited(d.uuid)
                    and (d.handle is not None or qemu.pid(d.uuid, d.name) is not None)]
         answers = self.session.reader.kernel_only(running)
-        self._send((d, answers.get(d.uuid), d.uuid not in answers) for d in running)
+        self._send((d, answers.get(d.uuid), flagged or d.uuid not in answers)
+                   for d in running)
         return running
 
     def _check_kernel(self, domains: Sequence[Domain]) -> None:
         """Once per refresh interval, a domain's kernel counters against libvirt's."""
         s = self.session
-        if s.reader.kernel is None or not domains or s.guard.outstanding():
+        if s.reader.kernel is None or not domains or s.guard.outstanding() or s.down():
             return
         due = [d for d in domains if s.reader.kernel.due(d, s.cfg.refresh_interval)]
         if due:
@@ -245,20 +263,26 @@ class Cycle:
     def _ask_again(self) -> None:
         """The second ask (see second_ask.py), and more while an answer still lacks the
         monitor's part and the tick has time; routed afresh each time: one that froze, or
-        whose store died, since is not asked again."""
-        held, self.held = self.held, []
+        whose store died, since is not asked again. The second ask is always made (a tick
+        whose cycle is past its share already, after a call's deadline, needs it most);
+        ``self.held`` keeps what is still held, for ``give_up`` if a call raises."""
         last_ask = self.started + self.session.cfg.interval * second_ask.TICK_SHARE
+        asks = 0
         for wait in second_ask.ASK_AGAIN_AFTER:
-            at = max(h.at for h in held) + wait if held else 0.0
-            if not held or at > last_ask:
+            at = max(h.at for h in self.held) + wait if self.held else 0.0
+            if not self.held or (asks and at > last_ask):
                 break
             time.sleep(max(0.0, at - time.monotonic()))
-            held = self._ask_held(held)
-        if held:
+            if self.session.down():  # libvirtd stopped answering: the first answers stand
+                break
+            self.held = self._ask_held(self.held)
+            asks += 1
+        held, self.held = self.held, []
+        if held and asks:
             log.info("%s: monitor's part skipped at tick %s (another call held its job "
-                     "through every ask); sent without it", few([h.dom.name for h in held]),
-                     self.tick.ts)
-            self._send((h.dom, h.answer, h.unresponsive) for h in held)
+                     "through %d ask(s)); sent without it", few([h.dom.name for h in held]),
+                     self.tick.ts, asks)
+        self._send((h.dom, h.answer, h.unresponsive) for h in held)
 
     def _ask_held(self, held: list[second_ask.Held]) -> list[second_ask.Held]:
         """Ask ``held`` once more; send what is settled, return those to ask again."""

@@ -232,7 +232,12 @@ class Session:
                         "kernel only, nothing asked of libvirtd until it does",
                         self.cfg.call_timeout)
             return
+        self._use(conn)
+
+    def _use(self, conn: Any) -> None:
+        """Go on with ``conn``, a new connection: a session found lost before is not now."""
         self.conn = self.reader.conn = self.inventory.conn = conn
+        self.lost = False
 
     def reopen_later(self) -> None:
         """The connection is lost (libvirtd restarting): open a new one in the background,
@@ -276,7 +281,7 @@ class Session:
                 raise
             return self.connecting is not None
         log.warning("libvirtd answers again after %.1f s", call.finished - call.started)
-        self.conn = self.reader.conn = self.inventory.conn = conn
+        self._use(conn)
         return False
 
     def tidy(self, names: dict[str, str]) -> None:

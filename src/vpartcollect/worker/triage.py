@@ -183,7 +183,10 @@ class Triage:
             pid = self.qemu.pid(dom.uuid, dom.name)
             mounts, root = self._view(pid)
             dom.stores = datastores((src for _, src in dom.disks), mounts, root)
-            self.store_names.update(store_names(dom.stores, mounts))
+            # The first name a store got stays: one device seen through two mounts (by
+            # two domains) must not switch its series' name with the order of triage.
+            for store, name in store_names(dom.stores, mounts).items():
+                self.store_names.setdefault(store, name)
         return dom.stores
 
     def health(self, domains: Iterable[Domain],
