@@ -211,7 +211,8 @@ class Cycle:
     def _ask_what_answers(self, chunk: Sequence[Domain], rt: Route) -> None:
         """Domains that cannot answer everything: a frozen QEMU gets what needs no monitor,
         a dead datastore's domains everything but block. Both are unresponsive. A spared
-        domain (calls of ours already blocked) gets what needs no monitor, unflagged."""
+        domain (calls of ours blocked on QEMUs that froze) gets what needs no monitor,
+        unflagged."""
         reader = self.session.reader
         flag = rt is not Route.SPARE
         if self.session.down():

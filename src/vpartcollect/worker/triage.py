@@ -6,10 +6,11 @@
   getCPUStats), flagged unresponsive. Costs no libvirtd thread.
 - ``NO_BLOCK``: its datastore does not answer: every group but block (which makes QEMU
   stat() the image and hang on it), flagged unresponsive.
-- ``SPARE``: QEMU seems fine, but ``MAX_BLOCKED`` calls of ours are already blocked in
-  libvirtd: only the FROZEN route's calls (no monitor, so none can hang on a QEMU that
-  freezes meanwhile), not flagged. Loses the monitor-only values (block, balloon stats,
-  disk capacity) until a blocked call returns.
+- ``SPARE``: QEMU seems fine, but ``MAX_BLOCKED`` calls of ours are already blocked on
+  QEMUs that froze (an outage freezing them one after another): only the FROZEN route's
+  calls (no monitor, so none can hang on a QEMU that freezes meanwhile), not flagged.
+  Loses the monitor-only values (block, balloon stats, disk capacity) until a blocked
+  call returns.
 - ``HOLD``: not asked at all, flagged unresponsive: a call on it alone has not
   returned, or it was in a call that hung, /proc cannot vouch for its QEMU and two
   domains of ours already have a call on them alone blocked. Asking again could leave
@@ -39,10 +40,13 @@ from vpartcollect.worker.qemu_proc import IO_WAIT_SECONDS, QemuProcesses
 
 log = logging.getLogger(__name__)
 
-# Calls of ours a worker may leave blocked in libvirtd: the one a freeze catches in
-# flight (nobody can see that coming) and one more. Once this many are blocked, no call
+# Calls of ours a worker may leave blocked on QEMUs that froze: the one a freeze catches
+# in flight (nobody can see that coming) and one more. Once this many are blocked, no call
 # needing a QEMU's monitor is made: an outage freezing a partition's QEMUs one after
-# another, each between its /proc check and its call, would cost a thread per VM.
+# another, each between its /proc check and its call, would cost a thread per VM. Calls
+# blocked on libvirtd's own locks (a listing, a wedged domain whose QEMU runs) do not
+# count: asking the partition-mates cannot catch them on that lock (the culprit rule
+# holds the wedged domain), and a stopped libvirtd stops every ask anyway (Session.down).
 MAX_BLOCKED = 2
 PROBE_SECONDS = 1.0  # a datastore slower than this to stat() one image counts as dead
 
@@ -67,7 +71,8 @@ def route(*, frozen: bool, stalled: bool, seen: bool, in_hung_call: bool,
     domains of a call that is still blocked in libvirtd; ``alone_in_hung_call``: it is
     the only domain of such a call; ``culprits``: how many domains are alone in such a
     call (each a known culprit, each holding one libvirtd thread); ``blocked``: how many
-    calls of this worker are still blocked in libvirtd.
+    calls of this worker are still blocked on a QEMU monitor that /proc, looked at after
+    the call hung, found frozen (``Guard.caught_by``).
 
     Without /proc a member of a hung chunk may be stuck too, and asking it can hold one
     thread more; it is asked while at most one culprit is known: one wedged domain then
@@ -75,7 +80,8 @@ def route(*, frozen: bool, stalled: bool, seen: bool, in_hung_call: bool,
     outage) cost the chunk's call and two culprits' calls, never one per domain.
 
     With /proc, a QEMU that freezes after its look and before its call hangs that call
-    too; so once ``MAX_BLOCKED`` calls are blocked, nothing needing a monitor is asked.
+    too; so once ``MAX_BLOCKED`` calls are blocked on frozen QEMUs (an outage reaching
+    them in turn), nothing needing a monitor is asked.
     """
     if frozen:
         # The calls of this route need the domain's object lock, never its monitor job:
@@ -133,7 +139,9 @@ class Triage:
         self.probes.settle()
         dead = self.probes.dead()
         in_call, alone = guard.involving()
-        blocked = len(guard.outstanding())
+        # qemu.why: the QEMUs frozen at their last look (each hung call's domains are
+        # looked at again at once: Cycle._after_hang).
+        blocked = guard.caught_by(self.qemu.why)
         routes: dict[Route, list[Domain]] = {r: [] for r in Route}
         for d in domains:
             r = route(frozen=d.uuid in frozen, stalled=bool(dead & self.stores(d).keys()),
