@@ -59,6 +59,7 @@ LAB_GROUPS = {
     "tests/test_worker_kills.py": "lab",
     "tests/test_steal.py": "lab",
     "tests/test_respawn_outage.py": "lab",
+    "tests/test_staggered_freeze.py": "lab",
     # The other labs (28 QEMUs with FUSE stores; the collectd parity lab), one after
     # another on a second worker.
     "tests/test_outages.py": "labs",

@@ -161,6 +161,27 @@ def test_a_sample_handed_on_late_is_rated_from_when_it_was_read(
     assert rates == [pytest.approx(1e9, rel=0.01)]
 
 
+def test_what_needs_no_monitor_carries_the_same_cpu_counter(
+        node: tuple[str, int, int]) -> None:
+    """A domain asked only what needs no monitor (its QEMU frozen, or calls of ours blocked
+    on QEMUs that froze) carries the cpu counter a full ask carries, so the rate across a
+    switch of route is the truth. The test driver's full ask reads info()'s cpu time (the
+    wall clock); its getCPUStats is another, fixed counter: with it, the rate across the
+    switch was 1.9e18 ns/s (test_truth's wedges, before)."""
+    uri, _, out_w = node
+    session, _ = session_on(uri, out_w)
+    doms = session.own_domains(set())
+    full = session.reader.collect(doms)
+    time.sleep(0.5)
+    spare = session.reader.collect_frozen(doms)
+    for d in doms:
+        a, b = full[d.uuid], spare[d.uuid]
+        assert a.read_mono is not None and b.read_mono is not None
+        rate = (float(b.stats["cpu.time"]) - float(a.stats["cpu.time"])) / (b.read_mono -
+                                                                            a.read_mono)
+        assert rate == pytest.approx(1e9, rel=0.02), d.name
+
+
 def test_a_reconnect_mid_tick_samples_only_what_was_not_sent(node: tuple[str, int, int]) -> None:
     uri, out_r, out_w = node
     session, triage = session_on(uri, out_w)

@@ -45,6 +45,24 @@ def test_a_call_alone_in_its_hang_names_its_domain() -> None:
     release.set()
 
 
+def test_calls_caught_by_frozen_qemus_are_the_monitor_calls_on_them() -> None:
+    """Only a call that waits on a monitor can be caught by a QEMU freezing: a listing and
+    a frozen QEMU's own calls (its lock, no monitor) are libvirtd's to answer."""
+    guard = Guard()
+    release = threading.Event()
+    for kind, uuids in ((CallKind.LIST, []), (CallKind.FROZEN, ["b"]),
+                        (CallKind.STATS, ["A", "c"]), (CallKind.STATS, ["c"])):
+        with pytest.raises(Abandoned):
+            guard.run(kind, uuids, 0.01, release.wait)
+    assert guard.caught_by(set()) == 0
+    assert guard.caught_by({"b"}) == 0
+    assert guard.caught_by({"a"}) == 1  # uuids as /proc's look keeps them: lower case
+    assert guard.caught_by({"a", "c"}) == 2
+    release.set()
+    time.sleep(0.05)
+    assert guard.caught_by({"a", "b", "c"}) == 0  # returned: their threads are free
+
+
 def test_guard_knows_which_connection_a_stuck_call_holds() -> None:
     guard = Guard()
     old, new = object(), object()

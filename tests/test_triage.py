@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from vpartcollect.calls import CallKind
 from vpartcollect.config import load
 from vpartcollect.worker.datastores import Image
-from vpartcollect.worker.guard import Guard
+from vpartcollect.worker.guard import Abandoned, Guard
 from vpartcollect.worker.inventory import Domain
-from vpartcollect.worker.qemu_proc import QemuProcesses
-from vpartcollect.worker.triage import Route, Triage, route
+from vpartcollect.worker.qemu_proc import QemuProcesses, thread_state
+from vpartcollect.worker.triage import MAX_BLOCKED, Route, Triage, route
 
 HEALTHY: dict[str, Any] = {"frozen": False, "stalled": False, "seen": True, "in_hung_call": False,
                           "alone_in_hung_call": False, "culprits": 0}
@@ -38,6 +45,17 @@ HEALTHY: dict[str, Any] = {"frozen": False, "stalled": False, "seen": True, "in_
     ({"in_hung_call": True, "seen": False, "culprits": 1}, Route.NORMAL),
     ({"in_hung_call": True, "seen": False, "culprits": 2}, Route.HOLD),
     ({"seen": False, "culprits": 2}, Route.NORMAL),
+    # One call blocked (a freeze caught one in flight): the healthy are still asked all.
+    ({"blocked": MAX_BLOCKED - 1}, Route.NORMAL),
+    ({"blocked": MAX_BLOCKED - 1, "in_hung_call": True}, Route.NORMAL),
+    # The cap: a QEMU /proc vouched for may freeze before its call (an outage reaching a
+    # partition's QEMUs one after another): nothing needing the monitor is asked.
+    ({"blocked": MAX_BLOCKED}, Route.SPARE),
+    ({"blocked": MAX_BLOCKED + 3, "in_hung_call": True}, Route.SPARE),
+    ({"blocked": MAX_BLOCKED, "stalled": True}, Route.FROZEN),
+    ({"blocked": MAX_BLOCKED, "frozen": True}, Route.FROZEN),
+    ({"blocked": MAX_BLOCKED, "alone_in_hung_call": True, "in_hung_call": True,
+      "culprits": 1}, Route.HOLD),
 ])
 def test_route(change: dict[str, object], expected: Route) -> None:
     assert route(**{**HEALTHY, **change}) is expected
@@ -87,3 +105,69 @@ def test_routes_follow_the_probes_and_the_guard(tmp_path: Path) -> None:
     dom = Domain(None, "u-1", "vm", None, 0.0, disks=[("vda", "/srv/a.qcow2")])
     triage.start([dom])
     assert triage.routes([dom], Guard())[Route.NORMAL] == [dom]
+
+
+def test_no_monitor_call_past_the_cap() -> None:
+    """Whatever else is known, at MAX_BLOCKED calls blocked no route needs a monitor."""
+    needs_monitor = {Route.NORMAL, Route.NO_BLOCK}
+    flags = ("frozen", "stalled", "seen", "in_hung_call", "alone_in_hung_call")
+    for bits in range(1 << len(flags)):
+        facts: dict[str, Any] = {f: bool(bits >> i & 1) for i, f in enumerate(flags)}
+        for culprits in range(4):
+            for blocked in range(MAX_BLOCKED, MAX_BLOCKED + 3):
+                assert route(**facts, culprits=culprits, blocked=blocked) not in needs_monitor
+
+
+@pytest.fixture
+def three_qemus(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[bytes]]]]:
+    """Three forked children idling in their main loop, ``-uuid u-N`` on their command
+    lines as QEMU has, and a pid-file directory naming them vm-1..vm-3."""
+    pids = tmp_path / "run"
+    pids.mkdir()
+    procs = []
+    try:
+        for n in (1, 2, 3):
+            proc = subprocess.Popen([sys.executable, "-c", "import time; print('ready', "
+                                     "flush=True); time.sleep(120)", "-uuid", f"u-{n}"],
+                                    stdout=subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+            (pids / f"vm-{n}.pid").write_text(f"{proc.pid}\n")
+        yield pids, procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_cap_counts_only_calls_caught_by_frozen_qemus(
+        three_qemus: tuple[Path, list[subprocess.Popen[bytes]]]) -> None:
+    """Calls blocked on libvirtd's own locks (a listing, a wedged domain whose QEMU runs:
+    the chunk that found it and its own call) cost the partition-mates nothing: they are
+    asked in full. Calls on a QEMU /proc then finds frozen are what an outage freezing
+    QEMUs in turn leaves: at MAX_BLOCKED of those, no monitor call more. Real children
+    stopped with SIGSTOP; the calls are real ones left blocked on an event."""
+    pids, procs = three_qemus
+    doms = [Domain(None, f"u-{n}", f"vm-{n}", None, 0.0, disks=[]) for n in (1, 2, 3)]
+    triage = Triage(load(None, {"connect": "test:///default"}), Path("/proc"),
+                    qemu=QemuProcesses(Path("/proc"), pids, longest=0.2))
+    guard, release = Guard(), threading.Event()
+    try:
+        for kind, uuids in ((CallKind.LIST, []), (CallKind.STATS, ["u-2", "u-3"]),
+                            (CallKind.STATS, ["u-2"])):
+            with pytest.raises(Abandoned):
+                guard.run(kind, uuids, 0.01, release.wait)
+        routes = triage.routes(doms, guard)
+        assert routes[Route.NORMAL] == [doms[0], doms[2]] and routes[Route.HOLD] == [doms[1]]
+        os.kill(procs[1].pid, signal.SIGSTOP)  # u-2 froze: both calls on it were caught
+        stat = Path(f"/proc/{procs[1].pid}/stat")
+        for _ in range(200):  # the signal is delivered asynchronously
+            if thread_state(stat.read_text()) == "T":
+                break
+            time.sleep(0.01)
+        routes = triage.routes(doms, guard)
+        assert routes[Route.FROZEN] == [doms[1]]
+        assert routes[Route.SPARE] == [doms[0], doms[2]]
+    finally:
+        release.set()
+        os.kill(procs[1].pid, signal.SIGCONT)

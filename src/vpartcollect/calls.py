@@ -25,3 +25,9 @@ class CallKind(enum.Enum):
         """Whether a hang of this call says something about the domains' QEMUs (a hung
         listing or tag read does not: it waits on libvirtd's own locks)."""
         return self in (CallKind.STATS, CallKind.FROZEN)
+
+    @property
+    def needs_monitor(self) -> bool:
+        """Whether the call may wait on a QEMU's monitor, so a QEMU freezing hangs it
+        (FROZEN's calls need the domain's lock only, the listing libvirtd's own)."""
+        return self is CallKind.STATS

@@ -103,11 +103,16 @@ class Cycle:
         # then names its culprit instead of taking a whole chunk with it.
         size = 1 if s.guard.outstanding() else cfg.chunk_size
         for chunk in chunks(routes[Route.NORMAL], size):
-            self._ask(chunk)
-        for chunk in chunks(routes[Route.FROZEN], cfg.chunk_size):
-            self._ask_what_answers(chunk, Route.FROZEN)
-        for chunk in chunks(routes[Route.NO_BLOCK], cfg.chunk_size):
-            self._ask_what_answers(chunk, Route.NO_BLOCK)
+            if s.guard.outstanding():
+                # A call hung since the routes were made (an outage freezing QEMUs one
+                # after another): each domain looked at and routed afresh before its call.
+                for d in chunk:
+                    self._ask_routed(d)
+            else:
+                self._ask(chunk)
+        for rt in (Route.FROZEN, Route.NO_BLOCK, Route.SPARE):
+            for chunk in chunks(routes[rt], cfg.chunk_size):
+                self._ask_what_answers(chunk, rt)
         self._ask_again()
         self._send((d, None, True) for d in routes[Route.HOLD])
         self._check_kernel(routes[Route.NORMAL])
@@ -181,26 +186,40 @@ class Cycle:
         the route of those after it), their datastores probed again first. Should
         libvirtd stop answering meanwhile, the rest get the kernel's counters (``_ask``)."""
         frozen = self.triage.recheck(chunk)
-        for d in chunk:
-            rt = next(r for r, ds in self.triage.routes([d], self.session.guard, frozen).items()
-                      if ds)
-            if rt is Route.NORMAL:
+        for i, d in enumerate(chunk):
+            # The first is routed on the recheck; each later one looks at its QEMU again:
+            # one that froze while an earlier ask hung is not asked for its monitor.
+            self._ask_routed(d, frozen if i == 0 else None, suspect=True)
+
+    def _ask_routed(self, d: Domain, frozen: set[str] | None = None,
+                    suspect: bool = False) -> None:
+        """Ask one domain as its route says now (``frozen``: a look at /proc just made;
+        else one is made). ``suspect``: it was in a call that hung."""
+        if frozen is None:
+            frozen = self.triage.frozen([d])
+        routes = self.triage.routes([d], self.session.guard, frozen)
+        rt = next(r for r, ds in routes.items() if ds)
+        if rt is Route.NORMAL:
+            if suspect:
                 self.suspects.add(d.uuid)
-                self._ask([d])
-            elif rt is Route.HOLD:
-                self._send([(d, None, True)])
-            else:
-                self._ask_what_answers([d], rt)
+            self._ask([d])
+        elif rt is Route.HOLD:
+            self._send([(d, None, True)])
+        else:
+            self._ask_what_answers([d], rt)
 
     def _ask_what_answers(self, chunk: Sequence[Domain], rt: Route) -> None:
         """Domains that cannot answer everything: a frozen QEMU gets what needs no monitor,
-        a dead datastore's domains everything but block. Both are unresponsive."""
+        a dead datastore's domains everything but block. Both are unresponsive. A spared
+        domain (calls of ours blocked on QEMUs that froze) gets what needs no monitor,
+        unflagged."""
         reader = self.session.reader
+        flag = rt is not Route.SPARE
         if self.session.down():
-            self._from_kernel_only(chunk, flagged=True)
+            self._from_kernel_only(chunk, flagged=flag)
             return
         try:
-            if rt is Route.FROZEN:
+            if rt in (Route.FROZEN, Route.SPARE):
                 answers = self.session.call(CallKind.FROZEN, chunk,
                                             lambda: reader.collect_frozen(chunk))
             else:
@@ -208,11 +227,11 @@ class Cycle:
                                             lambda: reader.collect(chunk, block=False))
         except Abandoned:
             if self.session.down():  # libvirtd as a whole, not these QEMUs: the kernel's
-                self._from_kernel_only(chunk, flagged=True)
+                self._from_kernel_only(chunk, flagged=flag)
             else:
                 self._send((d, None, True) for d in chunk)
             return
-        self._send((d, answers[d.uuid], True) for d in chunk if d.uuid in answers)
+        self._send((d, answers[d.uuid], flag) for d in chunk if d.uuid in answers)
 
     def _from_kernel_only(self, domains: Sequence[Domain],
                           flagged: bool = False) -> list[Domain]:

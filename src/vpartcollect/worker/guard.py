@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Generic, TypeVar
 
 from vpartcollect.calls import CallKind
@@ -147,6 +147,13 @@ class Guard:
     def busy_with(self, *kinds: CallKind) -> bool:
         """Whether an abandoned call of one of ``kinds`` has not returned yet."""
         return any(c.kind in kinds for c in self.outstanding())
+
+    def caught_by(self, frozen: Collection[str]) -> int:
+        """How many outstanding calls waited on a QEMU monitor of one of ``frozen``
+        (lower-case uuids): calls a freeze caught, not calls blocked on libvirtd's own
+        locks (a listing, a wedged domain whose QEMU runs)."""
+        return sum(1 for c in self.outstanding()
+                   if c.kind.needs_monitor and any(u.lower() in frozen for u in c.uuids))
 
     def involving(self) -> tuple[set[str], set[str]]:
         """(domains in any outstanding call that involves QEMU, domains alone in one)."""

@@ -6,6 +6,11 @@
   getCPUStats), flagged unresponsive. Costs no libvirtd thread.
 - ``NO_BLOCK``: its datastore does not answer: every group but block (which makes QEMU
   stat() the image and hang on it), flagged unresponsive.
+- ``SPARE``: QEMU seems fine, but ``MAX_BLOCKED`` calls of ours are already blocked on
+  QEMUs that froze (an outage freezing them one after another): only the FROZEN route's
+  calls (no monitor, so none can hang on a QEMU that freezes meanwhile), not flagged.
+  Loses the monitor-only values (block, balloon stats, disk capacity) until a blocked
+  call returns.
 - ``HOLD``: not asked at all, flagged unresponsive: a call on it alone has not
   returned, or it was in a call that hung, /proc cannot vouch for its QEMU and two
   domains of ours already have a call on them alone blocked. Asking again could leave
@@ -35,6 +40,14 @@ from vpartcollect.worker.qemu_proc import IO_WAIT_SECONDS, QemuProcesses
 
 log = logging.getLogger(__name__)
 
+# Calls of ours a worker may leave blocked on QEMUs that froze: the one a freeze catches
+# in flight (nobody can see that coming) and one more. Once this many are blocked, no call
+# needing a QEMU's monitor is made: an outage freezing a partition's QEMUs one after
+# another, each between its /proc check and its call, would cost a thread per VM. Calls
+# blocked on libvirtd's own locks (a listing, a wedged domain whose QEMU runs) do not
+# count: asking the partition-mates cannot catch them on that lock (the culprit rule
+# holds the wedged domain), and a stopped libvirtd stops every ask anyway (Session.down).
+MAX_BLOCKED = 2
 PROBE_SECONDS = 1.0  # a datastore slower than this to stat() one image counts as dead
 
 
@@ -44,11 +57,12 @@ class Route(enum.Enum):
     NORMAL = "normal"
     FROZEN = "frozen"
     NO_BLOCK = "no-block"
+    SPARE = "spare"
     HOLD = "hold"
 
 
 def route(*, frozen: bool, stalled: bool, seen: bool, in_hung_call: bool,
-          alone_in_hung_call: bool, culprits: int) -> Route:
+          alone_in_hung_call: bool, culprits: int, blocked: int = 0) -> Route:
     """Route one domain.
 
     ``frozen``: its QEMU main thread is stopped or waiting on storage (two reads
@@ -56,12 +70,18 @@ def route(*, frozen: bool, stalled: bool, seen: bool, in_hung_call: bool,
     process was found, so /proc can vouch for it; ``in_hung_call``: it is one of the
     domains of a call that is still blocked in libvirtd; ``alone_in_hung_call``: it is
     the only domain of such a call; ``culprits``: how many domains are alone in such a
-    call (each a known culprit, each holding one libvirtd thread).
+    call (each a known culprit, each holding one libvirtd thread); ``blocked``: how many
+    calls of this worker are still blocked on a QEMU monitor that /proc, looked at after
+    the call hung, found frozen (``Guard.caught_by``).
 
     Without /proc a member of a hung chunk may be stuck too, and asking it can hold one
     thread more; it is asked while at most one culprit is known: one wedged domain then
     costs its partition-mates nothing, and domains stuck by the dozen (a datastore
     outage) cost the chunk's call and two culprits' calls, never one per domain.
+
+    With /proc, a QEMU that freezes after its look and before its call hangs that call
+    too; so once ``MAX_BLOCKED`` calls are blocked on frozen QEMUs (an outage reaching
+    them in turn), nothing needing a monitor is asked.
     """
     if frozen:
         # The calls of this route need the domain's object lock, never its monitor job:
@@ -69,6 +89,9 @@ def route(*, frozen: bool, stalled: bool, seen: bool, in_hung_call: bool,
         return Route.FROZEN
     if alone_in_hung_call or (in_hung_call and not seen and culprits > 1):
         return Route.HOLD
+    if blocked >= MAX_BLOCKED:
+        # Frozen or not, this costs no thread; a dead datastore's domain is unresponsive.
+        return Route.FROZEN if stalled else Route.SPARE
     if stalled:
         return Route.NO_BLOCK
     return Route.NORMAL
@@ -116,12 +139,15 @@ class Triage:
         self.probes.settle()
         dead = self.probes.dead()
         in_call, alone = guard.involving()
+        # qemu.why: the QEMUs frozen at their last look (each hung call's domains are
+        # looked at again at once: Cycle._after_hang).
+        blocked = guard.caught_by(self.qemu.why)
         routes: dict[Route, list[Domain]] = {r: [] for r in Route}
         for d in domains:
             r = route(frozen=d.uuid in frozen, stalled=bool(dead & self.stores(d).keys()),
                       seen=self.qemu.pid(d.uuid, d.name) is not None,
                       in_hung_call=d.uuid in in_call, alone_in_hung_call=d.uuid in alone,
-                      culprits=len(alone))
+                      culprits=len(alone), blocked=blocked)
             routes[r].append(d)
         return routes
 
