@@ -11,10 +11,13 @@ about 3 thaws in 16 and cannot be produced on demand.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import libvirt
 import pytest
 from nodes import tagged_node
 
@@ -33,7 +36,7 @@ from vpartcollect.worker.inventory import Domain
 from vpartcollect.worker.libvirt_stats import Answer, StatsReader
 from vpartcollect.worker.link import Link
 from vpartcollect.worker.session import Session
-from vpartcollect.worker.triage import Triage
+from vpartcollect.worker.triage import MAX_BLOCKED, Triage
 
 FULL: Stats = {"state.state": 1, "block.count": 1, "block.0.name": "vda",
         "block.0.rd.reqs": 7, "block.0.capacity": 1024}
@@ -182,6 +185,42 @@ def test_what_needs_no_monitor_carries_the_same_cpu_counter(
         assert rate == pytest.approx(1e9, rel=0.02), d.name
 
 
+class NoCpuacct:
+    """FAKE domain handle: a real test-driver domain whose getCPUStats fails as the qemu
+    driver's does on a host without the cpuacct controller (OPERATION_INVALID), which
+    this host's cgroups cannot be made to lack."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def getCPUStats(self, total: bool) -> Any:  # libvirt's name
+        raise libvirt.libvirtError("cgroup CPUACCT controller is not mounted")
+
+
+def test_no_cpuacct_cgroup_costs_a_frozen_domain_nothing_but_its_split(
+        node: tuple[str, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: where bulk stats give cpu-total, a frozen domain's cpu comes from
+    getCPUStats; where that fails (no cpuacct cgroup), the error dropped its vCPUs and
+    devices too. Now its cpu comes from info(), as bulk's does without that cgroup."""
+    uri, _, out_w = node
+    session, _ = session_on(uri, out_w)
+    doms = session.own_domains(set())
+    reader = StatsReader(session.conn, ["cpu-total"], ["vcpu", "state"])
+    monkeypatch.setattr(libvirt.libvirtError, "get_error_code",
+                        lambda self: libvirt.VIR_ERR_OPERATION_INVALID)
+    for d in doms:
+        d.handle = NoCpuacct(d.handle)
+    got = reader.collect_frozen(doms)
+    for d in doms:
+        stats = got[d.uuid].stats
+        # info()'s cpu time on the test driver is the wall clock: read a moment ago.
+        assert 0 <= d.handle.real.info()[4] - stats["cpu.time"] < 1e9, d.name
+        assert "vcpu.current" in stats and "balloon.current" in stats, (d.name, stats)
+
+
 def test_a_reconnect_mid_tick_samples_only_what_was_not_sent(node: tuple[str, int, int]) -> None:
     uri, out_r, out_w = node
     session, triage = session_on(uri, out_w)
@@ -282,14 +321,15 @@ def test_first_answers_late_in_the_cycle_leave_room_for_the_longer_asks(
     """A loaded run: at a 1 s interval a cycle's first answers came 0.35 s in, and with
     asks only in the first half of the interval one more ask fit (50 ms later) while
     another client's call held a mate's job for longer; its block counters were lost.
-    Here at 0.4 s: first answers 0.12 s in, the job still held at the ask 50 ms later,
-    free at the next, 100 ms after that (0.27 s in)."""
+    Here at 0.6 s: first answers 0.18 s in, the job still held at the ask 50 ms later,
+    free at the next, 100 ms after that (0.33 s in: past half, 0.12 s inside three
+    quarters, room for a busy host)."""
     uri, out_w = node[0], node[2]
-    cfg = load(None, {"connect": uri, "interval": 0.4})
+    cfg = load(None, {"connect": uri, "interval": 0.6})
     session = Session.open(0, cfg, Link(-1, out_w), Guard(), {})
     reader = session.reader = SlowFirst(session.reader, [
         {"domain-A": FULL, "domain-B": SKIPPED, "domain-C": FULL},
-        {"domain-B": SKIPPED}, {"domain-B": FULL}], slow=0.12)
+        {"domain-B": SKIPPED}, {"domain-B": FULL}], slow=0.18)
     Cycle(wire.Tick(100.0), session, Triage(cfg)).run([])
     assert reader.asked[1:] == [["domain-B"], ["domain-B"]]
     got = {d.name: "block.0.rd.reqs" in d.stats for d in samples(node[1])}
@@ -355,3 +395,86 @@ def test_a_session_found_lost_is_not_lost_once_a_new_connection_opens(
     session.connecting = call
     assert not session.down()
     assert session.alive() and not session.lost
+
+
+class FreezingQemus:
+    """FAKE QEMU processes: one freezes the moment a stats call asks it (an outage
+    reaching a partition's QEMUs in turn, each between its look at /proc and its call:
+    a moment the real ones cannot be stopped at on demand; test_staggered_freeze
+    stages it with real QEMUs, by timing)."""
+
+    def __init__(self) -> None:
+        self.why: dict[str, str] = {}
+        self.freezing: set[str] = set()
+
+    def pid(self, uuid: str, name: str) -> int:
+        return 1
+
+    def forget_except(self, uuids: object) -> None:
+        pass
+
+    def exited(self, uuid: str) -> bool:
+        return False
+
+    def frozen(self, domains: Iterable[tuple[str, str]]) -> set[str]:
+        out = set()
+        for uuid, _ in domains:
+            self.why.pop(uuid.lower(), None)
+            if uuid in self.freezing:
+                self.why[uuid.lower()] = "stopped (T)"
+                out.add(uuid)
+        return out
+
+
+class DeadStore(Probes):
+    """FAKE probes: one datastore, dead from the start (a real stall is test_outages')."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=0.5)
+
+    def dead(self) -> set[str]:
+        return {"dead-store"}
+
+
+class HangingReader(PreparedReader):
+    """FAKE stats calls that freeze the QEMUs they ask and never return (until the test
+    ends): what needs no monitor is the real reader's."""
+
+    def __init__(self, real: StatsReader, qemus: FreezingQemus, release: threading.Event
+                 ) -> None:
+        super().__init__(real, [])
+        self.qemus, self.release = qemus, release
+
+    def collect(self, domains: Sequence[Domain], block: bool = True) -> dict[str, Answer]:
+        self.asked.append([d.name for d in domains])
+        self.qemus.freezing.update(d.uuid for d in domains)
+        self.release.wait()
+        return {}
+
+
+def test_a_dead_stores_domains_are_not_asked_for_the_monitor_past_the_cap(
+        node: tuple[str, int, int]) -> None:
+    """Review: the cap of calls blocked on frozen QEMUs (triage.MAX_BLOCKED) was checked
+    for the normal route only. domain-A and domain-B freeze as they are asked (2 calls
+    blocked); domain-C, on a dead datastore, was still asked with its monitor, froze too,
+    and left a third call blocked in libvirtd. Now it gets what needs no monitor."""
+    uri, out_r, out_w = node
+    cfg = load(None, {"connect": uri, "chunk_size": 1, "timeout": 0.3})
+    guard = Guard()
+    session = Session.open(0, cfg, Link(-1, out_w), guard, {})
+    qemus = FreezingQemus()
+    triage = Triage(cfg, qemu=qemus, probes=DeadStore())  # type: ignore[arg-type]
+    stalled = next(d.uuid for d in session.own_domains(set()) if d.name == "domain-C")
+    triage.stores = (lambda dom: {"dead-store": []}  # type: ignore[method-assign]
+                     if dom.uuid == stalled else {})
+    release = threading.Event()
+    session.reader = reader = HangingReader(session.reader, qemus, release)
+    try:
+        Cycle(wire.Tick(100.0), session, triage).run([])
+        triage.frozen(session.own_domains(set()))  # the next cycle's look at /proc
+        assert reader.asked == [["domain-A"], ["domain-B"]]
+        assert guard.caught_by(qemus.why) == MAX_BLOCKED
+        got = {d.name: (d.unresponsive, "cpu.time" in (d.stats or {})) for d in samples(out_r)}
+        assert got["domain-C"] == (True, True), got  # flagged, with its cpu time
+    finally:
+        release.set()

@@ -171,3 +171,22 @@ def test_the_cap_counts_only_calls_caught_by_frozen_qemus(
     finally:
         release.set()
         os.kill(procs[1].pid, signal.SIGCONT)
+
+
+def test_sparing_healthy_domains_is_said_once_an_episode(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review: past the cap every healthy partition-mate lost its block stats for as long
+    as the frozen QEMUs stayed frozen (a hard-mounted export: for good), and nothing said
+    so. One warning when it starts, one line when it ends; none while every domain of the
+    partition is frozen or held and the calls are still blocked."""
+    triage = Triage(load(None, {}))
+    doms = [Domain(None, f"u-{i}", f"vm-{i}", "virt-0", 0.0) for i in range(3)]
+    with caplog.at_level("INFO", logger="vpartcollect.worker.triage"):
+        for spared, blocked in [([], 1), (doms, 2), (doms, 2), ([], 2), (doms[:1], 2),
+                                ([], 1), ([], 0)]:
+            triage.note_spared(spared, blocked)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0].startswith("3 domain(s) asked only what needs no monitor"), said
+    assert "2 call(s) of ours blocked on frozen QEMUs, at most 2" in said[0]
+    assert said[1].startswith("domains asked for everything again"), said

@@ -99,6 +99,7 @@ class Cycle:
             return self.domains
         routes = self.triage.routes(self.domains, s.guard)
         self.triage.note_held(routes[Route.HOLD], len(s.guard.outstanding()))
+        self.triage.note_spared(routes[Route.SPARE], s.guard.caught_by(self.triage.qemu.why))
         # While a call of ours is blocked in libvirtd, one domain per call: a second hang
         # then names its culprit instead of taking a whole chunk with it.
         size = 1 if s.guard.outstanding() else cfg.chunk_size
@@ -112,7 +113,13 @@ class Cycle:
                 self._ask(chunk)
         for rt in (Route.FROZEN, Route.NO_BLOCK, Route.SPARE):
             for chunk in chunks(routes[rt], cfg.chunk_size):
-                self._ask_what_answers(chunk, rt)
+                if rt is Route.NO_BLOCK and s.guard.outstanding():
+                    # A dead store's QEMUs are the likeliest to freeze after their look:
+                    # each looked at and routed afresh (past the cap: no monitor asked).
+                    for d in chunk:
+                        self._ask_routed(d)
+                else:
+                    self._ask_what_answers(chunk, rt)
         self._ask_again()
         self._send((d, None, True) for d in routes[Route.HOLD])
         self._check_kernel(routes[Route.NORMAL])
@@ -229,6 +236,8 @@ class Cycle:
             if self.session.down():  # libvirtd as a whole, not these QEMUs: the kernel's
                 self._from_kernel_only(chunk, flagged=flag)
             else:
+                if rt is Route.NO_BLOCK:  # a monitor call hung: a QEMU froze, counted now
+                    self.triage.recheck(chunk)
                 self._send((d, None, True) for d in chunk)
             return
         self._send((d, answers[d.uuid], flag) for d in chunk if d.uuid in answers)

@@ -292,7 +292,13 @@ class StatsReader:
             elif "cpu-total" not in covered:
                 # Bulk cpu-total needs the monitor job; getCPUStats reads the same cgroup
                 # counter without it (qemu driver).
-                cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
+                try:
+                    cpu = (self._try("getCPUStats", h.getCPUStats, True) or [{}])[0]
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # No cpuacct cgroup: bulk reads /proc then, as info() does.
+                    cpu = {}
                 answer.read_now()
                 for key, name in (("cpu_time", "time"), ("user_time", "user"),
                                   ("system_time", "system")):

@@ -109,6 +109,7 @@ class Triage:
         self.probes = probes or Probes(min(PROBE_SECONDS, cfg.call_timeout / 2))
         self._views: dict[str, tuple[float, list[Mount]]] = {}  # mount namespace -> mounts
         self.holding: dict[str, str] = {}  # uuid -> name held back (logged once an episode)
+        self.sparing = False  # healthy domains asked without the monitor (logged once)
         self.store_names: dict[str, str] = {}  # datastore key -> its name in the metrics
 
     def __repr__(self) -> str:
@@ -162,6 +163,20 @@ class Triage:
             log.info("%s: asked again: no call of ours on it is blocked any more",
                      self.holding[uuid])
         self.holding = now
+
+    def note_spared(self, spared: Sequence[Domain], blocked: int) -> None:
+        """Log when healthy domains start and stop being asked only what needs no monitor
+        (calls of ours blocked on frozen QEMUs reached the cap): once an episode."""
+        if spared and not self.sparing:
+            log.warning("%d domain(s) asked only what needs no monitor (no block stats, "
+                        "balloon or disk capacity): %d call(s) of ours blocked on frozen "
+                        "QEMUs, at most %d; until one returns", len(spared), blocked,
+                        MAX_BLOCKED)
+        elif not spared and self.sparing and blocked < MAX_BLOCKED:
+            log.info("domains asked for everything again: a call blocked on a frozen QEMU "
+                     "returned")
+        if spared or blocked < MAX_BLOCKED:
+            self.sparing = bool(spared)
 
     def frozen(self, domains: Iterable[Domain]) -> set[str]:
         """Uuids of the domains whose QEMU is frozen now (qemu_proc's judgement)."""
