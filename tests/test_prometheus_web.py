@@ -26,6 +26,7 @@ from vpartcollect.output.prometheus.limits import (
     HEAD_LIMIT,
     MAX_CONNECTIONS,
     Conn,
+    Connections,
     HeadReader,
     HeadTooLarge,
     oldest_idle,
@@ -233,6 +234,29 @@ def test_a_request_head_over_the_cap_gets_431_and_a_normal_scrape_still_works(
     assert b"libvirt_up" not in answer
     modest = {f"X-Tag-{i}": "b" * 200 for i in range(40)}  # 8 KB: a scraper's worst
     assert get(plain, "/metrics", modest)[0] == 200
+
+
+def test_the_oldest_admitted_goes_first_whatever_order_its_thread_ran_in() -> None:
+    """A loaded run: past the bound, the 6th connection opened stayed open while a younger
+    one was closed. Its thread had marked it idle after the younger one's had (threads
+    start in any order on a busy host), and idle was counted from then."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        conns = Connections(limit=2)
+        first, second = (conns.admit(a) for a, _ in pairs[:2])
+        assert first is not None and second is not None
+        conns.idle(second)  # the second one's thread runs first
+        conns.idle(first)
+        conns.admit(pairs[2][0])
+        assert conns.open[0] is second and first not in conns.open
+        conns.busy(second)
+        conns.idle(second)  # answered since: idle from now, younger than the third
+        conns.admit(pairs[0][1])
+        assert second in conns.open and len(conns.open) == 2
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 def test_past_the_connection_bound_the_oldest_silent_one_is_closed(plain: int) -> None:

@@ -137,9 +137,12 @@ class Connections:
             return conn
 
     def idle(self, conn: Conn) -> None:
-        """``conn`` waits for (or reads) a request head: it may be closed for room."""
+        """``conn`` waits for (or reads) a request head: it may be closed for room. Idle
+        since it was admitted or last answered, not since its thread first ran: threads
+        start in any order on a busy host, and the oldest must go first."""
         with self.lock:
-            conn.idle_since = time.monotonic()
+            if conn.idle_since is None:
+                conn.idle_since = time.monotonic()
 
     def busy(self, conn: Conn) -> None:
         """``conn`` is answering a request: it stays."""
