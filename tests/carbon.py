@@ -145,18 +145,24 @@ CACHE_WRITE_STRATEGY = sorted
         return {first + i * step: v for i, v in enumerate(values)
                 if v is not None and start <= first + i * step <= end}
 
-    def settle(self, lines: list[tuple[str, float, float]], timeout: float = 20) -> None:
-        """Wait until carbon has written the newest of ``lines`` to whisper.
+    def settle(self, lines: list[tuple[str, float, float]], timeout: float = 30) -> None:
+        """Wait until carbon has written what it holds of ``lines`` to whisper.
 
         carbon-cache stopped right after receiving points may not write its cache
         out: that loss is carbon's own, so tests let it settle before stopping it.
+        Settled: the newest line is in whisper and the lines still missing are the same
+        at three looks a second apart (carbon writes its cache a metric at a time, in any
+        order: the newest line of one path written says nothing of the others).
         """
         newest = max(lines, key=lambda line: line[2])
         limit = time.monotonic() + timeout
+        looks: list[list[str]] = []
         while time.monotonic() < limit:
             if self.fetch(newest[0], int(newest[2]), int(newest[2])):
-                return
-            time.sleep(0.2)
+                looks = [*looks[-2:], self.missing(lines)]
+                if len(looks) == 3 and looks[0] == looks[1] == looks[2]:
+                    return
+            time.sleep(1)
 
     def missing(self, lines: list[tuple[str, float, float]]) -> list[str]:
         """Lines (as written to stdout) whose point carbon does not hold with the same value."""

@@ -185,4 +185,8 @@ def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
         conn.close()
     assert_complete(out, ["lab-0", "lab-1", "lab-2", "lab-4", "lab-5"], "disk_capacity-vda")
     assert max(out.blocked_calls().values()) == 0  # the hung call was never ours
-    assert_cpu_true(out, ev)
+    # lab-3 freezes or thaws every 2 s: it has no steady tick (none 2 s from either), and
+    # its mates' cpu does not jump there (their late reads are what the band is for).
+    mates = [d for d in ALL if d != "lab-3"]
+    wrong = out.cpu_errors(mates)
+    assert not wrong, f"cpu rates off /proc (domain, tick, ours, /proc): {wrong[:5]}"

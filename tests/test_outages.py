@@ -393,8 +393,11 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert late <= dump_only + 4 + 1
     assert late <= early
     # Each instance: its listing; the owner of the wedged domain also the call that
-    # found it (which domain's lock is wedged cannot be known without asking it).
-    blocked = sorted(out.blocked_calls().values())
+    # found it (which domain's lock is wedged cannot be known without asking it). Counts
+    # that last two ticks: with the suite's other workers on both cores a slow call of
+    # virt-1's was abandoned and answered by the next tick (3 at one tick, libvirtd's
+    # held threads at the bound all along).
+    blocked = sorted(out.blocked_calls(lasting=2).values())
     assert blocked[-1] <= 2 and all(b <= 1 for b in blocked[:-1]), out.blocked_calls()
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
