@@ -139,9 +139,10 @@ CACHE_WRITE_STRATEGY = sorted
     def fetch(self, path: str, start: int, end: int) -> dict[int, float]:
         """Points of a metric path between start and end (inclusive), as stored."""
         wsp = self.base / "storage" / "whisper" / (path.replace(".", "/") + ".wsp")
-        if not wsp.exists():
-            return {}
-        (first, _last, step), values = whisper.fetch(str(wsp), start - 1, end + 1)
+        try:
+            (first, _last, step), values = whisper.fetch(str(wsp), start - 1, end + 1)
+        except (FileNotFoundError, whisper.CorruptWhisperFile):
+            return {}  # not there, or being created by carbon this moment
         return {first + i * step: v for i, v in enumerate(values)
                 if v is not None and start <= first + i * step <= end}
 
@@ -150,18 +151,18 @@ CACHE_WRITE_STRATEGY = sorted
 
         carbon-cache stopped right after receiving points may not write its cache
         out: that loss is carbon's own, so tests let it settle before stopping it.
-        Settled: the newest line is in whisper and the lines still missing are the same
-        at three looks a second apart (carbon writes its cache a metric at a time, in any
-        order: the newest line of one path written says nothing of the others).
+        Settled: no line missing from whisper is in carbon's cache, and the lines missing
+        are the same at three looks a second apart (what was on its socket is in). Carbon
+        writes its cache a metric at a time, in any order: one path's newest point
+        written says nothing of the others.
         """
-        newest = max(lines, key=lambda line: line[2])
         limit = time.monotonic() + timeout
         looks: list[list[str]] = []
         while time.monotonic() < limit:
-            if self.fetch(newest[0], int(newest[2]), int(newest[2])):
-                looks = [*looks[-2:], self.missing(lines)]
-                if len(looks) == 3 and looks[0] == looks[1] == looks[2]:
-                    return
+            looks = [*looks[-2:], self.missing(lines)]
+            if len(looks) == 3 and looks[0] == looks[1] == looks[2] and not any(
+                    stamps & self._cached(path) for path, stamps in _points(looks[2]).items()):
+                return
             time.sleep(1)
 
     def missing(self, lines: list[tuple[str, float, float]]) -> list[str]:
@@ -181,14 +182,16 @@ CACHE_WRITE_STRATEGY = sorted
     def holds(self, path: str, ts: int) -> bool:
         """Whether carbon has the point of ``path`` at ``ts``: in whisper, or still in its
         cache (asked over carbonlink, the cache-query protocol graphite-web uses)."""
-        if self.fetch(path, ts, ts):
-            return True
+        return bool(self.fetch(path, ts, ts)) or ts in self._cached(path)
+
+    def _cached(self, path: str) -> set[int]:
+        """Timestamps of ``path``'s points in carbon's cache, not yet in whisper."""
         request = pickle.dumps({"type": "cache-query", "metric": path}, protocol=2)
         with socket.create_connection(("127.0.0.1", self.query_port), timeout=5) as sock:
             sock.sendall(struct.pack("!L", len(request)) + request)
             size = struct.unpack("!L", _recv(sock, 4))[0]
             reply = pickle.loads(_recv(sock, size))  # our own carbon, on loopback
-        return any(int(t) == ts for t, _v in reply.get("datapoints", []))
+        return {int(t) for t, _v in reply.get("datapoints", [])}
 
     def paths(self) -> list[str]:
         """Every metric path carbon has a whisper file for."""
@@ -205,3 +208,12 @@ def _recv(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("carbon closed the cache-query connection")
         data += chunk
     return data
+
+
+def _points(missing: list[str]) -> dict[str, set[int]]:
+    """{path: timestamps} of the lines ``PrivateCarbon.missing`` returned."""
+    points: dict[str, set[int]] = {}
+    for m in missing:
+        path, _, rest = m.partition("@")
+        points.setdefault(path, set()).add(int(rest.split("=", 1)[0]))
+    return points

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import signal
 import tempfile
@@ -65,22 +66,35 @@ def qemu_cpu_ns(pid: int, seen: dict[str, float]) -> float:
     return sum(seen.values())
 
 
+def cgroup2_root() -> str | None:
+    """Where cgroup v2 is mounted (``/sys/fs/cgroup``, or ``.../unified`` on a hybrid
+    host such as this one), from /proc/self/mountinfo; None without it."""
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields, _, fs = line.partition(" - ")
+            if fs.split(" ", 1)[0] == "cgroup2":
+                return fields.split()[4]
+    return None
+
+
 def qemu_cgroup(pid: int) -> str | None:
-    """The cgroup v2 ``cpu.stat`` that holds every thread of ``pid`` and nothing else of
-    the host: the group of its main thread, or that group's parent where libvirt put the
-    main thread in an ``emulator`` child and the vCPUs in siblings. None without one
-    (cgroup v1, a QEMU in the root group, a thread outside it)."""
+    """The cgroup v2 ``cpu.stat`` of the group libvirt made for the QEMU ``pid``: its
+    main thread's group is that group's ``emulator`` child (vCPUs in ``vcpu<n>``
+    siblings), and every thread of the QEMU is in it. None otherwise (a QEMU libvirt did
+    not place: its group holds more than the QEMU)."""
+    root = cgroup2_root()
     try:
         with open(f"/proc/{pid}/cgroup") as fh:
             main = next((ln.split("::", 1)[1].strip() for ln in fh if ln.startswith("0::")), "")
-        group = main.rsplit("/", 1)[0] if main.endswith("/emulator") else main
-        if group in ("", "/"):
+        if root is None or not main.endswith("/emulator"):
             return None
+        group = main[: -len("/emulator")]
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/cgroup") as fh:
-                if not any(ln.startswith(f"0::{group}") for ln in fh):
-                    return None
-        stat = f"/sys/fs/cgroup{group}/cpu.stat"
+                where = next((ln[3:].strip() for ln in fh if ln.startswith("0::")), "")
+            if not where.startswith(f"{group}/"):
+                return None
+        stat = f"{root}{group}/cpu.stat"
         with open(stat) as fh:
             return stat if "usage_usec" in fh.read() else None
     except OSError:
@@ -111,6 +125,7 @@ class CpuTruth:
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.readings: dict[str, list[tuple[float, float]]] = {d: [] for d in pids}
+        self.sources: dict[str, str] = {}  # domain -> "cgroup" or "threads", once running
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -125,11 +140,14 @@ class CpuTruth:
     def _run(self) -> None:
         threads: dict[str, dict[str, float]] = {d: {} for d in self.pids}
         groups = {d: qemu_cgroup(pid) for d, pid in self.pids.items()}
+        self.sources = {d: "cgroup" if g else "threads" for d, g in groups.items()}
         while not self._stop.wait(0.1):
             for domain, pid in self.pids.items():
                 stat = groups[domain]
-                self.readings[domain].append((time.time(), cgroup_cpu_ns(stat) if stat else
-                                              qemu_cpu_ns(pid, threads[domain])))
+                at = time.time()
+                ns = cgroup_cpu_ns(stat) if stat else qemu_cpu_ns(pid, threads[domain])
+                if math.isfinite(ns):  # nan: the QEMU or its group is gone
+                    self.readings[domain].append((at, ns))
 
     def at(self, domain: str, ts: float) -> float | None:
         """CPU ns of ``domain`` at wall-clock ``ts``, interpolated; None outside the run."""
@@ -280,7 +298,11 @@ class Outcome:
             if abs(ours_mean - truth_mean) > MEAN_TOLERANCE * truth_mean:
                 wrong.append((name, -1, ours_mean, truth_mean))
         ratios = sorted(o / t for _, _, o, t in rows if t > 0)
-        print(f"cpu vs /proc: {len(rows)} steady ticks, ratio min {ratios[0]:.2f} "
+        assert self.truth is not None
+        used = [self.truth.sources.get(d, "?") for d in domains]
+        counts = ", ".join(f"{used.count(u)} {u}" for u in sorted(set(used)))
+        print(f"cpu vs the kernel ({counts}): "
+              f"{len(rows)} steady ticks, ratio min {ratios[0]:.2f} "
               f"median {ratios[len(ratios) // 2]:.2f} max {ratios[-1]:.2f}")
         return wrong
 
