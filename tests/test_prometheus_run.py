@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -192,7 +193,9 @@ def test_sighup_keeps_the_endpoint_and_serves_the_new_settings(tmp_path: Path) -
         limit = time.monotonic() + 10
         while True:
             assert proc.poll() is None
-            with contextlib.suppress(OSError):
+            # New settings start the exporter again: a scrape it was answering is cut
+            # (a reset, or a response short of its length: IncompleteRead). See the README.
+            with contextlib.suppress(OSError, http.client.HTTPException):
                 if "Sampled every 2 s." in https(port, trust):
                     break
             assert time.monotonic() < limit
