@@ -210,21 +210,14 @@ class Outcome:
         path = f"{domain}.virt.{metric}"
         return {int(ts): v for p, v, ts in self.lines if p == path}
 
-    def blocked_calls(self, lasting: int = 1) -> dict[int, int]:
+    def blocked_calls(self) -> dict[int, int]:
         """The most calls each instance said it had left blocked in libvirtd, by instance
-        (its own ``vpartcollect-virt-N.blocked_calls`` metric), at ``lasting`` ticks in a
-        row: 2 leaves out a call abandoned at its deadline that answered by the next tick
-        (a slow call on a busy host, not one piled on libvirtd)."""
-        series: dict[int, list[tuple[float, int]]] = {}
-        for path, value, ts in self.lines:
+        (its own ``vpartcollect-virt-N.blocked_calls`` metric)."""
+        worst: dict[int, int] = {}
+        for path, value, _ in self.lines:
             if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
                 n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
-                series.setdefault(n, []).append((ts, int(value)))
-        worst: dict[int, int] = {}
-        for n, points in series.items():
-            counts = [v for _, v in sorted(points)]
-            worst[n] = max(min(counts[i:i + lasting])
-                           for i in range(max(1, len(counts) - lasting + 1)))
+                worst[n] = max(worst.get(n, 0), int(value))
         return worst
 
     def window(self) -> range:

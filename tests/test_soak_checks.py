@@ -82,14 +82,3 @@ def test_a_thread_count_needs_readings_behind_it() -> None:
     with pytest.raises(AssertionError, match=f"need {MIN_BUSY_SAMPLES}"):
         outcome(steady(), gap).held_threads(0, 20)
 
-
-def test_blocked_calls_lasting_two_ticks_leave_out_one_slow_call() -> None:
-    """An instance's blocked_calls 1, 3, 1, 2, 2: a call abandoned at one tick and answered
-    by the next is not a pile (max 2 at two ticks in a row); every tick still counts at 1."""
-    counts = [1, 3, 1, 2, 2]
-    lines = [("vm.vpartcollect-virt-1.blocked_calls", float(c), float(T0 + k))
-             for k, c in enumerate(counts)]
-    out = Outcome(lines, "", [], 0.0)
-    assert out.blocked_calls() == {1: 3}
-    assert out.blocked_calls(lasting=2) == {1: 2}
-    assert Outcome(lines[:1], "", [], 0.0).blocked_calls(lasting=2) == {1: 1}
