@@ -220,6 +220,16 @@ class Outcome:
                 worst[n] = max(worst.get(n, 0), int(value))
         return worst
 
+    def blocked_ticks(self) -> dict[int, int]:
+        """How many ticks each instance ended with a call of its own left blocked in
+        libvirtd, by instance (ticks whose ``blocked_calls`` was not 0)."""
+        ticks: dict[int, int] = {}
+        for path, value, _ in self.lines:
+            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
+                n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
+                ticks[n] = ticks.get(n, 0) + (value > 0)
+        return ticks
+
     def window(self) -> range:
         """Every tick from the second to the last-but-one (the first and last may be cut)."""
         stamps = sorted({int(ts) for _, _, ts in self.lines})

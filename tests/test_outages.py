@@ -394,7 +394,7 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert late <= early
     # Each instance: its listing. The owner of the wedged domain also the call that
     # found it (which domain's lock is wedged cannot be known without asking it); 3 in
-    # 2 of 9 runs beside the suite's other workers (for two ticks and more), libvirtd's
+    # 2 of 12 runs beside the suite's other workers (for two ticks and more), libvirtd's
     # held threads within the bound above all along: most likely the wedge landed between
     # the owner's listing and its stats call, which caught a chunk of several domains (the
     # next tick asks them one by one, the call on the wedged one blocking too).

@@ -81,4 +81,3 @@ def test_a_thread_count_needs_readings_behind_it() -> None:
     gap = [(at, b) for at, b in every_quarter if not 8 <= at < 12]  # virt-admin failing
     with pytest.raises(AssertionError, match=f"need {MIN_BUSY_SAMPLES}"):
         outcome(steady(), gap).held_threads(0, 20)
-
