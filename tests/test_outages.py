@@ -103,9 +103,18 @@ class OtherClient:
     domain: str
     seconds: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def halt(self) -> None:
+        """Stop scraping and let a scrape in flight finish: called while the collector still
+        runs (a scrape cut by its SIGTERM at the end was counted failed, r16)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(15)
 
     def _loop(self) -> None:
         while not self.stop.wait(2):
@@ -456,9 +465,18 @@ class Scraper:
     url: str
     scrapes: list[tuple[float, float, Series | str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def halt(self) -> None:
+        """Stop scraping and let a scrape in flight finish: called while the collector still
+        runs (a scrape cut by its SIGTERM at the end was counted failed, r16)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(15)
 
     def _loop(self) -> None:
         while not self.stop.wait(1):
@@ -505,7 +523,7 @@ def test_21_frozen_every_prometheus_scrape_fast_and_whole(lab: Lab) -> None:
         soak(lab.libvirtd, [*ARGS, "--prometheus", f"127.0.0.1:{port}"],
              [at(4, scraper.start), at(8, freeze),
               at(14, lambda: threading.Thread(target=debian_scrape, daemon=True).start()),
-              at(30, thaw)], seconds=34)
+              at(30, thaw), at(33, scraper.halt)], seconds=34)
     finally:
         scraper.stop.set()
     answered = [s for s in scraper.scrapes if not isinstance(s[2], str)]
