@@ -186,8 +186,11 @@ def test_partition_mates_lose_nothing_when_another_clients_call_resumes(
     assert_complete(out, ["lab-0", "lab-1", "lab-2", "lab-4", "lab-5"], "disk_capacity-vda")
     # The hung call was never ours: with lab-3 routed as running and no NOWAIT, our calls
     # wait behind it and 5 ticks end with one blocked (measured). One call slow under load
-    # (2 cores, other libvirtds beside) is abandoned at its deadline too: one tick may.
-    assert max(out.blocked_ticks().values()) <= 1, (out.blocked_ticks(), out.stderr[-4000:])
+    # (2 cores, other libvirtds beside: r13 counted 1, ticks not known) is abandoned at its
+    # deadline too: one call, at one tick, may be.
+    blocked = (out.blocked_calls(), out.blocked_ticks())
+    assert max(blocked[0].values()) <= 1 and max(blocked[1].values()) <= 1, (
+        blocked, out.stderr[-4000:])
     # lab-3 freezes or thaws every 2 s: it has no steady tick (none 2 s from either), and
     # its mates' cpu does not jump there (their late reads are what the band is for).
     mates = [d for d in ALL if d != "lab-3"]

@@ -103,18 +103,9 @@ class OtherClient:
     domain: str
     seconds: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def halt(self) -> None:
-        """Stop scraping and let a scrape in flight finish: called while the collector still
-        runs (a scrape cut by its SIGTERM at the end was counted failed, r16)."""
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(15)
+        threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
         while not self.stop.wait(2):
