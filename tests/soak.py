@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -210,24 +210,26 @@ class Outcome:
         path = f"{domain}.virt.{metric}"
         return {int(ts): v for p, v, ts in self.lines if p == path}
 
+    def _blocked(self) -> Iterator[tuple[int, int]]:
+        """(instance, its ``vpartcollect-virt-N.blocked_calls`` value) of every tick."""
+        for path, value, _ in self.lines:
+            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
+                yield int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0]), int(value)
+
     def blocked_calls(self) -> dict[int, int]:
         """The most calls each instance said it had left blocked in libvirtd, by instance
         (its own ``vpartcollect-virt-N.blocked_calls`` metric)."""
         worst: dict[int, int] = {}
-        for path, value, _ in self.lines:
-            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
-                n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
-                worst[n] = max(worst.get(n, 0), int(value))
+        for n, value in self._blocked():
+            worst[n] = max(worst.get(n, 0), value)
         return worst
 
     def blocked_ticks(self) -> dict[int, int]:
         """How many ticks each instance ended with a call of its own left blocked in
         libvirtd, by instance (ticks whose ``blocked_calls`` was not 0)."""
         ticks: dict[int, int] = {}
-        for path, value, _ in self.lines:
-            if path.endswith(".blocked_calls") and ".vpartcollect-virt-" in path:
-                n = int(path.rsplit(".vpartcollect-virt-", 1)[1].split(".")[0])
-                ticks[n] = ticks.get(n, 0) + (value > 0)
+        for n, value in self._blocked():
+            ticks[n] = ticks.get(n, 0) + (value > 0)
         return ticks
 
     def window(self) -> range:
