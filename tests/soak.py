@@ -311,6 +311,14 @@ class Outcome:
               f"median {ratios[len(ratios) // 2]:.2f} max {ratios[-1]:.2f}")
         return wrong
 
+    def assert_cpu_true(self, domains: list[str], events: Iterable[float] = (),
+                        settle: float = 0.0) -> None:
+        """Fail, naming the first wrong ticks and the collector's log, where ``cpu_errors``
+        finds our virt_cpu_total off the kernel's account of the QEMUs."""
+        wrong = self.cpu_errors(domains, events, settle)
+        assert not wrong, (f"cpu rates off the kernel's (domain, tick, ours, kernel; tick -1:"
+                           f" a mean): {wrong[:5]}\nlog:\n{self.stderr[-3000:]}")
+
     def held_threads(self, start: float, end: float) -> int:
         """Most libvirtd workers held throughout any 2 s between start and end.
 

@@ -214,7 +214,7 @@ def test_21_of_28_vms_frozen_at_once(lab: Lab) -> None:
     assert client.seconds and max(client.seconds) < CLIENT_BUDGET, client.seconds
     assert healthy == 1.0 and healthy_disk == 1.0
     assert cpu >= 0.9 and state >= 0.9
-    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
+    out.assert_cpu_true(NAMES, ev.values(), SETTLE)
     assert len(flagged) == len(frozen)
     assert all(counted.get(t) == len(frozen) == stopped.get(t) for t in during[1:]), counted
     assert all(counted.get(t) == 0 for t in ticks(out, end=ev["freeze"])), counted
@@ -285,7 +285,7 @@ def test_dead_datastore_fuse_stall(lab: Lab) -> None:
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, part(3), "disk_capacity-vda", after) == 1.0
     assert all(out.values(n, "unresponsive").get(t) == 0 for n in part(3) for t in after)
-    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
+    out.assert_cpu_true(NAMES, ev.values(), SETTLE)
 
 
 def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
@@ -323,7 +323,7 @@ def test_datastore_seen_only_by_qemu_stalls(lab: Lab) -> None:
     assert not any(t in out.stamps(n, "disk_capacity-vda") for n in HIDDEN for t in during[1:])
     after = ticks(out, ev["resume"] + 3 * INTERVAL)
     assert after and share(out, HIDDEN, "disk_capacity-vda", after) == 1.0
-    assert not out.cpu_errors(NAMES + HIDDEN, ev.values(), SETTLE)
+    out.assert_cpu_true(NAMES + HIDDEN, ev.values(), SETTLE)
 
 
 def _dump_threads(lab: Lab, fifo: Path) -> int:
@@ -403,7 +403,7 @@ def test_wedged_domain_lock(lab: Lab) -> None:
     assert out.held_threads(end + 4, end + 14) == 0
     flag = out.values("o-5", "unresponsive")
     assert any(v == 1 for t, v in flag.items() if ev["wedge"] + 2 * INTERVAL < t < ev["release"])
-    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
+    out.assert_cpu_true(NAMES, ev.values(), SETTLE)
 
 
 def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
@@ -445,7 +445,7 @@ def test_frozen_vm_beside_a_wedged_one(lab: Lab) -> None:
     assert cpu >= 0.9, missing(out, ["o-9"], "virt_cpu_total", during)
     assert got == 1.0, missing(out, others, "memory-total", ticks(out))
     assert all(out.values("o-9", "unresponsive").get(t) == 1 for t in during)
-    assert not out.cpu_errors(NAMES, ev.values(), SETTLE)
+    out.assert_cpu_true(NAMES, ev.values(), SETTLE)
 
 
 @dataclass

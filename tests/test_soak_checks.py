@@ -62,6 +62,14 @@ def test_a_bias_within_the_per_tick_band_fails_on_the_mean() -> None:
     assert {(d, ts) for d, ts, _, _ in wrong} == {("d", -1), ("all", -1)}
 
 
+def test_assert_cpu_true_names_the_wrong_tick_and_passes_true_rates() -> None:
+    outcome(steady()).assert_cpu_true(["d"])
+    ours = steady()
+    ours[T0 + 20] = RATE * 0.4
+    with pytest.raises(AssertionError, match=rf"off the kernel's.*\('d', {T0 + 20},"):
+        outcome(ours).assert_cpu_true(["d"])
+
+
 def test_too_few_steady_ticks_is_no_pass() -> None:
     with pytest.raises(AssertionError, match="steady ticks"):
         outcome(steady(MIN_STEADY_TICKS - 1)).cpu_errors(["d"])
