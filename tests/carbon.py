@@ -10,6 +10,7 @@ import struct
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import whisper
 
@@ -41,6 +42,18 @@ def listens(pid: int, port: int) -> bool:
                 and fields[9] in inodes):
             return True
     return False
+
+
+class Miss(NamedTuple):
+    """A line carbon does not hold with the value we sent (``got``: what it holds)."""
+
+    path: str
+    ts: int
+    value: float
+    got: float | None
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.ts}={self.value} (carbon: {self.got})"
 
 
 class PrivateCarbon:
@@ -157,26 +170,26 @@ CACHE_WRITE_STRATEGY = sorted
         written says nothing of the others.
         """
         limit = time.monotonic() + timeout
-        looks: list[list[str]] = []
+        looks: list[list[Miss]] = []
         while time.monotonic() < limit:
             looks = [*looks[-2:], self.missing(lines)]
             if len(looks) == 3 and looks[0] == looks[1] == looks[2] and not any(
-                    stamps & self._cached(path) for path, stamps in _points(looks[2]).items()):
+                    stamps & self._cached(path) for path, stamps in _by_path(looks[2]).items()):
                 return
             time.sleep(1)
 
-    def missing(self, lines: list[tuple[str, float, float]]) -> list[str]:
+    def missing(self, lines: list[tuple[str, float, float]]) -> list[Miss]:
         """Lines (as written to stdout) whose point carbon does not hold with the same value."""
         by_path: dict[str, dict[int, float]] = {}
         for path, value, ts in lines:
             by_path.setdefault(path, {})[int(ts)] = value
-        missing = []
+        missing: list[Miss] = []
         for path, points in by_path.items():
             stored = self.fetch(path, min(points), max(points))
             for ts, value in points.items():
                 got = stored.get(ts)
                 if got is None or abs(got - value) > 1e-6 * max(1.0, abs(value)):
-                    missing.append(f"{path}@{ts}={value} (carbon: {got})")
+                    missing.append(Miss(path, ts, value, got))
         return missing
 
     def holds(self, path: str, ts: int) -> bool:
@@ -200,6 +213,14 @@ CACHE_WRITE_STRATEGY = sorted
                       for p in root.rglob("*.wsp"))
 
 
+def _by_path(missing: list[Miss]) -> dict[str, set[int]]:
+    """{path: timestamps} of ``missing``: carbon's cache is asked once a path."""
+    points: dict[str, set[int]] = {}
+    for m in missing:
+        points.setdefault(m.path, set()).add(m.ts)
+    return points
+
+
 def _recv(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -208,12 +229,3 @@ def _recv(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("carbon closed the cache-query connection")
         data += chunk
     return data
-
-
-def _points(missing: list[str]) -> dict[str, set[int]]:
-    """{path: timestamps} of the lines ``PrivateCarbon.missing`` returned."""
-    points: dict[str, set[int]] = {}
-    for m in missing:
-        path, _, rest = m.partition("@")
-        points.setdefault(path, set()).add(int(rest.split("=", 1)[0]))
-    return points
