@@ -156,7 +156,7 @@ def test_sigkill_during_an_outage_loses_at_most_one_interval(tmp_path: Path) -> 
         missing = carbon.missing(lines_a + lines_b)
     finally:
         carbon.stop()
-    stamps = sorted({int(m.split("@")[1].split("=")[0]) for m in missing})
+    stamps = sorted({m.ts for m in missing})
     print(f"SIGKILL in an outage: {len(missing)} of {len(lines_a) + len(lines_b)} lines "
           f"lost, at ticks {stamps}")
     assert all(t >= int(killed) - 1 for t in stamps), stamps  # the last interval at most
@@ -179,9 +179,9 @@ def test_a_full_spool_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
         missing = carbon.missing(lines)
     finally:
         carbon.stop()
-    lost = sorted(int(m.split("@")[1].split("=")[0]) for m in missing)
-    kept = sorted(int(ts) for p, _, ts in lines if f"{p}@{int(ts)}" not in
-                  {m.split("=")[0] for m in missing})
+    gone = {(m.path, m.ts) for m in missing}
+    lost = sorted(m.ts for m in missing)
+    kept = sorted(int(ts) for p, _, ts in lines if (p, int(ts)) not in gone)
     print(f"full spool: {len(missing)} lost, counted {dropped}")
     # Every line lost is counted; the count also holds copies of lines carbon had already
     # taken (the resend window kept when the connection died), which are not lost.
