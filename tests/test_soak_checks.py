@@ -57,6 +57,27 @@ def test_a_burst_right_after_a_tick_read_late_passes() -> None:
     assert out.cpu_errors(["d"]) == []
 
 
+@pytest.mark.parametrize("said", [True, False])
+def test_a_read_late_after_a_slow_call_is_held_to_the_span_the_collector_says(
+        said: bool) -> None:
+    """r25: o-14's read came after a 1.45 s stats call, beside a burst of its cpu; ours
+    0.24x /proc's over spans ending 0.3 s after the tick. Here tick 20 is read at
+    20.6 s, after a burst at 20.4 s: true when the collector says its calls took 0.6 s
+    that tick, and both ticks off when it does not (the read could not have been so late)."""
+    truth = CpuTruth({"d": 0})
+    burst = 4e7
+    truth.readings["d"] = [(T0 + k / 10, RATE * k / 10 + (burst if k >= 204 else 0.0))
+                           for k in range(0, 700)]
+    ours = steady()
+    ours[T0 + 20] = (RATE * 1.58 + burst) / 1.58  # reads at 19.02 and 20.6
+    ours[T0 + 21] = RATE  # 20.6 to 21.02
+    lines = [("d.virt.virt_cpu_total", v, float(ts)) for ts, v in ours.items()]
+    if said:
+        lines.append(("h.vpartcollect-virt-0.libvirtd_seconds-stats_max", 0.6, T0 + 20.0))
+    wrong = Outcome(lines, "", [], 0.0, truth=truth).cpu_errors(["d"])
+    assert [(d, ts) for d, ts, _, _ in wrong] == ([] if said else [("d", T0 + 20), ("d", T0 + 21)])
+
+
 def test_a_bias_within_the_per_tick_band_fails_on_the_mean() -> None:
     wrong = outcome(steady(factor=1.08)).cpu_errors(["d"])
     assert {(d, ts) for d, ts, _, _ in wrong} == {("d", -1), ("all", -1)}
