@@ -6,7 +6,10 @@ values (the Sink seam's ``samples``, ``tick_done``, ``tick_started``). The
 supervisor only packs frames (each instance's samples in the workers' codec,
 each finished tick's own values) and writes them non-blocking; what the
 exporter has not taken waits in a bounded outbox (oldest dropped, counted). An
-exporter that dies is started again with backoff on the same listening socket.
+exporter that dies is started again with backoff on the same listening socket,
+and given the frames that rebuild the board it had (recap.py) before any new one.
+A reload that changes the exporter's settings starts a new exporter beside the old
+one, which finishes the scrapes it is answering before it exits (a drain).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import msgpack
 
@@ -29,7 +31,8 @@ from vpartcollect.backoff import backoff
 from vpartcollect.config import Config, ConfigError, Endpoint
 from vpartcollect.daemon import fork_child
 from vpartcollect.health import HealthValue
-from vpartcollect.output.prometheus.server import ExporterSettings, exporter_main
+from vpartcollect.output.prometheus.recap import Body, Recap
+from vpartcollect.output.prometheus.server import DRAIN_SECONDS, ExporterSettings, exporter_main
 from vpartcollect.output.prometheus.webconfig import WebConfigError
 from vpartcollect.output.prometheus.webconfig import load as load_web_config
 from vpartcollect.output.sinks.base import SinkBase
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 OUTBOX_BYTES = 64 << 20  # a few ticks of a large host
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 LIVED = 60.0  # an exporter that ran this long before dying starts again after RESPAWN_MIN
+DRAIN_KILL = DRAIN_SECONDS + 5.0  # an old exporter still there this long after: SIGKILL
 
 
 def listen(endpoint: Endpoint) -> socket.socket:
@@ -111,6 +115,8 @@ class PrometheusSink(SinkBase):
         self.failures = 0
         self.start_at = 0.0
         self.started = 0.0  # when the running exporter was started (clock)
+        self.recap = Recap()
+        self.draining: dict[int, float] = {}  # old exporters' pids -> when to kill them
 
     def __str__(self) -> str:
         return f"prometheus {self.endpoint}"
@@ -118,31 +124,33 @@ class PrometheusSink(SinkBase):
     # -- what the publisher hands over ------------------------------------------
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
         """An instance's samples (the exporter decodes them with the workers' codec)."""
-        self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))])
+        self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))],
+                    tick)
 
     def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
                   health: Sequence[HealthValue] = ()) -> None:
         """An instance finished ``tick`` with these own values and host health."""
-        self._queue(["done", instance, tick, dict(values), [list(h) for h in health]])
+        self._queue(["done", instance, tick, dict(values), [list(h) for h in health]], tick)
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
         """The collector-wide values of a tick that begins."""
-        self._queue(["collector", dict(values), tick])
+        self._queue(["collector", dict(values), tick], tick)
 
     def self_metrics(self) -> dict[str, float]:
         """Frames the exporter could not take in time (its outbox full), dropped."""
         return {"prometheus_dropped_frames": self.dropped}
 
     def reconfigure(self, old: Config, new: Config) -> bool:
-        """Kept on the same endpoint: the listening socket stays; the exporter is started
-        again when its settings changed. (Another endpoint: a new sink, on the socket
-        ``prebind`` bound while the reload could still be refused.)"""
+        """Kept on the same endpoint: the listening socket stays; when the exporter's
+        settings changed a new exporter starts, and the old one drains. (Another
+        endpoint: a new sink, on the socket ``prebind`` bound while the reload could
+        still be refused.)"""
         if new.prometheus != self.endpoint:
             return False
         settings = exporter_settings(new)
         if settings != self.settings:
             self.settings = settings
-            self._stop()
+            self._stop(drain=True)
             self.head_sent = 0
             self.outbox.clear()  # frames for the old settings (instances...)
             self.outbox_bytes = 0
@@ -157,12 +165,19 @@ class PrometheusSink(SinkBase):
         return self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
 
     def next_wakeup(self) -> float | None:
-        """When the exporter is due to be started again."""
-        return self.start_at if self.sock is None else None
+        """When the exporter is due to be started again, or an old one to be killed."""
+        due = [*self.draining.values(), *([self.start_at] if self.sock is None else [])]
+        return min(due) if due else None
 
     def poll(self) -> None:
-        """Start the exporter when it is not running and its backoff has passed."""
-        if self.sock is None and self.clock() >= self.start_at:
+        """Start the exporter when it is not running and its backoff has passed; kill an
+        old exporter whose drain took too long."""
+        now = self.clock()
+        for pid, deadline in list(self.draining.items()):
+            if now >= deadline:
+                del self.draining[pid]
+                self._signal(pid, signal.SIGKILL)
+        if self.sock is None and now >= self.start_at:
             self._start()
 
     def on_ready(self, mask: int) -> None:
@@ -183,22 +198,35 @@ class PrometheusSink(SinkBase):
             self._send()
 
     def close(self) -> None:
-        """Stop the exporter and stop listening."""
+        """Stop the exporter (and any old one draining) and stop listening."""
         self._stop()
+        for pid in self.draining:
+            self._signal(pid, signal.SIGTERM)
+        self.draining.clear()
         self.listening.close()
 
-    def _stop(self) -> None:
+    def _stop(self, drain: bool = False) -> None:
+        """``drain``: close only its end of the socket pair: the exporter stops accepting,
+        finishes the requests it is answering and exits (server.py ``drain``)."""
         self.on_close()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.pid and children.running(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+        if drain and self.pid and children.running(self.pid):
+            self.draining[self.pid] = self.clock() + DRAIN_KILL
+        elif self.pid:
+            self._signal(self.pid, signal.SIGTERM)
         self.pid = 0
 
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        if children.running(pid):  # once reaped, the pid may be someone else's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     # -- internals ------------------------------------------------------------------
-    def _queue(self, body: list[Any]) -> None:
+    def _queue(self, body: Body, tick: float) -> None:
+        self.recap.note(body, tick, self.clock())
         frame: bytes = msgpack.packb(body, use_bin_type=True)
         self.outbox.append(frame)
         self.outbox_bytes += len(frame)
@@ -249,10 +277,18 @@ class PrometheusSink(SinkBase):
         theirs.close()
         mine.setblocking(False)
         self.sock, self.head_sent, self.started = mine, 0, self.clock()
-        # What waited was meant for the dead exporter's board: a new one starts afresh
-        # from the next frames (a tick later at most).
+        # What waited was meant for the old exporter's board: the new one is given the
+        # frames that rebuild it (the last tick of each instance), then "ready" (it
+        # answers no scrape before), then the next ones.
+        frames = [msgpack.packb(body, use_bin_type=True)
+                  for body in [*self.recap.frames(self.settings.instances, self.clock()),
+                               ["ready"]]]
+        self.outbox = deque(frames)
+        self.outbox_bytes = sum(map(len, frames))
+        self._send()
 
     def _reaped(self, pid: int) -> None:
+        self.draining.pop(pid, None)
         if pid == self.pid:
             self.pid = 0
 

@@ -90,10 +90,11 @@ class HeadReader(io.BufferedIOBase):
 @dataclass(eq=False)
 class Conn:
     """An open connection: its socket (the TLS one once wrapped), idle since when
-    (monotonic; None while a request is being answered)."""
+    (monotonic; None while a request is being answered), requests answered on it."""
 
     sock: socket.socket
     idle_since: float | None = field(default_factory=time.monotonic)
+    answered: int = 0
 
     def close(self) -> None:
         """Wake its thread with the end of the stream (shutdown, not close: the

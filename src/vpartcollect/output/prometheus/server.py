@@ -44,6 +44,8 @@ LANDING = (b"<html><head><title>vpartcollect</title></head><body><h1>vpartcollec
            b"<p>libvirt domain statistics, sampled by vpartcollect.</p>"
            b"<p><a href=\"/metrics\">Metrics</a></p></body></html>\n")
 CLIENT_TIMEOUT = 10.0  # seconds a send or a TLS handshake may stall
+DRAIN_SECONDS = CLIENT_TIMEOUT  # an old exporter's scrapes in flight: their time to finish
+READY_SECONDS = 5.0  # the most a new exporter waits for its board's recap before serving
 NICE = 10  # added to the exporter's nice value: the data path first
 
 
@@ -107,8 +109,9 @@ class Exporter:
                     self.board.sample(int(obj[1]), msg.tick, d)
             elif kind == "done":
                 health = [(str(t), str(i), float(v)) for t, i, v in obj[4]]
-                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]), time.monotonic(),
-                                health)
+                ago = float(obj[5]) if len(obj) > 5 else 0.0  # a recap's (recap.py)
+                self.board.done(int(obj[1]), float(obj[2]), dict(obj[3]),
+                                time.monotonic() - ago, health)
             elif kind == "collector":
                 self.board.collector_values(dict(obj[1]), float(obj[2]))
 
@@ -183,9 +186,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (extra or {}).items():
             self.send_header(key, value)
+        if self.server.draining.is_set():  # the next request goes to the new exporter
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self.conn.answered += 1
 
     def _authorized(self) -> bool:
         exporter = self.server.exporter
@@ -243,6 +250,29 @@ class Server(ThreadingHTTPServer):
         self.exporter = exporter
         self.connections = Connections()
         self.local = threading.local()  # .conn: the connection of this thread
+        self.draining = threading.Event()
+
+    def drain(self, within: float) -> None:
+        """Accept no more connections; let the requests being answered finish, closing
+        each connection once it waits for its next request (a client such as
+        Prometheus then connects again, to the exporter that took over; a connection
+        new here keeps its first request); return when none is left, or after
+        ``within`` seconds."""
+        self.draining.set()
+        until = time.monotonic() + within
+        # serve_forever stops within its poll interval (0.5 s); bounded all the same.
+        stopping = threading.Thread(target=self.shutdown, name="drain", daemon=True)
+        stopping.start()
+        stopping.join(within)
+        while time.monotonic() < until:
+            with self.connections.lock:
+                left = list(self.connections.open)
+            if not left:
+                return
+            for conn in left:
+                if conn.idle_since is not None and conn.answered:
+                    conn.close()
+            time.sleep(0.05)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """A thread for the connection, if there is room (made by closing the oldest
@@ -289,7 +319,8 @@ class Server(ThreadingHTTPServer):
 def exporter_main(listening: socket.socket, chan: socket.socket,
                   settings: ExporterSettings, parent_pid: int) -> NoReturn:
     """The exporter process: serve HTTP in threads, read the supervisor's frames here;
-    exit when the supervisor's end closes (or on SIGTERM)."""
+    when the supervisor's end closes, drain (the requests being answered finish) and
+    exit; on SIGTERM at once."""
     code = 0
     try:
         for sig in (signal.SIGINT, signal.SIGHUP):
@@ -311,17 +342,27 @@ def exporter_main(listening: socket.socket, chan: socket.socket,
                 "%(levelname)s: %(message)s"))
         exporter = Exporter(settings)
         server = Server(listening, exporter)
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        ready = threading.Event()  # the board rebuilt: scrapes wait in the queue till then
+
+        def serve() -> None:
+            ready.wait(READY_SECONDS)
+            server.serve_forever()
+
+        threading.Thread(target=serve, name="http", daemon=True).start()
         # A whole frame of the largest size may sit behind the unread tail of another.
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * wire.MAX_FRAME_BYTES)
         chan.setblocking(True)
         while data := chan.recv(1 << 20):
             unpacker.feed(data)
             for obj in unpacker:
+                if obj == ["ready"]:
+                    ready.set()
+                    continue
                 try:
                     exporter.frame(obj)
                 except (ValueError, TypeError, KeyError, IndexError, AssertionError) as exc:
                     log.warning("prometheus: a frame left out: %s", exc)
+        server.drain(DRAIN_SECONDS)
     except Exception as exc:  # one line; the supervisor starts us again
         log.error("prometheus exporter: %s: %s", type(exc).__name__, exc)
         code = 1
