@@ -266,7 +266,11 @@ class Outcome:
         """Per tick, the latest its reads may land: the slowest instance's sum of its
         slowest libvirtd call of each kind that tick (its own
         ``vpartcollect-virt-N.libvirtd_seconds-<kind>_max``; a domain's values are read
-        after its tick's calls). Ticks with no such lines are not in it."""
+        after its tick's calls). Ticks with no such lines are not in it. A bound only
+        where each kind is called once a tick: a run with chunks smaller than its
+        instances' domains (``--chunk-size``) makes several stats calls, and a late
+        chunk's domains may be read later still; the slowest instance's sum is also
+        held against every instance's domains."""
         sums: dict[tuple[int, int], float] = {}
         for path, value, ts in self.lines:
             _, sep, tail = path.partition(".vpartcollect-virt-")

@@ -116,6 +116,7 @@ class PrometheusSink(SinkBase):
         self.start_at = 0.0
         self.started = 0.0  # when the running exporter was started (clock)
         self.recap = Recap()
+        self.protected = 0  # frames at the outbox's head no trim may drop: a recap, "ready"
         self.draining: dict[int, float] = {}  # old exporters' pids -> when to kill them
 
     def __str__(self) -> str:
@@ -123,13 +124,20 @@ class PrometheusSink(SinkBase):
 
     # -- what the publisher hands over ------------------------------------------
     def samples(self, instance: int, tick: float, samples: Sequence[DomainSample]) -> None:
-        """An instance's samples (the exporter decodes them with the workers' codec)."""
+        """An instance's samples (the exporter decodes them with the workers' codec).
+        A worker a reload made one too many finishes its tick: its samples go to virt-0
+        as a recap's do (recap.py), its instance no more on the board."""
+        if instance >= self.settings.instances:
+            instance = 0
         self._queue(["results", instance, wire.encode(wire.Results(tick, list(samples)))],
                     tick)
 
     def tick_done(self, instance: int, tick: float, values: Mapping[str, float],
                   health: Sequence[HealthValue] = ()) -> None:
-        """An instance finished ``tick`` with these own values and host health."""
+        """An instance finished ``tick`` with these own values and host health (not
+        passed on for an instance a reload removed: see ``samples``)."""
+        if instance >= self.settings.instances:
+            return
         self._queue(["done", instance, tick, dict(values), [list(h) for h in health]], tick)
 
     def tick_started(self, tick: float, values: Mapping[str, float]) -> None:
@@ -153,6 +161,7 @@ class PrometheusSink(SinkBase):
             self._stop(drain=True)
             self.head_sent = 0
             self.outbox.clear()  # frames for the old settings (instances...)
+            self.protected = 0
             self.outbox_bytes = 0
             self.failures, self.start_at = 0, 0.0  # started again by the next poll()
         return True
@@ -230,8 +239,10 @@ class PrometheusSink(SinkBase):
         frame: bytes = msgpack.packb(body, use_bin_type=True)
         self.outbox.append(frame)
         self.outbox_bytes += len(frame)
-        while self.outbox_bytes > OUTBOX_BYTES and len(self.outbox) > 1:
-            at = 1 if self.head_sent else 0  # a half-written head stays
+        # A half-written head stays, and so do a recap and its "ready" (a board rebuilt
+        # in part would be served): the oldest frame after them goes.
+        at = max(1 if self.head_sent else 0, self.protected)
+        while self.outbox_bytes > OUTBOX_BYTES and len(self.outbox) > at + 1:
             old = self.outbox[at]
             del self.outbox[at]
             self.outbox_bytes -= len(old)
@@ -256,6 +267,7 @@ class PrometheusSink(SinkBase):
             self.outbox.popleft()
             self.outbox_bytes -= len(head)
             self.head_sent = 0
+            self.protected = max(0, self.protected - 1)
 
     def _start(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -285,6 +297,7 @@ class PrometheusSink(SinkBase):
                                ["ready"]]]
         self.outbox = deque(frames)
         self.outbox_bytes = sum(map(len, frames))
+        self.protected = len(frames)
         self._send()
 
     def _reaped(self, pid: int) -> None:
@@ -296,6 +309,7 @@ class PrometheusSink(SinkBase):
         self._stop()
         self.head_sent = 0
         self.outbox.clear()
+        self.protected = 0
         self.outbox_bytes = 0
         if self.clock() - self.started >= LIVED:  # not a crash loop: backoff from the start
             self.failures = 0

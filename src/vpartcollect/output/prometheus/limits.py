@@ -14,7 +14,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 HEAD_LIMIT = 32 * 1024  # bytes of a request line and headers (a scraper sends < 1 KiB)
@@ -32,9 +32,12 @@ class HeadReader(io.BufferedIOBase):
     per head, read within the deadlines (``begin`` starts each head)."""
 
     def __init__(self, sock: socket.socket, limit: int = HEAD_LIMIT,
-                 idle: float = IDLE_TIMEOUT, head: float = HEAD_TIMEOUT) -> None:
+                 idle: float = IDLE_TIMEOUT, head: float = HEAD_TIMEOUT,
+                 asked: Callable[[], None] = lambda: None) -> None:
+        """``asked``: called at the first byte of each request."""
         super().__init__()
         self.sock = sock
+        self.asked = asked
         self.limit, self.idle, self.head = limit, idle, head
         self.buf = bytearray()
         self.used = 0
@@ -46,6 +49,8 @@ class HeadReader(io.BufferedIOBase):
         self.used = 0
         self.started = bool(self.buf)  # a pipelined request has begun already
         self.until = time.monotonic() + (self.head if self.started else self.idle)
+        if self.started:
+            self.asked()
 
     def _fill(self) -> bool:
         """One recv under the deadline; False at the end of the stream."""
@@ -59,6 +64,7 @@ class HeadReader(io.BufferedIOBase):
         if not self.started:
             self.started = True
             self.until = time.monotonic() + self.head
+            self.asked()
         self.buf += chunk
         return True
 
@@ -90,11 +96,13 @@ class HeadReader(io.BufferedIOBase):
 @dataclass(eq=False)
 class Conn:
     """An open connection: its socket (the TLS one once wrapped), idle since when
-    (monotonic; None while a request is being answered), requests answered on it."""
+    (monotonic; None while a request is being answered), requests answered on it, and
+    whether a byte of the next one has come (``asked``, set under the lock)."""
 
     sock: socket.socket
     idle_since: float | None = field(default_factory=time.monotonic)
     answered: int = 0
+    asked: bool = False
 
     def close(self) -> None:
         """Wake its thread with the end of the stream (shutdown, not close: the
@@ -149,6 +157,27 @@ class Connections:
         """``conn`` is answering a request: it stays."""
         with self.lock:
             conn.idle_since = None
+
+    def asked(self, conn: Conn) -> None:
+        """The first byte of a request came on ``conn``: a drain lets it be answered."""
+        with self.lock:
+            conn.asked = True
+
+    def answered(self, conn: Conn) -> None:
+        """``conn`` answered a request."""
+        with self.lock:
+            conn.answered += 1
+            conn.asked = False
+
+    def close_waiting(self) -> bool:
+        """Close every connection that answered a request and has no byte of the next
+        (Go's idle connection: a client retries a request it sends on one as it is
+        closed); False when no connection is left."""
+        with self.lock:
+            for conn in self.open:
+                if conn.answered and not conn.asked:
+                    conn.close()
+            return bool(self.open)
 
     def leave(self, conn: Conn) -> None:
         """``conn`` is closed."""

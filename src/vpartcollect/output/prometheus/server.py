@@ -166,7 +166,8 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.conn = self.server.local.conn
         self.rfile.close()  # http.server's reader: ours bounds each request head
-        self.rfile = HeadReader(self.connection)
+        self.rfile = HeadReader(self.connection,
+                                asked=lambda: self.server.connections.asked(self.conn))
 
     def handle_one_request(self) -> None:
         """One request; its head within the budget and deadlines of limits.py."""
@@ -192,7 +193,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.conn.answered += 1
+        self.server.connections.answered(self.conn)
 
     def _authorized(self) -> bool:
         exporter = self.server.exporter
@@ -253,8 +254,9 @@ class Server(ThreadingHTTPServer):
         self.draining = threading.Event()
 
     def drain(self, within: float) -> None:
-        """Accept no more connections; let the requests being answered finish, closing
-        each connection once it waits for its next request (a client such as
+        """Accept no more connections (serve_forever stops within its 0.5 s poll; those
+        accepted meanwhile are answered); let the requests being answered finish,
+        closing each connection once it waits for its next request (a client such as
         Prometheus then connects again, to the exporter that took over; a connection
         new here keeps its first request); return when none is left, or after
         ``within`` seconds."""
@@ -264,14 +266,7 @@ class Server(ThreadingHTTPServer):
         stopping = threading.Thread(target=self.shutdown, name="drain", daemon=True)
         stopping.start()
         stopping.join(within)
-        while time.monotonic() < until:
-            with self.connections.lock:
-                left = list(self.connections.open)
-            if not left:
-                return
-            for conn in left:
-                if conn.idle_since is not None and conn.answered:
-                    conn.close()
+        while time.monotonic() < until and self.connections.close_waiting():
             time.sleep(0.05)
 
     def process_request(self, request: Any, client_address: Any) -> None:
