@@ -75,6 +75,9 @@ LAB_GROUPS = {
 ALONE = (
     "tests/test_churn.py",
     "tests/test_reload_ticks.py::test_reloads_at_random_phases_3000_test_domains",
+    # Its oracle is the test driver's wall-clock cpu within 3 % (30 ms of a 1 s tick):
+    # beside the other workers' labs, a read 32 ms late failed it once in 6 runs (r31).
+    "tests/test_truth.py::test_late_answers_of_a_wedged_domain_tell_the_truth",
     "tests/test_child_kills.py",
     "tests/test_ctl_pipe.py",
     "tests/test_big_host.py",
